@@ -1,0 +1,21 @@
+"""Errors that stop a command with one clear line instead of a traceback."""
+
+
+class VitCifarError(Exception):
+    """A problem the user can fix; the message says what was wrong and how to fix it."""
+
+    exit_code = 1
+
+
+class ConfigError(VitCifarError):
+    """An impossible or out-of-range configuration value."""
+
+    exit_code = 2
+
+
+class DataError(VitCifarError):
+    """A dataset that is missing, malformed or unreadable."""
+
+
+class CheckpointError(VitCifarError):
+    """A checkpoint that is missing, corrupt or of another model."""

@@ -1,0 +1,3 @@
+from vit_cifar.models.vit import VisionTransformer
+
+__all__ = ["VisionTransformer"]

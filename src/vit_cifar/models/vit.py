@@ -1,0 +1,230 @@
+"""ViT-Tiny for 32x32 images: the seed's architecture, Pre-LN, SDPA attention.
+
+Layout (10 classes, defaults): 5,356,234 parameters. Against timm's default ViT layout the qkv projection has no
+bias and the patch embedding ends in a LayerNorm (as in lucidrains' vit-pytorch), which is what that count implies.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vit_cifar.errors import ConfigError
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> linear projection (a strided conv) -> LayerNorm."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # (B, D, H/p, W/p)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+        return self.norm(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: fused SDPA for training, an explicit path that can return the weights."""
+
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        attn = None
+        if return_attn:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
+            attn = attn.softmax(dim=-1)
+            x = self.attn_drop(attn) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, heads * head_dim)
+        return self.proj_drop(self.proj(x)), attn
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch per sample, scaling the kept ones by 1 / keep probability."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop: float,
+        attn_drop: float,
+        drop_path: float,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, attn = self.attn(self.norm1(x), return_attn=return_attn)
+        x = x + self.drop_path1(y)
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x, attn
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier from the CLS token.
+
+    Args:
+        img_size: input height and width (square images).
+        patch_size: side of each square patch; must divide ``img_size``.
+        in_chans: input channels.
+        num_classes: output classes.
+        embed_dim: token width; must be divisible by ``num_heads``.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width as a multiple of ``embed_dim``.
+        qkv_bias: bias on the qkv projection (the seed's count implies none).
+        drop_rate: dropout inside the MLP and on each residual branch's output.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth of the last block; earlier blocks rise linearly from 0.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 32,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 10,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        drop_rate: float = 0.1,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        _check_shape(img_size, patch_size, embed_dim, num_heads, depth, mlp_ratio, num_classes)
+        for name, p in [("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
+                        ("drop_path_rate", drop_path_rate)]:  # fmt: skip
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"model.{name}={p} is not a probability in [0, 1)")
+        self.num_classes = num_classes
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_tokens = self.patch_embed.num_patches + 1
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()  # the linear rule
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate) for rate in rates
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that are not weights of a layer and so take no weight decay."""
+        return {"cls_token", "pos_embed"}
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # (B, N, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        return torch.cat([cls, x], dim=1) + self.pos_embed  # (B, N + 1, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._tokens(x)
+        for block in self.blocks:
+            x, _ = block(x)
+        return self.head(self.norm(x[:, 0]))  # classify from the CLS token
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and each block's attention weights, (B, heads, N + 1, N + 1), through the explicit path."""
+        x = self._tokens(x)
+        attentions = []
+        for block in self.blocks:
+            x, attn = block(x, return_attn=True)
+            attentions.append(attn)
+        return self.head(self.norm(x[:, 0])), attentions
+
+
+def _check_shape(
+    img_size: int, patch_size: int, embed_dim: int, num_heads: int, depth: int, mlp_ratio: float, num_classes: int
+) -> None:
+    for name, value in [("img_size", img_size), ("patch_size", patch_size), ("embed_dim", embed_dim),
+                        ("num_heads", num_heads), ("depth", depth), ("num_classes", num_classes)]:  # fmt: skip
+        if int(value) != value or value < 1:
+            raise ConfigError(f"model.{name}={value} must be a positive integer")
+    if mlp_ratio <= 0:
+        raise ConfigError(f"model.mlp_ratio={mlp_ratio} must be positive")
+    if embed_dim % num_heads:
+        raise ConfigError(
+            f"model.embed_dim={embed_dim} is not divisible by model.num_heads={num_heads}: "
+            "choose heads that divide the width (e.g. 192 with 3, 4, 6 or 12 heads)"
+        )
+    if img_size % patch_size:
+        raise ConfigError(
+            f"model.patch_size={patch_size} does not divide model.img_size={img_size}: "
+            "choose a patch size that divides the image (e.g. 2, 4 or 8 for 32x32)"
+        )
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Truncated-normal weights and zero biases for linear layers and the patch projection (timm's ViT init)."""
+    if isinstance(module, nn.Linear | nn.Conv2d):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
