@@ -1,0 +1,222 @@
+"""The LightningDataModule: one of three sources, a stratified validation split, seeded subsets, augmentation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vit_cifar.data import sources
+from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
+from vit_cifar.errors import ConfigError, DataError
+
+SOURCES = ("auto", "torchvision", "folder", "synthetic")
+
+
+class ArrayDataset(Dataset):
+    """Images held in memory as one uint8 (N, 3, H, W) tensor; ``transform`` runs per item, in the workers."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i]
+        return (self.transform(x) if self.transform else x), self.labels[i]
+
+
+def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): ``val_size`` images drawn per class in proportion to the class sizes."""
+    if not 0 <= val_size < len(labels):
+        raise ConfigError(f"data.val_size={val_size} must be in [0, {len(labels) - 1}] for {len(labels)} images")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = _apportion(counts, val_size)
+    rng = np.random.default_rng(seed)
+    val = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota, strict=True)]
+    val_idx = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx, val_idx
+
+
+def balanced_subset(labels: np.ndarray, size: int, seed: int, key: str) -> np.ndarray:
+    """Indices of ``size`` images, as equal a number per class as possible, drawn at random with ``seed``."""
+    classes, counts = np.unique(labels, return_counts=True)
+    if not 0 < size <= len(labels):
+        raise ConfigError(f"{key}={size} must be in [1, {len(labels)}] (the images available)")
+    rng = np.random.default_rng(seed)
+    per_class = np.full(len(classes), size // len(classes))
+    per_class[rng.permutation(len(classes))[: size % len(classes)]] += 1
+    short = per_class > counts
+    if short.any():  # hand what small classes lack to the others, largest first
+        per_class = _apportion(counts, size)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, per_class, strict=True)]
+    return np.sort(np.concatenate(picked))
+
+
+def _apportion(counts: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` across classes in proportion to ``counts`` (largest remainders), never above a count."""
+    exact = counts * total / counts.sum()
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota), kind="stable")[: total - quota.sum()]:
+        quota[i] += 1
+    return np.minimum(quota, counts)
+
+
+def _to_chw_tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # (N, H, W, 3) -> (N, 3, H, W)
+
+
+class CIFARDataModule(L.LightningDataModule):
+    """CIFAR-10 (or any image-folder dataset) for training, validation and test.
+
+    Args:
+        root: torchvision data folder, an image-folder tree, or a .tar/.tar.gz of one.
+        source: ``auto`` (from what ``root`` holds), ``torchvision``, ``folder`` or ``synthetic``.
+        dataset: torchvision dataset name (``cifar10``, ``cifar100``).
+        num_classes: classes the model predicts; checked against the data.
+        download: let ``prepare_data`` download the torchvision copy when it is missing.
+        cache_dir: where decoded image folders are cached as ``.npz``; None disables the cache.
+        image_size: images are resized to this on decode (folders only; CIFAR is already 32).
+        val_size: training images held out for validation, stratified; 0 trains on all of them.
+        split_seed: seed of the validation split and of the subsets, independent of the training seed.
+        train_subset, test_subset: optional class-balanced subset sizes for quick runs.
+        batch_size, eval_batch_size: per-device batch sizes.
+        num_workers: DataLoader workers; None picks min(8, CPUs - 1).
+        pin_memory: None pins when CUDA is available.
+        persistent_workers: keep workers alive between epochs.
+        mean, std: normalisation.
+        synthetic: sizes and noise of the synthetic source.
+        aug: the ``aug`` config group (see ``configs/aug``).
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        source: str = "auto",
+        dataset: str = "cifar10",
+        num_classes: int = 10,
+        download: bool = True,
+        cache_dir: str | None = ".cache/vit_cifar",
+        image_size: int = 32,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        train_subset: int | None = None,
+        test_subset: int | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        mean: Sequence[float] = CIFAR10_MEAN,
+        std: Sequence[float] = CIFAR10_STD,
+        synthetic: dict | None = None,
+        aug: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise ConfigError(f"data.source={source} is unknown: use one of {', '.join(SOURCES)}")
+        for key, value in [("batch_size", batch_size), ("eval_batch_size", eval_batch_size)]:
+            if value < 1:
+                raise ConfigError(f"data.{key}={value} must be at least 1")
+        self.root = Path(os.path.expanduser(str(root)))
+        self.source = sources.resolve_source(source, self.root, dataset) if source != "synthetic" else source
+        self.dataset, self.num_classes, self.download = dataset, num_classes, download
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.image_size, self.val_size, self.split_seed = image_size, val_size, split_seed
+        self.train_subset, self.test_subset = train_subset, test_subset
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if num_workers is None else num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers and self.num_workers > 0
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.synthetic = dict(synthetic or {})
+        self.aug = dict(aug or {})
+        # Build the transforms now so that a bad aug value fails before any work.
+        self.train_tf = train_transform(self.aug, self.mean, self.std, image_size)
+        self.eval_tf = eval_transform(self.mean, self.std)
+        self.mix = batch_mix(self.aug, num_classes)
+        self.arrays: sources.ImageArrays | None = None
+        self.train_set = self.val_set = self.test_set = None
+
+    # -- Lightning hooks -------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Download only (once per node); ``setup`` does the rest."""
+        if self.source == "torchvision":
+            sources.download_torchvision(self.root, self.dataset, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        arrays = self.load_arrays()
+        train_idx, val_idx = stratified_split(arrays.train_y, self.val_size, self.split_seed)
+        if self.train_subset:
+            train_idx = train_idx[balanced_subset(arrays.train_y[train_idx], self.train_subset, self.split_seed,
+                                                  "data.train_subset")]  # fmt: skip
+        test_idx = np.arange(len(arrays.test_y))
+        if self.test_subset:
+            test_idx = balanced_subset(arrays.test_y, self.test_subset, self.split_seed, "data.test_subset")
+        train_x, train_y = _to_chw_tensor(arrays.train_x), torch.from_numpy(arrays.train_y)
+        test_x, test_y = _to_chw_tensor(arrays.test_x), torch.from_numpy(arrays.test_y)
+        self.train_set = ArrayDataset(train_x[train_idx], train_y[train_idx], self.train_tf)
+        self.val_set = ArrayDataset(train_x[val_idx], train_y[val_idx], self.eval_tf) if len(val_idx) else None
+        self.test_set = ArrayDataset(test_x[test_idx], test_y[test_idx], self.eval_tf)
+
+    def load_arrays(self) -> sources.ImageArrays:
+        """Decode the source once per process; later calls (fit, then test) reuse the arrays."""
+        if self.arrays is None:
+            if self.source == "synthetic":
+                s = {"train_per_class": 500, "test_per_class": 100, "noise": 60.0, "seed": 0, **self.synthetic}
+                self.arrays = sources.make_synthetic(self.num_classes, s["train_per_class"], s["test_per_class"],
+                                                     self.image_size, s["noise"], s["seed"])  # fmt: skip
+            elif self.source == "folder":
+                self.arrays = sources.load_image_folder(self.root, self.image_size, self.cache_dir)
+            else:
+                self.arrays = sources.load_torchvision(self.root, self.dataset)
+            found = len(self.arrays.classes)
+            if found != self.num_classes:
+                raise DataError(
+                    f"{self.arrays.description} has {found} classes but data.num_classes={self.num_classes}: "
+                    f"set data.num_classes={found} (the model's num_classes follows it)"
+                )
+        return self.arrays
+
+    @property
+    def classes(self) -> list[str]:
+        return self.load_arrays().classes
+
+    @property
+    def description(self) -> str:
+        return self.load_arrays().description
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one.
+        return self._loader(self.train_set, self.batch_size, shuffle=True,
+                            drop_last=len(self.train_set) > self.batch_size)  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False) if self.val_set else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """MixUp/CutMix on the device, on training batches only: targets become class probabilities."""
+        if self.mix is not None and self.trainer is not None and self.trainer.training:
+            batch = self.mix(*batch)
+        return batch

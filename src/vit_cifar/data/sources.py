@@ -1,0 +1,242 @@
+"""Where images come from: torchvision's CIFAR, an image-folder tree or archive, or synthetic images.
+
+Every source yields the same thing, :class:`ImageArrays`: uint8 arrays decoded once. Image folders and archives
+are decoded on first use into an ``.npz`` cache, so later runs and epochs never decode a file again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vit_cifar.errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+SPLITS = ("train", "test")
+TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+@dataclass
+class ImageArrays:
+    """Decoded images (N, H, W, 3) uint8 and int64 labels for the train and test splits."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+    description: str
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def is_image_folder(path: Path) -> bool:
+    return path.is_dir() and all((path / split).is_dir() for split in SPLITS)
+
+
+def resolve_source(source: str, root: Path, dataset: str) -> str:
+    """Pick ``folder`` or ``torchvision`` from what ``root`` holds when ``source`` is ``auto``."""
+    if source != "auto":
+        return source
+    if is_archive(root) or is_image_folder(root):
+        return "folder"
+    if root.is_file():
+        raise DataError(
+            f"data.root={root} is a file but not a .tar/.tar.gz/.tgz archive: "
+            "point it at an image-folder archive, an image-folder tree or a torchvision data folder"
+        )
+    return "torchvision"
+
+
+# --------------------------------------------------------------------------------------------- torchvision
+
+
+def _torchvision_class(dataset: str):
+    from torchvision import datasets
+
+    try:
+        return {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[dataset]
+    except KeyError:
+        raise DataError(f"data.dataset={dataset} is not a torchvision dataset here: use cifar10 or cifar100") from None
+
+
+def _no_local_copy_hint(root: Path, dataset: str) -> str:
+    return (
+        f"point data.root at a local copy: a folder holding {TORCHVISION_FOLDERS.get(dataset, dataset)}, "
+        "an image-folder tree train/<class>/*, test/<class>/*, or a .tar/.tar.gz of one "
+        "(e.g. data.root=../shared/data/cifar10-jpeg.tar.gz)"
+    )
+
+
+def download_torchvision(root: Path, dataset: str, download: bool) -> None:
+    """Make sure torchvision's copy is in ``root``, downloading it when allowed."""
+    cls = _torchvision_class(dataset)
+    probe = cls.__new__(cls)  # only to ask torchvision whether the files are already there
+    probe.root = str(root)
+    if probe._check_integrity():
+        return
+    if not download:
+        raise DataError(f"{dataset} is not in {root} and data.download=false: {_no_local_copy_hint(root, dataset)}")
+    try:
+        cls(str(root), train=True, download=True)
+    except Exception as err:  # URLError, socket errors, HTTP errors: all mean the same to the user
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(
+            f"{dataset} is not in {root} and could not be downloaded ({first_line}): "
+            f"{_no_local_copy_hint(root, dataset)}"
+        ) from err
+
+
+def load_torchvision(root: Path, dataset: str) -> ImageArrays:
+    cls = _torchvision_class(dataset)
+    try:
+        train, test = cls(str(root), train=True), cls(str(root), train=False)
+    except RuntimeError as err:
+        raise DataError(f"{dataset} is missing or corrupt in {root}: {_no_local_copy_hint(root, dataset)}") from err
+    return ImageArrays(
+        train_x=np.asarray(train.data, dtype=np.uint8),
+        train_y=np.asarray(train.targets, dtype=np.int64),
+        test_x=np.asarray(test.data, dtype=np.uint8),
+        test_y=np.asarray(test.targets, dtype=np.int64),
+        classes=list(train.classes),
+        description=f"torchvision {dataset} ({root})",
+    )
+
+
+# --------------------------------------------------------------------------------------------- image folder
+
+
+def _split_class_of(relative: str) -> tuple[str, str] | None:
+    """``.../train/<class>/<file>.jpg`` -> ("train", "<class>"), else None (hidden files, other files)."""
+    parts = Path(relative).parts
+    if len(parts) < 3 or parts[-3] not in SPLITS or parts[-1].startswith("."):
+        return None
+    if Path(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS:
+        return None
+    return parts[-3], parts[-2]
+
+
+def _decode(data: bytes, image_size: int, where: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("RGB")
+            if img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except Exception as err:
+        raise DataError(f"cannot decode image {where} ({type(err).__name__}: {err}): remove or replace the file")
+
+
+def _iter_images(root: Path):
+    """(split, class, relative path, bytes) of every image of a tree or a tar archive."""
+    if root.is_dir():
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            relative = path.relative_to(root).as_posix()
+            if key := _split_class_of(relative):
+                yield *key, relative, path.read_bytes()
+        return
+    try:
+        with tarfile.open(root, "r:*") as tar:
+            for member in tar:
+                if member.isfile() and (key := _split_class_of(member.name)):
+                    yield *key, member.name, tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        raise DataError(f"cannot read archive {root} ({err}): is it a complete .tar/.tar.gz?") from err
+
+
+def _read_folder(root: Path, image_size: int) -> ImageArrays:
+    found: dict[str, list[tuple[str, str, np.ndarray]]] = {split: [] for split in SPLITS}
+    for split, cls, relative, data in _iter_images(root):
+        found[split].append((cls, relative, _decode(data, image_size, f"{root}/{relative}")))
+    for split in SPLITS:
+        if not found[split]:
+            raise DataError(
+                f"no images under {split}/<class>/ in {root}: an image folder needs train/<class>/*.jpg|png "
+                "and test/<class>/*.jpg|png"
+            )
+    classes = sorted({c for c, _, _ in found["train"]})
+    test_classes = sorted({c for c, _, _ in found["test"]})
+    if classes != test_classes:
+        raise DataError(
+            f"train and test classes differ in {root}: only in train {sorted(set(classes) - set(test_classes))}, "
+            f"only in test {sorted(set(test_classes) - set(classes))}"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    arrays = {}
+    for split in SPLITS:
+        items = sorted(found[split], key=lambda item: (index[item[0]], item[1]))
+        arrays[f"{split}_x"] = np.stack([img for _, _, img in items])
+        arrays[f"{split}_y"] = np.array([index[c] for c, _, _ in items], dtype=np.int64)
+    return ImageArrays(**arrays, classes=classes, description=f"image folder {root}")
+
+
+def _cache_key(root: Path, image_size: int) -> str:
+    """Changes when the archive or any file of the tree changes (path, size, modification time)."""
+    h = hashlib.sha256(f"{root.resolve()}|{image_size}".encode())
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def load_image_folder(root: Path, image_size: int, cache_dir: Path | None) -> ImageArrays:
+    """Decode a ``train/<class>/*``, ``test/<class>/*`` tree or archive once; later calls read the cache."""
+    if not (is_archive(root) or is_image_folder(root)):
+        raise DataError(
+            f"data.root={root} is not an image folder: expected a folder with train/<class>/* and "
+            "test/<class>/*, or a .tar/.tar.gz/.tgz archive of one"
+        )
+    cache = None
+    if cache_dir is not None:
+        name = root.name.split(".")[0] or "images"
+        cache = Path(cache_dir) / f"{name}-{image_size}px-{_cache_key(root, image_size)}.npz"
+        if cache.exists():
+            with np.load(cache) as z:
+                return ImageArrays(
+                    train_x=z["train_x"], train_y=z["train_y"], test_x=z["test_x"], test_y=z["test_y"],
+                    classes=[str(c) for c in z["classes"]], description=f"image folder {root}",
+                )  # fmt: skip
+    arrays = _read_folder(root, image_size)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, train_x=arrays.train_x, train_y=arrays.train_y, test_x=arrays.test_x,
+                 test_y=arrays.test_y, classes=np.array(arrays.classes))  # fmt: skip
+        os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
+    return arrays
+
+
+# --------------------------------------------------------------------------------------------- synthetic
+
+
+def make_synthetic(
+    num_classes: int, train_per_class: int, test_per_class: int, image_size: int, noise: float, seed: int
+) -> ImageArrays:
+    """Class-dependent images: each class is a fixed random 4x4 colour layout, blown up, plus pixel noise."""
+    rng = np.random.default_rng(seed)
+    cells = rng.uniform(0, 255, size=(num_classes, 4, 4, 3))
+    scale = -(-image_size // 4)  # ceil, then crop
+    prototypes = cells.repeat(scale, axis=1).repeat(scale, axis=2)[:, :image_size, :image_size]
+
+    def draw(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(num_classes), per_class)
+        x = prototypes[y] + rng.normal(0, noise, size=(len(y), image_size, image_size, 3))
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    train_x, train_y = draw(train_per_class)
+    test_x, test_y = draw(test_per_class)
+    classes = [f"class_{i}" for i in range(num_classes)]
+    return ImageArrays(train_x, train_y, test_x, test_y, classes, description=f"synthetic (seed {seed})")

@@ -1,0 +1,74 @@
+"""The augmentation pipelines, built from torchvision.transforms.v2 and the ``aug`` config group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+from vit_cifar.errors import ConfigError
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _probability(aug: dict, key: str) -> float:
+    value = float(aug.get(key, 0.0))
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"aug.{key}={value} is not a probability: use a value in [0, 1]")
+    return value
+
+
+def _alpha(aug: dict, key: str) -> float:
+    value = float(aug.get(key, 0.0))
+    if value < 0:
+        raise ConfigError(f"aug.{key}={value} is negative: use 0 to switch it off or a positive alpha")
+    return value
+
+
+def train_transform(aug: dict, mean: Sequence[float], std: Sequence[float], image_size: int) -> v2.Compose:
+    """Per-image training pipeline on a uint8 (3, H, W) tensor: geometric and colour augmentation on uint8,
+    then scaling and normalisation, then RandomErasing (which fills with 0, the mean, after normalising)."""
+    ops: list[v2.Transform] = []
+    if aug.get("random_crop_padding", 0):
+        ops.append(v2.RandomCrop(image_size, padding=int(aug["random_crop_padding"]), padding_mode="reflect"))
+    if _probability(aug, "hflip_p"):
+        ops.append(v2.RandomHorizontalFlip(p=float(aug["hflip_p"])))
+    policy = aug.get("policy") or "none"
+    if policy == "trivialaugment":
+        ops.append(v2.TrivialAugmentWide())
+    elif policy == "randaugment":
+        ops.append(v2.RandAugment())
+    elif policy == "autoaugment":
+        ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+    elif policy != "none":
+        raise ConfigError(f"aug.policy={policy} is unknown: use trivialaugment, randaugment, autoaugment or none")
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    erasing_p = _probability(aug, "erasing_p")
+    if erasing_p:
+        ops.append(v2.RandomErasing(p=erasing_p, value=0))
+    return v2.Compose(ops)
+
+
+def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """Evaluation: scaling and normalisation only."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def batch_mix(aug: dict, num_classes: int) -> v2.Transform | None:
+    """Per-batch MixUp or CutMix (one of them, chosen at random, on each batch), or None when both are off.
+
+    Targets become class probabilities that sum to 1; label smoothing is applied later, in the loss.
+    """
+    mixup_alpha, cutmix_alpha = _alpha(aug, "mixup_alpha"), _alpha(aug, "cutmix_alpha")
+    mixes = []
+    if mixup_alpha > 0:
+        mixes.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if cutmix_alpha > 0:
+        mixes.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if not mixes:
+        return None
+    mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+    mix_prob = _probability(aug, "mix_prob") if "mix_prob" in aug else 1.0
+    return mix if mix_prob == 1.0 else v2.RandomApply([mix], p=mix_prob)
