@@ -1,0 +1,127 @@
+"""The training system around any classifier network: loss, metrics, AdamW parameter groups, warmup-cosine."""
+
+from __future__ import annotations
+
+import importlib
+from functools import partial
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.classification import MulticlassAccuracy
+
+from vit_cifar.errors import ConfigError
+from vit_cifar.optim import param_groups, warmup_cosine_lr, warmup_steps_for
+
+# Checkpoints name the classes they build; only these packages may be named, so a checkpoint cannot run code.
+NETWORK_PACKAGES = ("vit_cifar.models.",)
+OPTIMIZER_PACKAGES = ("torch.optim.",)
+
+
+def locate(target: str, allowed: tuple[str, ...], key: str) -> type:
+    """The class at dotted path ``target``, if it lies in one of the ``allowed`` packages."""
+    if not isinstance(target, str) or not target.startswith(allowed):
+        raise ConfigError(f"{key}._target_={target!r} is not allowed: it must be a class in {', '.join(allowed)}")
+    module_name, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"{key}._target_={target} does not exist") from None
+
+
+def build_network(cfg: dict) -> nn.Module:
+    """Instantiate a network from its config dict (``_target_`` plus constructor arguments)."""
+    kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return locate(cfg.get("_target_"), NETWORK_PACKAGES, "model")(**kwargs)
+
+
+class ClassifierModule(L.LightningModule):
+    """Trains, validates and tests any classifier network built from a config dict.
+
+    Args:
+        net: the network's config (``_target_`` and arguments), kept in every checkpoint to rebuild it.
+        optimizer: the optimiser's config: ``_target_`` (a ``torch.optim`` class), ``lr``, ``weight_decay``
+            (applied to layer weights only, see :func:`vit_cifar.optim.param_groups`) and its other arguments.
+        scheduler: ``warmup_epochs`` and ``min_lr`` of the per-step warmup-cosine schedule.
+        label_smoothing: label smoothing of the cross-entropy, applied on top of MixUp/CutMix targets.
+    """
+
+    def __init__(self, net: dict, optimizer: dict, scheduler: dict, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"aug.label_smoothing={label_smoothing} is not a probability in [0, 1)")
+        self.save_hyperparameters()
+        self.net = build_network(net)
+        self.optimizer_class = locate(optimizer.get("_target_"), OPTIMIZER_PACKAGES, "optim")
+        num_classes = self.net.num_classes
+        # Takes hard labels (N,) or MixUp/CutMix class probabilities (N, C); smoothing applies to both.
+        self.loss_fn = partial(F.cross_entropy, label_smoothing=label_smoothing)
+        # One metric object per stage, so their states never mix.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.classes: list[str] | None = None
+        self.run_config: dict | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+        x, target = batch
+        logits = self(x)
+        loss = self.loss_fn(logits, target)
+        # Under MixUp/CutMix the target is a mixture; accuracy counts the class with the largest share.
+        hard = target.argmax(dim=1) if target.ndim == 2 else target
+        metric(logits, hard)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step,
+                 batch_size=len(x))  # fmt: skip
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(x).softmax(dim=-1)
+
+    def configure_optimizers(self):
+        opt_cfg = {k: v for k, v in self.hparams.optimizer.items() if not k.startswith("_")}
+        lr = float(opt_cfg.pop("lr"))
+        weight_decay = float(opt_cfg.pop("weight_decay", 0.0))
+        if "betas" in opt_cfg:
+            opt_cfg["betas"] = tuple(opt_cfg["betas"])
+        groups = param_groups(self.net, weight_decay)
+        optimizer = self.optimizer_class(groups, lr=lr, **opt_cfg)
+
+        total = int(self.trainer.estimated_stepping_batches)
+        max_epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = warmup_steps_for(total, max_epochs, float(self.hparams.scheduler.get("warmup_epochs", 0)))
+        min_lr = float(self.hparams.scheduler.get("min_lr", 0.0))
+        schedule = partial(warmup_cosine_lr, total_steps=total, warmup_steps=warmup, peak_lr=lr, min_lr=min_lr)
+        scheduler = LambdaLR(optimizer, lambda step: schedule(step) / lr)
+        n_decay, n_plain = (sum(p.numel() for p in g["params"]) for g in groups)
+        self.print(f"optimiser: {n_decay:,} parameters with weight decay {weight_decay}, {n_plain:,} without; "
+                   f"{total} steps, {warmup} of warmup")  # fmt: skip
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # What evaluation needs beside the weights: class names and the whole run configuration.
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None and hasattr(datamodule, "classes"):
+            checkpoint["classes"] = list(datamodule.classes)
+        if self.run_config is not None:
+            checkpoint["config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.classes = checkpoint.get("classes")
+        self.run_config = checkpoint.get("config")

@@ -1,0 +1,156 @@
+"""Train (and test) a classifier: ``python -m vit_cifar.train [overrides]``.
+
+``train(cfg)`` is the whole job and returns its metrics; ``main`` only adds Hydra and one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vit_cifar.cli import CONFIG_DIR, run_cli
+from vit_cifar.data import CIFARDataModule
+from vit_cifar.errors import ConfigError
+from vit_cifar.module import ClassifierModule
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16-mixed on GPUs that support it, 16-mixed on other CUDA GPUs, 32-true elsewhere."""
+    if str(precision) != "auto":
+        return str(precision)
+    on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if not on_cuda:
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def instantiate_all(section: DictConfig | None) -> list:
+    """Instantiate every entry of a callbacks or logger group, skipping those set to null."""
+    if not section:
+        return []
+    return [hydra.utils.instantiate(entry) for entry in section.values() if entry is not None]
+
+
+def build_datamodule(cfg: DictConfig) -> CIFARDataModule:
+    return hydra.utils.instantiate(cfg.data, aug=OmegaConf.to_container(cfg.aug, resolve=True), _convert_="all")
+
+
+def build_module(cfg: DictConfig) -> ClassifierModule:
+    module = ClassifierModule(
+        net=OmegaConf.to_container(cfg.model, resolve=True),
+        optimizer=OmegaConf.to_container(cfg.optim, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        label_smoothing=float(cfg.aug.label_smoothing),
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return module
+
+
+def build_trainer(cfg: DictConfig, has_validation: bool) -> L.Trainer:
+    callbacks_cfg = cfg.get("callbacks") or {}
+    ckpt_cfg = callbacks_cfg.get("model_checkpoint")
+    if ckpt_cfg is not None and not has_validation:
+        # No validation split to select on: keep the last epoch (the seed's final-epoch protocol).
+        ckpt_cfg.monitor = None
+        ckpt_cfg.filename = "epoch{epoch:03d}"
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=instantiate_all(callbacks_cfg),
+        logger=instantiate_all(cfg.get("logger")) or False,
+        precision=precision,
+    )
+
+
+def selected_checkpoint(trainer: L.Trainer) -> str | None:
+    """The checkpoint to test: best by validation accuracy, or the last one when there is no validation."""
+    callback = trainer.checkpoint_callback
+    return (callback.best_model_path or None) if callback is not None else None
+
+
+def describe_device(trainer: L.Trainer) -> str:
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)}) x{trainer.world_size}"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, test the selected checkpoint, write ``metrics.json`` in the run folder and return the metrics."""
+    start = time.perf_counter()
+    if cfg.trainer.max_epochs is not None and cfg.trainer.max_epochs < 1 and cfg.trainer.max_epochs != -1:
+        raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs} must be at least 1")
+    if cfg.scheduler.warmup_epochs > cfg.trainer.max_epochs > 0:
+        raise ConfigError(
+            f"scheduler.warmup_epochs={cfg.scheduler.warmup_epochs} is longer than "
+            f"trainer.max_epochs={cfg.trainer.max_epochs}: shorten the warmup or train longer"
+        )
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0)
+    ckpt_path = cfg.get("ckpt_path")
+
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        ckpt_path = selected_checkpoint(trainer)
+    elif not ckpt_path:
+        raise ConfigError("train=false needs ckpt_path=<checkpoint file> to test")
+
+    metrics = {
+        "params": sum(p.numel() for p in module.net.parameters()),
+        "epochs": trainer.current_epoch,
+        "seed": cfg.seed,
+        "data": datamodule.description,
+        "device": describe_device(trainer),
+        "precision": str(trainer.precision),
+    }
+    if "val/acc" in trainer.callback_metrics:
+        metrics["val_acc_last_epoch"] = float(trainer.callback_metrics["val/acc"])
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.monitor == "val/acc" and callback.best_model_score is not None:
+        metrics["val_acc_best"] = float(callback.best_model_score)
+    if cfg.test:
+        if not ckpt_path:
+            print("no checkpoint was saved (fast_dev_run?): testing the weights in memory")
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path or None, weights_only=True)
+        metrics["test_acc"] = float(results[0]["test/acc"])
+        metrics["test_loss"] = float(results[0]["test/loss"])
+        metrics["test_images"] = len(datamodule.test_set)
+        metrics["checkpoint"] = ckpt_path
+        if ckpt_path:  # 1-based, like "epochs": the checkpoint holds the weights after this many epochs
+            saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            metrics["checkpoint_after_epoch"] = int(saved["epoch"]) + 1
+    metrics["wall_s"] = round(time.perf_counter() - start, 1)
+
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(summary_line(metrics))
+    return metrics
+
+
+def summary_line(m: dict) -> str:
+    parts = [f"test_acc={m['test_acc']:.4f}" if "test_acc" in m else "not tested"]
+    if "checkpoint_after_epoch" in m:
+        parts.append(f"checkpoint after epoch {m['checkpoint_after_epoch']}")
+    parts += [f"{m['epochs']} epochs", f"seed {m['seed']}", m["data"], f"{m['params']:,} params", m["device"],
+              f"{m['wall_s']:.0f} s"]  # fmt: skip
+    return " | ".join(parts)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run_cli(train, cfg)
+    return metrics.get("test_acc")  # the value a Hydra sweeper optimises
+
+
+if __name__ == "__main__":
+    main()
