@@ -1,0 +1,91 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vit_cifar.models import VisionTransformer
+from vit_cifar.optim import param_groups, warmup_cosine_lr, warmup_steps_for
+
+
+def _names(model: nn.Module, params: list) -> set[str]:
+    ids = {id(p) for p in params}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def test_weight_decay_goes_to_layer_weights_only():
+    model = VisionTransformer(embed_dim=32, depth=2, num_heads=2)
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    decayed, plain = _names(model, decay["params"]), _names(model, no_decay["params"])
+    assert decayed | plain == {n for n, _ in model.named_parameters()} and not decayed & plain
+    assert {"cls_token", "pos_embed", "patch_embed.norm.weight", "norm.weight", "norm.bias",
+            "blocks.0.norm1.weight", "blocks.1.norm2.bias", "head.bias", "blocks.0.mlp.fc1.bias"} <= plain
+    assert decayed == {"patch_embed.proj.weight", "head.weight"} | {
+        f"blocks.{i}.{layer}.weight" for i in range(2) for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    }
+
+
+def test_roles_not_names_decide():
+    """A norm layer called anything, and a bias anywhere, still skip decay; a weight called 'norm_proj' decays."""
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm_proj = nn.Linear(4, 4, bias=False)
+            self.scale = nn.BatchNorm1d(4)
+
+    model = Odd()
+    decay, no_decay = param_groups(model, 0.1)
+    assert _names(model, decay["params"]) == {"norm_proj.weight"}
+    assert _names(model, no_decay["params"]) == {"scale.weight", "scale.bias"}
+
+
+def test_schedule_warms_up_to_the_peak_then_decays_to_min_lr():
+    total, warmup, peak, floor = 39_000, 3_900, 1e-3, 1e-5
+    lr = [warmup_cosine_lr(s, total, warmup, peak, floor) for s in range(total)]
+    assert lr[0] == pytest.approx(peak / warmup)
+    assert lr[warmup - 1] == pytest.approx(peak) and lr[warmup] == pytest.approx(peak)
+    assert lr[-1] == pytest.approx(floor, rel=1e-9)
+    assert all(a < b for a, b in zip(lr[:warmup - 1], lr[1:warmup], strict=True))  # rising
+    assert all(a >= b for a, b in zip(lr[warmup:-1], lr[warmup + 1:], strict=True))  # falling
+    mid = warmup + (total - 1 - warmup) // 2  # half-way through the cosine: half-way between peak and floor
+    assert lr[mid] == pytest.approx(floor + (peak - floor) / 2, rel=1e-3)
+    assert min(lr[warmup:]) == pytest.approx(floor)  # the cosine never dips below the floor
+
+
+def test_schedule_edge_cases():
+    assert warmup_cosine_lr(0, 1, 0, 1e-3, 1e-5) == 1e-3  # a one-step run (fast_dev_run)
+    assert warmup_cosine_lr(4, 5, 10, 1.0, 0.0) == 0.0  # warmup clamped to the run: still ends at the floor
+    assert warmup_cosine_lr(0, 10, 0, 1.0, 0.0) == 1.0  # no warmup: starts at the peak
+    assert warmup_steps_for(total_steps=39_000, max_epochs=100, warmup_epochs=10) == 3_900
+
+
+def test_module_schedule_is_sized_from_the_trainers_real_steps(tmp_path):
+    """The LightningModule's scheduler, stepped per optimiser step, follows the pure function exactly."""
+    import lightning as L
+
+    from vit_cifar.module import ClassifierModule
+
+    module = ClassifierModule(
+        net={"_target_": "vit_cifar.models.VisionTransformer", "embed_dim": 16, "depth": 1, "num_heads": 2},
+        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.05},
+        scheduler={"warmup_epochs": 1, "min_lr": 1e-5},
+    )
+    data = torch.utils.data.TensorDataset(torch.randn(40, 3, 32, 32), torch.randint(0, 10, (40,)))
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()])
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))  # 5 steps an epoch, 20 in all
+    assert len(seen) == 20
+    expected = [warmup_cosine_lr(s, 20, 5, 1e-3, 1e-5) for s in range(20)]
+    assert seen == pytest.approx(expected)
+    assert seen[4] == pytest.approx(1e-3) and seen[-1] == pytest.approx(1e-5)
+    groups = trainer.optimizers[0].param_groups
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    assert math.isclose(groups[0]["betas"][1], 0.999)
