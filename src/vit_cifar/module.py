@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vit_cifar.errors import ConfigError
 from vit_cifar.optim import param_groups, warmup_cosine_lr, warmup_steps_for
+from vit_cifar.speed import optimizer_kwargs_for
 
 # Checkpoints name the classes they build; only these packages may be named, so a checkpoint cannot run code.
 NETWORK_PACKAGES = ("vit_cifar.models.",)
@@ -100,6 +101,7 @@ class ClassifierModule(L.LightningModule):
         weight_decay = float(opt_cfg.pop("weight_decay", 0.0))
         if "betas" in opt_cfg:
             opt_cfg["betas"] = tuple(opt_cfg["betas"])
+        opt_cfg = optimizer_kwargs_for(self.optimizer_class, opt_cfg, self.device)  # fused: null -> on CUDA
         groups = param_groups(self.net, weight_decay)
         optimizer = self.optimizer_class(groups, lr=lr, **opt_cfg)
 

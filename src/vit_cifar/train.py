@@ -18,16 +18,7 @@ from vit_cifar.cli import CONFIG_DIR, run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
 from vit_cifar.module import ClassifierModule
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: bf16-mixed on GPUs that support it, 16-mixed on other CUDA GPUs, 32-true elsewhere."""
-    if str(precision) != "auto":
-        return str(precision)
-    on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if not on_cuda:
-        return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+from vit_cifar.speed import apply_speed_settings, resolve_precision
 
 
 def instantiate_all(section: DictConfig | None) -> list:
@@ -95,6 +86,8 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0)
+    speed = apply_speed_settings(module.net, trainer.strategy.root_device, cfg.get("compile", "auto"),
+                                 cfg.get("matmul_precision", "high"))  # fmt: skip
     ckpt_path = cfg.get("ckpt_path")
 
     if cfg.train:
@@ -110,6 +103,7 @@ def train(cfg: DictConfig) -> dict:
         "data": datamodule.description,
         "device": describe_device(trainer),
         "precision": str(trainer.precision),
+        **speed,
     }
     if "val/acc" in trainer.callback_metrics:
         metrics["val_acc_last_epoch"] = float(trainer.callback_metrics["val/acc"])

@@ -1,0 +1,96 @@
+"""The speed switches: compile, matmul precision and fused AdamW are config values reaching their code."""
+
+import pytest
+import torch
+
+from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config
+from vit_cifar.errors import ConfigError
+from vit_cifar.models import VisionTransformer
+from vit_cifar.speed import apply_speed_settings, optimizer_kwargs_for, resolve_compile
+from vit_cifar.train import train
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def _restore_matmul_precision():
+    before = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+def test_the_switches_are_config_values(tmp_path):
+    cfg = compose_config([], tmp_path)
+    assert cfg.compile == "auto" and cfg.matmul_precision == "high"
+    assert cfg.optim.fused is None
+    cfg = compose_config(["compile=true", "matmul_precision=medium", "optim.fused=false"], tmp_path)
+    assert cfg.compile is True and cfg.matmul_precision == "medium"
+    assert cfg.optim.fused is False
+
+
+def test_compile_auto_compiles_on_cuda_only():
+    assert resolve_compile("auto", CPU) is False
+    assert resolve_compile(True, CPU) is True and resolve_compile(False, CUDA) is False
+    with pytest.raises(ConfigError, match="compile='maybe'"):
+        resolve_compile("maybe", CPU)
+
+
+def test_speed_settings_compile_in_place_and_set_the_matmul_precision():
+    net = VisionTransformer(embed_dim=32, depth=1, num_heads=2)
+    names = [n for n, _ in net.named_parameters()]
+    applied = apply_speed_settings(net, CPU, compile=True, matmul_precision="medium")
+    assert applied == {"compile": True, "matmul_precision": "medium"}
+    assert torch.get_float32_matmul_precision() == "medium"
+    assert net._compiled_call_impl is not None  # compiled lazily: nothing is built before the first forward
+    assert [n for n, _ in net.named_parameters()] == names  # checkpoints keep the eager names
+    with pytest.raises(ConfigError, match="matmul_precision='fast'"):
+        apply_speed_settings(net, CPU, matmul_precision="fast")
+
+
+def test_fused_adamw_defaults_to_the_fused_kernel_on_cuda_only():
+    assert optimizer_kwargs_for(torch.optim.AdamW, {"fused": None, "betas": (0.9, 0.999)}, CUDA) == {
+        "fused": True,
+        "betas": (0.9, 0.999),
+    }
+    assert optimizer_kwargs_for(torch.optim.AdamW, {"fused": None}, CPU) == {}  # PyTorch's default
+    assert optimizer_kwargs_for(torch.optim.AdamW, {"fused": False}, CUDA) == {"fused": False}
+    assert optimizer_kwargs_for(torch.optim.LBFGS, {"fused": None}, CUDA) == {}  # no fused kernel: not passed
+    with pytest.raises(ConfigError, match="optim.fused='yes'"):
+        optimizer_kwargs_for(torch.optim.AdamW, {"fused": "yes"}, CPU)
+
+
+def test_compile_and_fused_reach_training(tmp_path, monkeypatch):
+    compiled, fused = [], []
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__)
+    )
+
+    class SpyAdamW(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            fused.append(kwargs.get("fused"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", SpyAdamW)
+    cfg = compose_config(
+        [
+            *SYNTHETIC_SMALL,
+            *TINY_MODEL,
+            *QUIET,
+            "trainer=cpu",
+            "debug=fdr",
+            "compile=true",
+            "optim.fused=true",
+        ],
+        tmp_path,
+    )
+    metrics = train(cfg)
+    assert compiled == ["VisionTransformer"] and fused == [True]  # fused AdamW runs on CPU too (torch >= 2.4)
+    assert metrics["compile"] is True and metrics["matmul_precision"] == "high"
+
+
+def test_a_bad_switch_stops_with_one_line_naming_the_key(tmp_path):
+    cfg = compose_config(
+        [*SYNTHETIC_SMALL, *TINY_MODEL, *QUIET, "trainer=cpu", "debug=fdr", "compile=sometimes"], tmp_path
+    )
+    with pytest.raises(ConfigError, match=r"^compile='sometimes' is not one of auto, true, false$"):
+        train(cfg)
