@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vit_cifar.data import sources
+from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
 from vit_cifar.errors import ConfigError, DataError
 
@@ -94,6 +95,8 @@ class CIFARDataModule(L.LightningDataModule):
         mean, std: normalisation.
         synthetic: sizes and noise of the synthetic source.
         aug: the ``aug`` config group (see ``configs/aug``).
+        device_aug: the GPU data path: the uint8 training images are held on the accelerator and augmented
+            there, per sample, in batches (:mod:`vit_cifar.data.gpu_aug`); no DataLoader for training.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class CIFARDataModule(L.LightningDataModule):
         std: Sequence[float] = CIFAR10_STD,
         synthetic: dict | None = None,
         aug: dict | None = None,
+        device_aug: bool = False,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -142,6 +146,9 @@ class CIFARDataModule(L.LightningDataModule):
         self.train_tf = train_transform(self.aug, self.mean, self.std, image_size)
         self.eval_tf = eval_transform(self.mean, self.std)
         self.mix = batch_mix(self.aug, num_classes)
+        self.device_augment = None
+        if device_aug:  # the GPU data path: augmentation of whole batches on the device
+            self.device_augment = DeviceAugment(self.aug, self.mean, self.std, num_classes)
         self.arrays: sources.ImageArrays | None = None
         self.train_set = self.val_set = self.test_set = None
 
@@ -162,7 +169,8 @@ class CIFARDataModule(L.LightningDataModule):
             test_idx = balanced_subset(arrays.test_y, self.test_subset, self.split_seed, "data.test_subset")
         train_x, train_y = _to_chw_tensor(arrays.train_x), torch.from_numpy(arrays.train_y)
         test_x, test_y = _to_chw_tensor(arrays.test_x), torch.from_numpy(arrays.test_y)
-        self.train_set = ArrayDataset(train_x[train_idx], train_y[train_idx], self.train_tf)
+        train_tf = None if self.device_augment is not None else self.train_tf  # device_aug: uint8 batches
+        self.train_set = ArrayDataset(train_x[train_idx], train_y[train_idx], train_tf)
         self.val_set = ArrayDataset(train_x[val_idx], train_y[val_idx], self.eval_tf) if len(val_idx) else None
         self.test_set = ArrayDataset(test_x[test_idx], test_y[test_idx], self.eval_tf)
 
@@ -204,7 +212,9 @@ class CIFARDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        if self.device_augment is not None:
+            return self._device_batches()
         # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one.
         return self._loader(self.train_set, self.batch_size, shuffle=True,
                             drop_last=len(self.train_set) > self.batch_size)  # fmt: skip
@@ -215,8 +225,23 @@ class CIFARDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
+    def _device_batches(self) -> DeviceBatches:
+        """The training images moved once to this process's device, batched there (see ``device_aug``)."""
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
+        # Shuffled from the training seed (seed_everything), so every rank draws the same permutation.
+        drop_last = len(labels) > self.batch_size  # as train_dataloader
+        return DeviceBatches(images, labels, self.batch_size, drop_last=drop_last, seed=torch.initial_seed(),
+                             rank=rank, world_size=world)  # fmt: skip
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """MixUp/CutMix on the device, on training batches only: targets become class probabilities."""
-        if self.mix is not None and self.trainer is not None and self.trainer.training:
-            batch = self.mix(*batch)
+        """MixUp/CutMix on the device, on training batches only: targets become class probabilities. With
+        ``device_aug`` the whole augmentation runs here, on the uint8 batch."""
+        if self.trainer is not None and self.trainer.training:
+            if self.device_augment is not None:
+                return self.device_augment(*batch)
+            if self.mix is not None:
+                batch = self.mix(*batch)
         return batch

@@ -1,0 +1,366 @@
+"""Training augmentation for a whole batch at once, with per-sample randomness: the GPU data path.
+
+torchvision's v2 transforms draw one set of parameters per call, so applied to a batch every image would get
+the same operation. Here each image draws its own: TrivialAugmentWide (operation and magnitude, from
+torchvision's own op set and magnitude bins), random crop and flip, and RandomErasing (area, aspect ratio and
+place). MixUp/CutMix stay torchvision's, drawn per batch as in the seed recipe. It is all tensor code and runs
+where the batch is: on CUDA for training (``data.device_aug=true``), on CPU tensors for the tests.
+
+On CUDA every operation is computed for the whole batch and kept where chosen (``torch.where``): a few dozen
+small kernels and no host synchronisation. On CPU only the images that drew an operation are computed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from vit_cifar.data.transforms import _probability, batch_mix
+from vit_cifar.errors import ConfigError
+
+NUM_BINS = 31  # torchvision's TrivialAugmentWide default
+# torchvision's table {op name: (magnitudes(num_bins, height, width), signed)} is the one source of the op set
+# and of the magnitude bins, so the two paths cannot drift apart.
+AUGMENTATION_SPACE = v2.TrivialAugmentWide._AUGMENTATION_SPACE
+OPS: tuple[str, ...] = tuple(AUGMENTATION_SPACE)
+GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+ERASING_SCALE, ERASING_RATIO = (0.02, 0.33), (0.3, 3.3)  # torchvision's RandomErasing defaults
+ERASING_TRIES = 10  # as torchvision: an image whose 10 draws all fail is left as it is
+# Devices where every op is computed for the whole batch and selected per image (see _where_op).
+MASKED_DEVICES = ("cuda",)
+
+
+# ---------------------------------------------------------------------------------------- TrivialAugmentWide
+
+
+def magnitude_table(num_bins: int, height: int, width: int, device: torch.device | str = "cpu"):
+    """torchvision's magnitudes as a (len(OPS), num_bins) float table (0 for ops without one), and which ops
+    are signed, (len(OPS),) bool."""
+    table = torch.zeros(len(OPS), num_bins, dtype=torch.float32)
+    signed = torch.zeros(len(OPS), dtype=torch.bool)
+    for k, (magnitudes_fn, is_signed) in enumerate(AUGMENTATION_SPACE.values()):
+        magnitudes = magnitudes_fn(num_bins, height, width)
+        if magnitudes is not None:
+            table[k] = magnitudes.to(torch.float32)
+        signed[k] = is_signed
+    return table.to(device), signed.to(device)
+
+
+def sample_trivial_augment(
+    n: int,
+    height: int,
+    width: int,
+    device: torch.device | str = "cpu",
+    num_bins: int = NUM_BINS,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, as torchvision draws once per call: an op index (uniform over OPS), a magnitude bin
+    (uniform), and for signed ops a sign (negative with probability 1/2).
+
+    Returns op (n,) int64 and magnitude (n,) float32."""
+    table, signed = magnitude_table(num_bins, height, width, device)
+    op = torch.randint(len(OPS), (n,), device=device, generator=generator)
+    bin_ = torch.randint(num_bins, (n,), device=device, generator=generator)
+    negative = signed[op] & (torch.rand(n, device=device, generator=generator) <= 0.5)
+    magnitude = table[op, bin_]
+    return op, torch.where(negative, -magnitude, magnitude)
+
+
+def apply_trivial_augment(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """Apply operation ``OPS[op[i]]`` with ``magnitude[i]`` to image i of a uint8 (B, C, H, W) batch, as
+    torchvision's TrivialAugmentWide does to one image (nearest interpolation, fill 0)."""
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise TypeError(f"expected a uint8 (B, C, H, W) batch, got {images.dtype} {tuple(images.shape)}")
+    geometric = torch.zeros_like(op, dtype=torch.bool)
+    for name in GEOMETRIC_OPS:
+        geometric |= op == OPS.index(name)
+    out = _where_op(images.clone(), geometric, lambda x, i: _affine(x, op[i], magnitude[i]))
+    for name, fn in _COLOUR_OPS.items():
+        out = _where_op(out, op == OPS.index(name), lambda x, i, fn=fn: fn(x, magnitude[i]))
+    return out
+
+
+def trivial_augment_wide(
+    images: torch.Tensor, num_bins: int = NUM_BINS, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """TrivialAugmentWide, an operation and magnitude for each image of a uint8 (B, C, H, W) batch."""
+    h, w = images.shape[-2:]
+    op, magnitude = sample_trivial_augment(len(images), h, w, images.device, num_bins, generator)
+    return apply_trivial_augment(images, op, magnitude)
+
+
+def _where_op(x: torch.Tensor, chosen: torch.Tensor, fn: Callable) -> torch.Tensor:
+    """``fn(images, index)`` on the chosen images of ``x``, the others unchanged (on CPU, ``x`` is written in
+    place).
+
+    CUDA: computed for every image, then selected, so that nothing waits for the GPU (a count would). CPU:
+    computed on the chosen images only, since there computing is what costs."""
+    if x.device.type in MASKED_DEVICES:
+        everything = torch.arange(len(x), device=x.device)
+        return torch.where(chosen[:, None, None, None], fn(x, everything), x)
+    index = chosen.nonzero().squeeze(1)
+    if len(index):
+        x[index] = fn(x[index], index)
+    return x
+
+
+def _affine(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """The geometric ops, each image with its own inverse affine matrix, in one ``grid_sample``.
+
+    Same matrices, grid and sampling as torchvision's ``affine``/``rotate`` on tensors: shears about the
+    top-left corner with angle atan(magnitude), translations by whole pixels, rotations about the centre."""
+    n, _, h, w = images.shape
+    m = magnitude.to(torch.float64)
+    zero = torch.zeros_like(m)
+
+    def when(name: str, value: torch.Tensor) -> torch.Tensor:
+        return torch.where(op == OPS.index(name), value, zero)
+
+    shear_x, shear_y = when("ShearX", torch.atan(m)), when("ShearY", torch.atan(m))
+    tx, ty = when("TranslateX", torch.trunc(m)), when("TranslateY", torch.trunc(m))
+    angle = when("Rotate", -torch.deg2rad(torch.remainder(m, 360.0)))  # rotate() passes -angle, in [0, 360)
+    is_shear = (op == OPS.index("ShearX")) | (op == OPS.index("ShearY"))
+    cx = torch.where(is_shear, zero - w * 0.5, zero)  # centre=[0, 0] in pixels, relative to the image centre
+    cy = torch.where(is_shear, zero - h * 0.5, zero)
+
+    # torchvision's inverse of T * C * Rotate * ShearY * ShearX * C^-1 (scale 1), per image.
+    a = torch.cos(angle - shear_y) / torch.cos(shear_y)
+    b = -(a * torch.tan(shear_x) + torch.sin(angle))
+    c = torch.sin(angle - shear_y) / torch.cos(shear_y)
+    d = torch.cos(angle) - c * torch.tan(shear_x)
+    m0, m1, m3, m4 = d, -b, -c, a
+    m2 = cx - m0 * (cx + tx) - m1 * (cy + ty)
+    m5 = cy - m3 * (cx + tx) - m4 * (cy + ty)
+    theta = torch.stack([m0, m1, m2, m3, m4, m5], dim=1).view(n, 2, 3).to(torch.float32)  # (n, 2, 3)
+
+    # Output pixel centres in pixels relative to the image centre, mapped by theta, normalised to [-1, 1].
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=images.device)
+    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=images.device)
+    ones = torch.ones(h, w, device=images.device)
+    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), ones], dim=-1)  # (h, w, 3)
+    scale = torch.tensor([0.5 * w, 0.5 * h], device=images.device)
+    grid = base.view(1, h * w, 3) @ (theta.transpose(1, 2) / scale)  # (n, h * w, 2)
+    out = F.grid_sample(
+        images.float(), grid.view(n, h, w, 2), mode="nearest", padding_mode="zeros", align_corners=False
+    )
+    return out.round_().to(torch.uint8)
+
+
+def _factor(magnitude: torch.Tensor) -> torch.Tensor:
+    """1 + magnitude per image, (n, 1, 1, 1), rounded to float32 as torchvision's scalar factor is."""
+    return (1.0 + magnitude.to(torch.float64)).to(torch.float32).view(-1, 1, 1, 1)
+
+
+def _blend(image: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``_blend``, one ratio per image: ratio * image + (1 - ratio) * other, clamped, uint8."""
+    # torchvision fuses the multiply-add differently: a level may differ by 1 on a few pixels in a thousand
+    return (image.float() * ratio + other * (1.0 - ratio)).clamp_(0, 255).to(torch.uint8)
+
+
+def _grey(images: torch.Tensor) -> torch.Tensor:
+    return TF.rgb_to_grayscale(images).float()  # (n, 1, H, W), floored to whole levels like torchvision's
+
+
+def _brightness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return (x.float() * _factor(m)).clamp_(0, 255).to(torch.uint8)
+
+
+def _colour(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return _blend(x, _grey(x), _factor(m))
+
+
+def _contrast(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return _blend(x, _grey(x).mean(dim=(-3, -2, -1), keepdim=True), _factor(m))
+
+
+def _sharpness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Blend with the 3x3-smoothed image, borders kept, as torchvision's ``adjust_sharpness``."""
+    channels = x.shape[1]
+    a, b = 1.0 / 13.0, 5.0 / 13.0
+    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=x.device).expand(channels, 1, 3, 3)
+    out = x.float()
+    smooth = F.conv2d(out, kernel, groups=channels).round_()  # (n, C, H - 2, W - 2)
+    inner = out[..., 1:-1, 1:-1]
+    inner.add_((smooth - inner) * (1.0 - _factor(m)))
+    return out.clamp_(0, 255).to(torch.uint8)
+
+
+def _posterize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    bits = m.to(torch.int64)
+    keep = (((1 << bits) - 1) << (8 - bits)).to(torch.uint8)  # the top `bits` bits of each level
+    return x & keep.view(-1, 1, 1, 1)
+
+
+def _solarize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    threshold = (255.0 * m.to(torch.float64)).to(torch.float32).view(-1, 1, 1, 1)
+    return torch.where(x >= threshold, 255 - x, x)
+
+
+# Each takes uint8 images (n, C, H, W) and their magnitudes (n,). AutoContrast and Equalize are torchvision's
+# own: they take batches and work per image.
+_COLOUR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "Brightness": _brightness,
+    "Color": _colour,
+    "Contrast": _contrast,
+    "Sharpness": _sharpness,
+    "Posterize": _posterize,
+    "Solarize": _solarize,
+    "AutoContrast": lambda x, m: TF.autocontrast(x),
+    "Equalize": lambda x, m: TF.equalize(x),
+}
+if set(OPS) != {"Identity", *GEOMETRIC_OPS, *_COLOUR_OPS}:  # a torchvision that changed its op set
+    raise ImportError(f"torchvision's TrivialAugmentWide ops {OPS} differ from those implemented here")
+
+
+# --------------------------------------------------------------------------------------- crop, flip, erasing
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random (H, W) crop of each image reflect-padded by ``padding``, each with its own offset."""
+    n, _, h, w = images.shape
+    dy = torch.randint(2 * padding + 1, (n, 1), device=images.device, generator=generator) - padding
+    dx = torch.randint(2 * padding + 1, (n, 1), device=images.device, generator=generator) - padding
+    rows = _reflect(torch.arange(h, device=images.device) + dy, h)  # (n, H): source row of each output row
+    cols = _reflect(torch.arange(w, device=images.device) + dx, w)  # (n, W)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    picked = images[batch, :, rows[:, :, None], cols[:, None, :]]  # (n, H, W, C): advanced indices go first
+    return picked.permute(0, 3, 1, 2)  # (n, C, H, W)
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Reflect-padding's source index (edge not repeated) for indices within one image size of the edges."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def random_hflip(images: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    flip = torch.rand(len(images), device=images.device, generator=generator) < p
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def random_erasing(
+    images: torch.Tensor,
+    p: float,
+    value: float = 0.0,
+    scale: Sequence[float] = ERASING_SCALE,
+    ratio: Sequence[float] = ERASING_RATIO,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """torchvision's RandomErasing drawn per image: with probability ``p``, a rectangle of area fraction in
+    ``scale`` and aspect ratio in ``ratio`` (log-uniform), at a uniform place, is set to ``value``."""
+    n, _, h, w = images.shape
+    dev = images.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(n, ERASING_TRIES, device=dev, generator=generator) * (high - low) + low
+
+    area = h * w * uniform(*scale)  # (n, tries)
+    aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1])))
+    eh = torch.sqrt(area * aspect).round().long()
+    ew = torch.sqrt(area / aspect).round().long()
+    fits = (eh < h) & (ew < w)
+    first = fits.int().argmax(dim=1, keepdim=True)  # the first draw that fits, as torchvision's retry loop
+    eh, ew = eh.gather(1, first).squeeze(1), ew.gather(1, first).squeeze(1)  # (n,)
+    top = (torch.rand(n, device=dev, generator=generator) * (h - eh + 1)).long()
+    left = (torch.rand(n, device=dev, generator=generator) * (w - ew + 1)).long()
+    erase = fits.any(dim=1) & (torch.rand(n, device=dev, generator=generator) < p)
+    rows = torch.arange(h, device=dev)[None, :, None]  # (1, H, 1)
+    cols = torch.arange(w, device=dev)[None, None, :]  # (1, 1, W)
+    inside = (
+        (rows >= top[:, None, None])
+        & (rows < (top + eh)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + ew)[:, None, None])
+    )
+    mask = (inside & erase[:, None, None])[:, None]  # (n, 1, H, W)
+    return images.masked_fill(mask, value)
+
+
+# ---------------------------------------------------------------------------------------- the whole pipeline
+
+
+class DeviceAugment:
+    """The ``aug`` recipe on a uint8 (B, 3, H, W) batch where it lies: crop, flip and TrivialAugmentWide on
+    uint8, scaling and normalisation, RandomErasing (filling 0, the mean), then MixUp/CutMix on the batch.
+
+    The order and distributions of the per-image CPU pipeline,
+    :func:`~vit_cifar.data.transforms.train_transform` then :func:`~vit_cifar.data.transforms.batch_mix`.
+    """
+
+    def __init__(self, aug: dict, mean: Sequence[float], std: Sequence[float], num_classes: int) -> None:
+        policy = aug.get("policy") or "none"
+        if policy not in ("trivialaugment", "none"):
+            raise ConfigError(
+                f"aug.policy={policy} has no batched version for data.device_aug=true: "
+                "use aug.policy=trivialaugment or none, or data.device_aug=false"
+            )
+        self.trivial_augment = policy == "trivialaugment"
+        self.crop_padding = int(aug.get("random_crop_padding", 0) or 0)
+        self.hflip_p = _probability(aug, "hflip_p")
+        self.erasing_p = _probability(aug, "erasing_p")
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.mix = batch_mix(aug, num_classes)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.crop_padding:
+            images = random_crop(images, self.crop_padding)
+        if self.hflip_p:
+            images = random_hflip(images, self.hflip_p)
+        if self.trivial_augment:
+            images = trivial_augment_wide(images)
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        x = (images.float() / 255.0 - mean) / std
+        if self.erasing_p:
+            x = random_erasing(x, self.erasing_p)
+        return self.mix(x, labels) if self.mix is not None else (x, labels)
+
+
+class DeviceBatches:
+    """Shuffled training batches sliced from uint8 tensors held on the accelerator: no workers, no collation,
+    no host-to-device copies. Each rank takes its own share of one permutation drawn from ``seed`` and the
+    epoch; Lightning sets the epoch through ``sampler.set_epoch``, as for a DistributedSampler."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        self.sampler = self  # where Lightning looks for set_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _per_rank(self) -> int:
+        return len(self.labels) // self.world_size
+
+    def __len__(self) -> int:
+        n = self._per_rank()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        if self.shuffle:  # drawn on the CPU from (seed, epoch): the same on every rank and every device
+            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) % 2**63)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        order = order[self.rank :: self.world_size][: self._per_rank()].to(self.images.device)
+        for batch in range(len(self)):
+            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield self.images[index], self.labels[index]
