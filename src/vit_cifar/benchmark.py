@@ -1,0 +1,614 @@
+"""How fast vit-cifar trains and infers, beside a plain PyTorch loop and timm, on this machine.
+
+Claims (the goals of issue #6; each result file says which were met on its device):
+  1. Training: the Lightning system (``ClassifierModule``, ``CIFARDataModule``, ``Trainer``) costs at most 5%
+     more time per image than a plain PyTorch loop, written below, with the same network object, data
+     pipeline, AdamW parameter groups, warmup-cosine schedule, gradient clipping and precision.
+  2. Inference: our ViT-Tiny is at least as fast as timm's ``VisionTransformer`` of identical shape (img 32,
+     patch 4, dim 192, depth 12, heads 3, no qkv bias, patch-embedding LayerNorm, 10 classes), both eager.
+  3. Augmentation: images/s of the per-image CPU pipeline per DataLoader worker, against the batched GPU
+     data path (``data.device_aug``), which needs no workers.
+Evidence: ``benchmarks/results/<date>-<device>.json``, one file per run, holding the device, threads, load
+average, library versions, git SHA, the whole configuration and every repeat; docs/performance.md sums up.
+Hardware: whatever runs it, named in each file. CPU figures from a shared, loaded machine carry its load
+average and are to be re-run on a quiet one.
+
+Method: warmup steps first (not timed), then a timed window of ``--steps`` steps, ``--repeats`` times, with
+the variants interleaved (Lightning, plain, Lightning, plain, ...) so that a change of load hits both. On CUDA
+the device is synchronised at the edges of a window, so that queued work is counted, and never inside it.
+Figures are the mean and standard deviation over the repeats. Training uses synthetic uint8 images unless
+``--data`` names a dataset (these operations cost the same whatever the pictures show).
+
+    python -m vit_cifar.benchmark                  # this machine's accelerator, the seed recipe
+    python -m vit_cifar.benchmark --device-aug     # train with the GPU data path
+    python -m vit_cifar.benchmark --compile        # torch.compile our network and timm's
+    python -m vit_cifar.benchmark --tiny           # a tiny model and a few steps: does it all run?
+
+argparse, not Hydra: the benchmark runs where only torch, torchvision and lightning are installed. The
+recipe is read from ``configs/``, so it cannot drift from training's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import default_collate
+
+from vit_cifar.data import CIFARDataModule
+from vit_cifar.data.gpu_aug import DeviceBatches
+from vit_cifar.errors import ConfigError, VitCifarError
+from vit_cifar.module import ClassifierModule, build_network
+from vit_cifar.optim import param_groups, warmup_cosine_lr, warmup_steps_for
+from vit_cifar.speed import apply_speed_settings, optimizer_kwargs_for, resolve_precision
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: configs/ and benchmarks/ sit here
+CONFIG_DIR = ROOT / "configs"
+OVERHEAD_GOAL = 0.05
+TINY_MODEL = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+# ------------------------------------------------------------------------------------------ configuration
+
+
+def load_recipe(tiny: bool) -> dict:
+    """The seed recipe from the config groups training uses by default (``configs/train.yaml``)."""
+
+    def group(name: str) -> dict:
+        return yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+
+    data, model = group("data/cifar10"), group("model/vit_tiny")
+    # The model's ${data.image_size} and ${data.num_classes}: the only interpolations these groups hold.
+    model = {k: _from_data(v, data) for k, v in model.items()}
+    if tiny:
+        model.update(TINY_MODEL)
+    trainer = group("trainer/default")
+    return {
+        "model": model,
+        "optim": group("optim/adamw"),
+        "scheduler": group("scheduler/warmup_cosine"),
+        "aug": group("aug/seed"),
+        "gradient_clip_val": trainer["gradient_clip_val"],
+        "data": {k: data[k] for k in ("batch_size", "eval_batch_size", "num_workers", "mean", "std")},
+    }
+
+
+def _from_data(value, data: dict):
+    """``${data.<key>}`` -> ``data[<key>]``; other values as they are."""
+    if isinstance(value, str) and value.startswith("${data.") and value.endswith("}"):
+        return data[value[len("${data.") : -1]]
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m vit_cifar.benchmark", description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA if any")
+    p.add_argument("--precision", default="auto", help="auto: bf16/16-mixed on CUDA, 32-true on CPU")
+    p.add_argument("--batch-size", type=int, help="training batch (default: data.batch_size, 128)")
+    p.add_argument("--steps", type=int, help="timed steps per repeat (default: CUDA 50, CPU 3)")
+    p.add_argument("--warmup", type=int, help="untimed steps before each window (default: CUDA 10, CPU 1)")
+    p.add_argument("--repeats", type=int, help="timed windows per variant (default: CUDA 5, CPU 3)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks (train and infer)")
+    p.add_argument("--device-aug", action="store_true", help="train with the GPU data path (data.device_aug)")
+    p.add_argument("--data", help="dataset root as data.root (default: synthetic images)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the results JSON")
+    p.add_argument("--tiny", action="store_true", help="tiny model, a few steps: checks that everything runs")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> dict:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    cuda_wanted = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda_wanted else "cpu")
+    cuda = device.type == "cuda"
+    recipe = load_recipe(args.tiny)
+    defaults = {"steps": 50 if cuda else 3, "warmup": 10 if cuda else 1, "repeats": 5 if cuda else 3}
+    if args.tiny:
+        defaults = {"steps": 2, "warmup": 1, "repeats": 2}
+    if args.compile:  # the first steps compile (and recompile for new shapes): keep them out of the window
+        defaults["warmup"] = max(defaults["warmup"], 3)
+    s = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    batch = args.batch_size
+    if batch is None:
+        batch = 16 if args.tiny else recipe["data"]["batch_size"]
+    least = {"steps": 1, "repeats": 1, "warmup": 0}
+    for key, value in [*((k, s[k]) for k in least), ("batch-size", batch)]:
+        if value < least.get(key, 1):
+            raise ConfigError(f"--{key}={value} must be at least {least.get(key, 1)}")
+    return {
+        "device": device,
+        "precision": resolve_precision(args.precision, device.type),
+        "batch_size": batch,
+        "eval_batch_size": 32 if args.tiny else recipe["data"]["eval_batch_size"],
+        **s,
+        "compile": args.compile,
+        "device_aug": args.device_aug,
+        "data": args.data,
+        "tiny": args.tiny,
+        "recipe": recipe,
+    }
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def now(device: torch.device) -> float:
+    """Wall-clock seconds after everything queued on the device has run."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def summary(images_per_s: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(images_per_s),
+        "std": statistics.stdev(images_per_s) if len(images_per_s) > 1 else 0.0,
+        "runs": images_per_s,
+    }
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The autocast Lightning's precision plugin uses for ``precision``; whether a GradScaler goes with it."""
+    if precision.startswith("bf16") and "mixed" in precision:
+        return torch.autocast(device.type, dtype=torch.bfloat16), False
+    if precision.startswith("16") and "mixed" in precision:
+        return torch.autocast(device.type, dtype=torch.float16), device.type == "cuda"
+    return contextlib.nullcontext(), False
+
+
+class WindowTimer(L.Callback):
+    """Times the optimiser steps ``warmup + 1`` to ``warmup + steps`` of a fit."""
+
+    def __init__(self, warmup: int, steps: int, device: torch.device) -> None:
+        self.warmup, self.steps, self.device = warmup, steps, device
+        self.start = self.end = math.nan
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.warmup == 0:
+            self.start = now(self.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.warmup and self.warmup > 0:
+            self.start = now(self.device)
+        elif trainer.global_step == self.warmup + self.steps:
+            self.end = now(self.device)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def make_datamodule(s: dict) -> CIFARDataModule:
+    """The training data as ``python -m vit_cifar.train`` builds them: all training images (no validation
+    split), the seed augmentation, the configured workers; synthetic images unless ``--data``."""
+    recipe = s["recipe"]
+    # One epoch covers a whole run: no epoch boundary inside a window.
+    needed = s["batch_size"] * (s["warmup"] + s["steps"] + 1)
+    source = {"source": "synthetic", "synthetic": {"train_per_class": -(-needed // 10), "test_per_class": 1}}
+    if s["data"]:
+        source = {"root": s["data"], "cache_dir": os.environ.get("VIT_CIFAR_CACHE", ".cache/vit_cifar")}
+    dm = CIFARDataModule(
+        **source,
+        download=False,
+        val_size=0,
+        batch_size=s["batch_size"],
+        eval_batch_size=s["eval_batch_size"],
+        num_workers=0 if s["tiny"] else recipe["data"]["num_workers"],
+        mean=recipe["data"]["mean"],
+        std=recipe["data"]["std"],
+        aug=recipe["aug"],
+        device_aug=s["device_aug"],
+    )
+    dm.setup("fit")
+    return dm
+
+
+def make_module(s: dict) -> ClassifierModule:
+    recipe = s["recipe"]
+    module = ClassifierModule(
+        net=recipe["model"],
+        optimizer=recipe["optim"],
+        scheduler=recipe["scheduler"],
+        label_smoothing=float(recipe["aug"]["label_smoothing"]),
+    )
+    apply_speed_settings(module.net, s["device"], compile=s["compile"], matmul_precision="high")
+    return module
+
+
+def lightning_window(s: dict, dm: CIFARDataModule, module: ClassifierModule, initial: dict) -> float:
+    """Seconds for ``steps`` training steps of ``Trainer.fit``, as a training run does them (no logger,
+    progress bar or checkpoints: those are per epoch or cosmetic)."""
+    module.net.load_state_dict(initial)
+    timer = WindowTimer(s["warmup"], s["steps"], s["device"])
+    trainer = L.Trainer(
+        accelerator=s["device"].type,
+        devices=1,
+        precision=s["precision"],
+        max_steps=s["warmup"] + s["steps"],
+        gradient_clip_val=s["recipe"]["gradient_clip_val"],
+        gradient_clip_algorithm="norm",
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=dm)
+    return timer.end - timer.start
+
+
+def plain_window(s: dict, dm: CIFARDataModule, net: nn.Module, initial: dict) -> float:
+    """The same steps as :func:`lightning_window` in a plain loop: same network object, batches, augmentation
+    on the device, AdamW groups, per-step schedule, clipping and precision."""
+    device, recipe = s["device"], s["recipe"]
+    net.to(device).load_state_dict(initial)
+    net.train()
+    opt_cfg = {k: v for k, v in recipe["optim"].items() if not k.startswith("_")}
+    lr, weight_decay = float(opt_cfg.pop("lr")), float(opt_cfg.pop("weight_decay"))
+    opt_cfg["betas"] = tuple(opt_cfg["betas"])
+    opt_cfg = optimizer_kwargs_for(torch.optim.AdamW, opt_cfg, device)
+    optimizer = torch.optim.AdamW(param_groups(net, weight_decay), lr=lr, **opt_cfg)
+    total = s["warmup"] + s["steps"]
+    # As in a Lightning run stopped by max_steps (max_epochs -1, counted as 1).
+    warmup = warmup_steps_for(total, 1, float(recipe["scheduler"]["warmup_epochs"]))
+    schedule = partial(
+        warmup_cosine_lr,
+        total_steps=total,
+        warmup_steps=warmup,
+        peak_lr=lr,
+        min_lr=float(recipe["scheduler"]["min_lr"]),
+    )
+    scheduler = LambdaLR(optimizer, lambda step: schedule(step) / lr)
+    loss_fn = partial(F.cross_entropy, label_smoothing=float(recipe["aug"]["label_smoothing"]))
+    autocast, use_scaler = autocast_for(s["precision"], device)
+    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+    # The training batches and their on-device transform, as CIFARDataModule gives them to Lightning.
+    if dm.device_augment is not None:
+        images, labels = dm.train_set.images.to(device), dm.train_set.labels.to(device)
+        batches = DeviceBatches(images, labels, s["batch_size"])
+        augment = dm.device_augment
+    else:
+        batches = dm.train_dataloader()
+        augment = dm.mix if dm.mix is not None else (lambda x, y: (x, y))
+    start = now(device) if s["warmup"] == 0 else math.nan
+    for step, (x, y) in enumerate(batches, start=1):
+        x, y = augment(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+        with autocast:
+            loss = loss_fn(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), recipe["gradient_clip_val"])
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        if step == s["warmup"]:
+            start = now(device)
+        if step == total:
+            return now(device) - start
+    raise RuntimeError(f"the training data gave fewer than {total} batches")
+
+
+def measure_training(s: dict, log) -> dict:
+    dm = make_datamodule(s)
+    module = make_module(s)
+    initial = {k: v.detach().clone() for k, v in module.net.state_dict().items()}
+    images = s["batch_size"] * s["steps"]
+    runs: dict[str, list[float]] = {"lightning": [], "plain": []}
+    for r in range(s["repeats"]):
+        torch.manual_seed(r)
+        runs["lightning"].append(images / lightning_window(s, dm, module, initial))
+        torch.manual_seed(r)
+        runs["plain"].append(images / plain_window(s, dm, module.net, initial))
+        log(
+            f"  train repeat {r + 1}/{s['repeats']}: lightning {runs['lightning'][-1]:,.1f} img/s, "
+            f"plain {runs['plain'][-1]:,.1f} img/s"
+        )
+    lightning, plain = summary(runs["lightning"]), summary(runs["plain"])
+    overhead = plain["mean"] / lightning["mean"] - 1.0  # extra time per image
+    paired = [p / q - 1.0 for p, q in zip(runs["plain"], runs["lightning"], strict=True)]
+    return {
+        "unit": "images/s (forward, backward, clipping, optimiser and schedule step, data and augmentation)",
+        "data_path": "device_aug (uint8 on the device, batched augmentation)"
+        if s["device_aug"]
+        else f"DataLoader, per-image augmentation in {dm.num_workers} worker(s)",
+        "lightning": lightning,
+        "plain": plain,
+        "lightning_overhead": overhead,
+        "lightning_overhead_per_repeat": paired,
+        "goal": f"lightning_overhead <= {OVERHEAD_GOAL}",
+        "met": overhead <= OVERHEAD_GOAL,
+    }
+
+
+# ------------------------------------------------------------------------------------------ inference
+
+
+def timm_vit(model_cfg: dict) -> tuple[nn.Module | None, str]:
+    """timm's VisionTransformer of our shape, or None and why not."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:
+        return None, "timm is not installed (pip install -e '.[bench]'): comparison skipped"
+    shape = (
+        "img_size",
+        "patch_size",
+        "num_classes",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "qkv_bias",
+    )
+    kwargs = {k: model_cfg[k] for k in shape}
+    note = "identical shape and parameter count"
+    if "embed_norm_layer" in inspect.signature(VisionTransformer).parameters:
+        kwargs["embed_norm_layer"] = nn.LayerNorm  # ours ends its patch embedding in a LayerNorm
+    else:
+        note = "this timm has no embed_norm_layer: no patch-embedding LayerNorm (384 fewer parameters)"
+    return VisionTransformer(**kwargs), note
+
+
+def inference_window(net: nn.Module, x: torch.Tensor, s: dict, autocast) -> float:
+    with torch.inference_mode(), autocast:
+        for _ in range(s["warmup"]):
+            net(x)
+        start = now(x.device)
+        for _ in range(s["steps"]):
+            net(x)
+        return now(x.device) - start
+
+
+def measure_inference(s: dict, log) -> dict:
+    device, model_cfg = s["device"], s["recipe"]["model"]
+    ours = build_network(model_cfg)
+    theirs, note = timm_vit(model_cfg)
+    nets = {"ours": ours} if theirs is None else {"ours": ours, "timm": theirs}
+    for net in nets.values():
+        net.to(device).eval()
+        if s["compile"]:
+            net.compile()
+    x = torch.randn(s["eval_batch_size"], 3, model_cfg["img_size"], model_cfg["img_size"], device=device)
+    autocast, _ = autocast_for(s["precision"], device)
+    images = s["eval_batch_size"] * s["steps"]
+    runs: dict[str, list[float]] = {name: [] for name in nets}
+    for r in range(s["repeats"]):
+        for name, net in nets.items():
+            runs[name].append(images / inference_window(net, x, s, autocast))
+        log(
+            f"  inference repeat {r + 1}/{s['repeats']}: "
+            + ", ".join(f"{n} {v[-1]:,.1f} img/s" for n, v in runs.items())
+        )
+    result = {
+        "unit": f"images/s, batch {s['eval_batch_size']}, forward only, inference_mode",
+        "params": {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()},
+        "ours": summary(runs["ours"]),
+        "timm_note": note,
+    }
+    if theirs is not None:
+        result["timm"] = summary(runs["timm"])
+        result["ours_over_timm"] = result["ours"]["mean"] / result["timm"]["mean"]
+        result["goal"] = "ours_over_timm >= 1 (eager)"
+        result["met"] = result["ours_over_timm"] >= 1.0 if not s["compile"] else None
+    return result
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+
+
+def rate(fn, images: int, repeats: int, device: torch.device) -> dict:
+    """images/s of ``fn`` (which handles ``images`` images), after one untimed call."""
+    fn()
+    runs = []
+    for _ in range(repeats):
+        start = now(device)
+        fn()
+        runs.append(images / (now(device) - start))
+    return summary(runs)
+
+
+def measure_augmentation(s: dict) -> dict:
+    """The per-image CPU pipeline as one DataLoader worker runs it (one thread), against the uint8 path."""
+    aug_cfg = dict(s, device_aug=True)
+    dm_cpu, dm_dev = make_datamodule(dict(s, device_aug=False)), make_datamodule(aug_cfg)
+    batch, device = s["batch_size"], s["device"]
+    n_batches = 2 if s["tiny"] else 8
+    n = batch * n_batches
+
+    def per_image(dataset) -> None:  # a worker: __getitem__ per image, then collate per batch
+        for b in range(n_batches):
+            default_collate([dataset[i] for i in range(b * batch, (b + 1) * batch)])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        cpu_pipeline = rate(lambda: per_image(dm_cpu.train_set), n, s["repeats"], torch.device("cpu"))
+        uint8_index = rate(lambda: per_image(dm_dev.train_set), n, s["repeats"], torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    images, labels = dm_dev.train_set.images[:n].to(device), dm_dev.train_set.labels[:n].to(device)
+    batches = DeviceBatches(images, labels, batch)
+
+    def device_epoch(transform=None) -> None:
+        for x, y in batches:
+            if transform is not None:
+                transform(x, y)
+
+    where = f"on {device.type}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
+    return {
+        "unit": "images/s",
+        "cpu_pipeline_per_worker": cpu_pipeline
+        | {"what": "TrivialAugmentWide, ToDtype, Normalize, RandomErasing per image, collation; 1 thread"},
+        "uint8_index_per_worker": uint8_index
+        | {"what": "device_aug through a DataLoader worker: index uint8 images, collate; 1 thread"},
+        "device_batches": rate(device_epoch, n, s["repeats"], device)
+        | {"what": f"device_aug's DeviceBatches: shuffled uint8 batches sliced {where}, no DataLoader"},
+        "device_augment": rate(lambda: device_epoch(dm_dev.device_augment), n, s["repeats"], device)
+        | {"what": f"device_aug's batched augmentation and MixUp/CutMix {where}, batch {batch}"},
+    }
+
+
+# ------------------------------------------------------------------------------------------ the report
+
+
+def device_info(device: torch.device) -> dict:
+    info = {
+        "type": device.type,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu": _cpu_name(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info |= {
+            "name": props.name,
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "capability": f"{props.major}.{props.minor}",
+            "cuda": torch.version.cuda,
+        }
+    else:
+        info["name"] = info["cpu"]
+    return info
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict:
+    import lightning
+    import torchvision
+
+    found = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning": lightning.__version__,
+    }
+    try:
+        import timm
+
+        found["timm"] = timm.__version__
+    except ImportError:
+        found["timm"] = None
+    return found
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return done.stdout.strip()
+
+    try:
+        return {"sha": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": "unknown", "dirty": None}
+
+
+def result_path(out: Path, device: dict, tiny: bool) -> Path:
+    slug = "cpu"
+    if device["type"] == "cuda":  # e.g. cuda-nvidia-h100-80gb-hbm3
+        slug = "cuda-" + re.sub(r"[^a-z0-9]+", "-", device["name"].lower()).strip("-")
+    return out / f"{dt.date.today().isoformat()}-{slug}{'-tiny' if tiny else ''}.json"
+
+
+def table(report: dict) -> str:
+    def row(what: str, r: dict | None) -> str:
+        return f"{what:<52} {r['mean']:>12,.1f} ± {r['std']:,.1f}" if r else f"{what:<52} {'skipped':>12}"
+
+    t, i, a = report["training"], report["inference"], report["augmentation"]
+    device, config, load = report["device"], report["config"], report["load_average"]
+    lines = [
+        f"device: {device['name']} ({device['type']}, {device['threads']} threads), precision "
+        f"{config['precision']}, compile {config['compile']}, device_aug {config['device_aug']}, "
+        f"load average {load['before'][0]:.1f} -> {load['after'][0]:.1f}",
+        f"images/s, mean ± std over {config['repeats']} repeats",
+        row(f"train, Lightning (batch {config['batch_size']})", t["lightning"]),
+        row("train, plain PyTorch loop", t["plain"]),
+        f"{'  Lightning overhead (goal <= 5%)':<52} {100 * t['lightning_overhead']:>11.1f}%",
+        row(f"inference, ours (batch {config['eval_batch_size']})", i["ours"]),
+        row("inference, timm VisionTransformer", i.get("timm")),
+    ]
+    if "ours_over_timm" in i:
+        lines.append(f"{'  ours / timm (goal >= 1)':<52} {i['ours_over_timm']:>12.2f}")
+    lines += [row(f"augmentation, {k.replace('_', ' ')}", v) for k, v in a.items() if isinstance(v, dict)]
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    s = settings_from(args)
+    log = partial(print, flush=True)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available: ..." per fit
+    warnings.filterwarnings("ignore", module="lightning")
+    load_before = os.getloadavg()
+    log(f"benchmark on {s['device']}, {torch.get_num_threads()} threads, load average {load_before[0]:.1f}")
+    report = {
+        "benchmark": "python -m vit_cifar.benchmark " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "device": device_info(s["device"]),
+        "versions": versions(),
+        "git": git_state(),
+        "config": {k: str(v) if k == "device" else v for k, v in s.items()},
+        "training": measure_training(s, log),
+        "inference": measure_inference(s, log),
+        "augmentation": measure_augmentation(s),
+    }
+    report["load_average"] = {
+        "before": list(load_before),
+        "after": list(os.getloadavg()),
+        "cpu_count": os.cpu_count(),
+    }
+    out = result_path(Path(args.out), report["device"], s["tiny"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    log(table(report))
+    log(f"written: {out}")
+    report["path"] = str(out)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        run(argv)
+    except VitCifarError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()
