@@ -38,6 +38,8 @@ def test_tiny_benchmark_writes_a_complete_results_file(tmp_path, capsys):
         train["plain"]["mean"] / train["lightning"]["mean"] - 1
     )
     assert isinstance(train["met"], bool)
+    # on CPU, also per second of process CPU time, which other processes on a shared machine do not slow
+    assert _is_summary(train["lightning"]["per_cpu_second"], 2) and "lightning_overhead_cpu_time" in train
     infer = saved["inference"]
     assert _is_summary(infer["ours"], 2)
     if saved["versions"]["timm"]:  # same shape: the same parameter count

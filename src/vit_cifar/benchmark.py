@@ -43,6 +43,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from functools import partial
@@ -52,6 +53,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import default_collate
@@ -154,11 +157,27 @@ def settings_from(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------------ timing
 
 
-def now(device: torch.device) -> float:
-    """Wall-clock seconds after everything queued on the device has run."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+class Stopwatch:
+    """Wall-clock and process CPU time of one window. On CUDA the device is synchronised at both edges, so
+    that queued work is counted. Process CPU time (all threads of this process, not DataLoader workers) is
+    what CPU figures are also given in: other processes on a shared machine slow the wall clock, not it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.wall = self.cpu = math.nan
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self._sync()
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> Stopwatch:
+        self._sync()
+        self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
+        return self
 
 
 def summary(images_per_s: list[float]) -> dict:
@@ -167,6 +186,14 @@ def summary(images_per_s: list[float]) -> dict:
         "std": statistics.stdev(images_per_s) if len(images_per_s) > 1 else 0.0,
         "runs": images_per_s,
     }
+
+
+def rates(watches: list[Stopwatch], images: int) -> dict:
+    """images/s by the wall clock (mean, std, runs), and on CPU also per second of process CPU time."""
+    result = summary([images / w.wall for w in watches])
+    if watches[0].device.type == "cpu":
+        result["per_cpu_second"] = summary([images / w.cpu for w in watches])
+    return result
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -182,18 +209,18 @@ class WindowTimer(L.Callback):
     """Times the optimiser steps ``warmup + 1`` to ``warmup + steps`` of a fit."""
 
     def __init__(self, warmup: int, steps: int, device: torch.device) -> None:
-        self.warmup, self.steps, self.device = warmup, steps, device
-        self.start = self.end = math.nan
+        self.warmup, self.steps = warmup, steps
+        self.watch = Stopwatch(device)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.warmup == 0:
-            self.start = now(self.device)
+            self.watch.start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step == self.warmup and self.warmup > 0:
-            self.start = now(self.device)
+            self.watch.start()
         elif trainer.global_step == self.warmup + self.steps:
-            self.end = now(self.device)
+            self.watch.stop()
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -236,31 +263,34 @@ def make_module(s: dict) -> ClassifierModule:
     return module
 
 
-def lightning_window(s: dict, dm: CIFARDataModule, module: ClassifierModule, initial: dict) -> float:
-    """Seconds for ``steps`` training steps of ``Trainer.fit``, as a training run does them (no logger,
-    progress bar or checkpoints: those are per epoch or cosmetic)."""
+def lightning_window(s: dict, dm: CIFARDataModule, module: ClassifierModule, initial: dict) -> Stopwatch:
+    """The time of ``steps`` training steps of ``Trainer.fit``, as a training run does them: with the
+    learning-rate monitor and a CSV logger (training also writes TensorBoard events, every 50 steps), without
+    checkpoints (written at epoch ends, outside the window) and without a progress bar (see
+    docs/performance.md: it reads the loss at every refresh)."""
     module.net.load_state_dict(initial)
     timer = WindowTimer(s["warmup"], s["steps"], s["device"])
-    trainer = L.Trainer(
-        accelerator=s["device"].type,
-        devices=1,
-        precision=s["precision"],
-        max_steps=s["warmup"] + s["steps"],
-        gradient_clip_val=s["recipe"]["gradient_clip_val"],
-        gradient_clip_algorithm="norm",
-        callbacks=[timer],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, datamodule=dm)
-    return timer.end - timer.start
+    with tempfile.TemporaryDirectory() as logs:
+        trainer = L.Trainer(
+            accelerator=s["device"].type,
+            devices=1,
+            precision=s["precision"],
+            max_steps=s["warmup"] + s["steps"],
+            gradient_clip_val=s["recipe"]["gradient_clip_val"],
+            gradient_clip_algorithm="norm",
+            callbacks=[timer, LearningRateMonitor(logging_interval="step")],
+            logger=CSVLogger(logs, name="csv", version=""),
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, datamodule=dm)
+    return timer.watch
 
 
-def plain_window(s: dict, dm: CIFARDataModule, net: nn.Module, initial: dict) -> float:
+def plain_window(s: dict, dm: CIFARDataModule, net: nn.Module, initial: dict) -> Stopwatch:
     """The same steps as :func:`lightning_window` in a plain loop: same network object, batches, augmentation
     on the device, AdamW groups, per-step schedule, clipping and precision."""
     device, recipe = s["device"], s["recipe"]
@@ -293,7 +323,9 @@ def plain_window(s: dict, dm: CIFARDataModule, net: nn.Module, initial: dict) ->
     else:
         batches = dm.train_dataloader()
         augment = dm.mix if dm.mix is not None else (lambda x, y: (x, y))
-    start = now(device) if s["warmup"] == 0 else math.nan
+    watch = Stopwatch(device)
+    if s["warmup"] == 0:
+        watch.start()
     for step, (x, y) in enumerate(batches, start=1):
         x, y = augment(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
         with autocast:
@@ -312,9 +344,9 @@ def plain_window(s: dict, dm: CIFARDataModule, net: nn.Module, initial: dict) ->
             optimizer.step()
         scheduler.step()
         if step == s["warmup"]:
-            start = now(device)
+            watch.start()
         if step == total:
-            return now(device) - start
+            return watch.stop()
     raise RuntimeError(f"the training data gave fewer than {total} batches")
 
 
@@ -323,20 +355,19 @@ def measure_training(s: dict, log) -> dict:
     module = make_module(s)
     initial = {k: v.detach().clone() for k, v in module.net.state_dict().items()}
     images = s["batch_size"] * s["steps"]
-    runs: dict[str, list[float]] = {"lightning": [], "plain": []}
+    watches: dict[str, list[Stopwatch]] = {"lightning": [], "plain": []}
     for r in range(s["repeats"]):
         torch.manual_seed(r)
-        runs["lightning"].append(images / lightning_window(s, dm, module, initial))
+        watches["lightning"].append(lightning_window(s, dm, module, initial))
         torch.manual_seed(r)
-        runs["plain"].append(images / plain_window(s, dm, module.net, initial))
+        watches["plain"].append(plain_window(s, dm, module.net, initial))
         log(
-            f"  train repeat {r + 1}/{s['repeats']}: lightning {runs['lightning'][-1]:,.1f} img/s, "
-            f"plain {runs['plain'][-1]:,.1f} img/s"
+            f"  train repeat {r + 1}/{s['repeats']}: lightning {images / watches['lightning'][-1].wall:,.1f} "
+            f"img/s, plain {images / watches['plain'][-1].wall:,.1f} img/s"
         )
-    lightning, plain = summary(runs["lightning"]), summary(runs["plain"])
+    lightning, plain = rates(watches["lightning"], images), rates(watches["plain"], images)
     overhead = plain["mean"] / lightning["mean"] - 1.0  # extra time per image
-    paired = [p / q - 1.0 for p, q in zip(runs["plain"], runs["lightning"], strict=True)]
-    return {
+    result = {
         "unit": "images/s (forward, backward, clipping, optimiser and schedule step, data and augmentation)",
         "data_path": "device_aug (uint8 on the device, batched augmentation)"
         if s["device_aug"]
@@ -344,10 +375,16 @@ def measure_training(s: dict, log) -> dict:
         "lightning": lightning,
         "plain": plain,
         "lightning_overhead": overhead,
-        "lightning_overhead_per_repeat": paired,
+        "lightning_overhead_per_repeat": [
+            lw.wall / pw.wall - 1.0 for lw, pw in zip(watches["lightning"], watches["plain"], strict=True)
+        ],
         "goal": f"lightning_overhead <= {OVERHEAD_GOAL}",
         "met": overhead <= OVERHEAD_GOAL,
     }
+    if "per_cpu_second" in lightning:
+        cpu_lightning, cpu_plain = lightning["per_cpu_second"]["mean"], plain["per_cpu_second"]["mean"]
+        result["lightning_overhead_cpu_time"] = cpu_plain / cpu_lightning - 1.0
+    return result
 
 
 # ------------------------------------------------------------------------------------------ inference
@@ -378,14 +415,15 @@ def timm_vit(model_cfg: dict) -> tuple[nn.Module | None, str]:
     return VisionTransformer(**kwargs), note
 
 
-def inference_window(net: nn.Module, x: torch.Tensor, s: dict, autocast) -> float:
+def inference_window(net: nn.Module, x: torch.Tensor, s: dict, autocast) -> Stopwatch:
+    watch = Stopwatch(x.device)
     with torch.inference_mode(), autocast:
         for _ in range(s["warmup"]):
             net(x)
-        start = now(x.device)
+        watch.start()
         for _ in range(s["steps"]):
             net(x)
-        return now(x.device) - start
+        return watch.stop()
 
 
 def measure_inference(s: dict, log) -> dict:
@@ -400,22 +438,22 @@ def measure_inference(s: dict, log) -> dict:
     x = torch.randn(s["eval_batch_size"], 3, model_cfg["img_size"], model_cfg["img_size"], device=device)
     autocast, _ = autocast_for(s["precision"], device)
     images = s["eval_batch_size"] * s["steps"]
-    runs: dict[str, list[float]] = {name: [] for name in nets}
+    watches: dict[str, list[Stopwatch]] = {name: [] for name in nets}
     for r in range(s["repeats"]):
         for name, net in nets.items():
-            runs[name].append(images / inference_window(net, x, s, autocast))
+            watches[name].append(inference_window(net, x, s, autocast))
         log(
             f"  inference repeat {r + 1}/{s['repeats']}: "
-            + ", ".join(f"{n} {v[-1]:,.1f} img/s" for n, v in runs.items())
+            + ", ".join(f"{n} {images / w[-1].wall:,.1f} img/s" for n, w in watches.items())
         )
     result = {
         "unit": f"images/s, batch {s['eval_batch_size']}, forward only, inference_mode",
         "params": {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()},
-        "ours": summary(runs["ours"]),
+        "ours": rates(watches["ours"], images),
         "timm_note": note,
     }
     if theirs is not None:
-        result["timm"] = summary(runs["timm"])
+        result["timm"] = rates(watches["timm"], images)
         result["ours_over_timm"] = result["ours"]["mean"] / result["timm"]["mean"]
         result["goal"] = "ours_over_timm >= 1 (eager)"
         result["met"] = result["ours_over_timm"] >= 1.0 if not s["compile"] else None
@@ -428,12 +466,13 @@ def measure_inference(s: dict, log) -> dict:
 def rate(fn, images: int, repeats: int, device: torch.device) -> dict:
     """images/s of ``fn`` (which handles ``images`` images), after one untimed call."""
     fn()
-    runs = []
+    watches = []
     for _ in range(repeats):
-        start = now(device)
+        watch = Stopwatch(device)
+        watch.start()
         fn()
-        runs.append(images / (now(device) - start))
-    return summary(runs)
+        watches.append(watch.stop())
+    return rates(watches, images)
 
 
 def measure_augmentation(s: dict) -> dict:
@@ -548,23 +587,30 @@ def result_path(out: Path, device: dict, tiny: bool) -> Path:
 
 def table(report: dict) -> str:
     def row(what: str, r: dict | None) -> str:
-        return f"{what:<52} {r['mean']:>12,.1f} ± {r['std']:,.1f}" if r else f"{what:<52} {'skipped':>12}"
+        if not r:
+            return f"{what:<50} {'skipped':>12}"
+        line = f"{what:<50} {r['mean']:>12,.1f} ± {r['std']:<10,.1f}"
+        cpu = r.get("per_cpu_second")
+        return line + (f" {cpu['mean']:>12,.1f} ± {cpu['std']:,.1f}" if cpu else "")
 
     t, i, a = report["training"], report["inference"], report["augmentation"]
     device, config, load = report["device"], report["config"], report["load_average"]
+    cpu_overhead = t.get("lightning_overhead_cpu_time")
     lines = [
         f"device: {device['name']} ({device['type']}, {device['threads']} threads), precision "
         f"{config['precision']}, compile {config['compile']}, device_aug {config['device_aug']}, "
         f"load average {load['before'][0]:.1f} -> {load['after'][0]:.1f}",
-        f"images/s, mean ± std over {config['repeats']} repeats",
+        f"{'images/s, mean ± std over ' + str(config['repeats']) + ' repeats':<50} {'wall clock':>25}"
+        + (f" {'per CPU-second':>25}" if device["type"] == "cpu" else ""),
         row(f"train, Lightning (batch {config['batch_size']})", t["lightning"]),
         row("train, plain PyTorch loop", t["plain"]),
-        f"{'  Lightning overhead (goal <= 5%)':<52} {100 * t['lightning_overhead']:>11.1f}%",
+        f"{'  Lightning overhead (goal <= 5%)':<50} {100 * t['lightning_overhead']:>11.1f}%"
+        + (f" {100 * cpu_overhead:>24.1f}%" if cpu_overhead is not None else ""),
         row(f"inference, ours (batch {config['eval_batch_size']})", i["ours"]),
         row("inference, timm VisionTransformer", i.get("timm")),
     ]
     if "ours_over_timm" in i:
-        lines.append(f"{'  ours / timm (goal >= 1)':<52} {i['ours_over_timm']:>12.2f}")
+        lines.append(f"{'  ours / timm (goal >= 1)':<50} {i['ours_over_timm']:>12.2f}")
     lines += [row(f"augmentation, {k.replace('_', ' ')}", v) for k, v in a.items() if isinstance(v, dict)]
     return "\n".join(lines)
 
