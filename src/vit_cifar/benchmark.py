@@ -14,8 +14,9 @@ Hardware: whatever runs it, named in each file. CPU figures from a shared, loade
 average and are to be re-run on a quiet one.
 
 Method: warmup steps first (not timed), then a timed window of ``--steps`` steps, ``--repeats`` times, with
-the variants interleaved (Lightning, plain, Lightning, plain, ...) so that a change of load hits both. On CUDA
-the device is synchronised at the edges of a window, so that queued work is counted, and never inside it.
+the variants interleaved and alternating (Lightning, plain, plain, Lightning, ...) so that a change of load
+hits both alike. On CUDA the device is synchronised at the edges of a window, so that queued work is
+counted, and never inside it.
 Figures are the mean and standard deviation over the repeats. Training uses synthetic uint8 images unless
 ``--data`` names a dataset (these operations cost the same whatever the pictures show).
 
@@ -69,6 +70,7 @@ from vit_cifar.speed import apply_speed_settings, optimizer_kwargs_for, resolve_
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: configs/ and benchmarks/ sit here
 CONFIG_DIR = ROOT / "configs"
 OVERHEAD_GOAL = 0.05
+AUG_BATCHES = 8  # batches per augmentation measurement (2 with --tiny)
 TINY_MODEL = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
@@ -230,8 +232,8 @@ def make_datamodule(s: dict) -> CIFARDataModule:
     """The training data as ``python -m vit_cifar.train`` builds them: all training images (no validation
     split), the seed augmentation, the configured workers; synthetic images unless ``--data``."""
     recipe = s["recipe"]
-    # One epoch covers a whole run: no epoch boundary inside a window.
-    needed = s["batch_size"] * (s["warmup"] + s["steps"] + 1)
+    # One epoch covers a whole training run (no epoch boundary inside a window) and an augmentation one.
+    needed = s["batch_size"] * max(s["warmup"] + s["steps"] + 1, AUG_BATCHES)
     source = {"source": "synthetic", "synthetic": {"train_per_class": -(-needed // 10), "test_per_class": 1}}
     if s["data"]:
         source = {"root": s["data"], "cache_dir": os.environ.get("VIT_CIFAR_CACHE", ".cache/vit_cifar")}
@@ -356,11 +358,15 @@ def measure_training(s: dict, log) -> dict:
     initial = {k: v.detach().clone() for k, v in module.net.state_dict().items()}
     images = s["batch_size"] * s["steps"]
     watches: dict[str, list[Stopwatch]] = {"lightning": [], "plain": []}
+    windows = {
+        "lightning": lambda: lightning_window(s, dm, module, initial),
+        "plain": lambda: plain_window(s, dm, module.net, initial),
+    }
     for r in range(s["repeats"]):
-        torch.manual_seed(r)
-        watches["lightning"].append(lightning_window(s, dm, module, initial))
-        torch.manual_seed(r)
-        watches["plain"].append(plain_window(s, dm, module.net, initial))
+        # Alternate which goes first, so that neither always meets the machine in the same state.
+        for name in ("lightning", "plain") if r % 2 == 0 else ("plain", "lightning"):
+            torch.manual_seed(r)
+            watches[name].append(windows[name]())
         log(
             f"  train repeat {r + 1}/{s['repeats']}: lightning {images / watches['lightning'][-1].wall:,.1f} "
             f"img/s, plain {images / watches['plain'][-1].wall:,.1f} img/s"
@@ -480,7 +486,7 @@ def measure_augmentation(s: dict) -> dict:
     aug_cfg = dict(s, device_aug=True)
     dm_cpu, dm_dev = make_datamodule(dict(s, device_aug=False)), make_datamodule(aug_cfg)
     batch, device = s["batch_size"], s["device"]
-    n_batches = 2 if s["tiny"] else 8
+    n_batches = 2 if s["tiny"] else AUG_BATCHES
     n = batch * n_batches
 
     def per_image(dataset) -> None:  # a worker: __getitem__ per image, then collate per batch
