@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +36,16 @@ ERASING_TRIES = 10  # as torchvision: an image whose 10 draws all fail is left a
 MASKED_DEVICES = ("cuda",)
 
 
+# Nothing below copies from the host to the device once it is running: on CUDA such a copy (torch.tensor(...,
+# device=...)) waits for the stream, every batch. Constant tensors are built once per device and cached.
+
 # ---------------------------------------------------------------------------------------- TrivialAugmentWide
 
 
+@lru_cache
 def magnitude_table(num_bins: int, height: int, width: int, device: torch.device | str = "cpu"):
     """torchvision's magnitudes as a (len(OPS), num_bins) float table (0 for ops without one), and which ops
-    are signed, (len(OPS),) bool."""
+    are signed, (len(OPS),) bool. Cached: build once per device, never modify."""
     table = torch.zeros(len(OPS), num_bins, dtype=torch.float32)
     signed = torch.zeros(len(OPS), dtype=torch.bool)
     for k, (magnitudes_fn, is_signed) in enumerate(AUGMENTATION_SPACE.values()):
@@ -143,8 +148,10 @@ def _affine(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> 
     ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=images.device)
     ones = torch.ones(h, w, device=images.device)
     base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), ones], dim=-1)  # (h, w, 3)
-    scale = torch.tensor([0.5 * w, 0.5 * h], device=images.device)
-    grid = base.view(1, h * w, 3) @ (theta.transpose(1, 2) / scale)  # (n, h * w, 2)
+    rescaled = theta.transpose(1, 2).contiguous()  # (n, 3, 2)
+    rescaled[..., 0] /= 0.5 * w
+    rescaled[..., 1] /= 0.5 * h
+    grid = base.view(1, h * w, 3) @ rescaled  # (n, h * w, 2)
     out = F.grid_sample(
         images.float(), grid.view(n, h, w, 2), mode="nearest", padding_mode="zeros", align_corners=False
     )
@@ -181,10 +188,10 @@ def _contrast(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 def _sharpness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Blend with the 3x3-smoothed image, borders kept, as torchvision's ``adjust_sharpness``."""
     channels = x.shape[1]
-    a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=x.device).expand(channels, 1, 3, 3)
+    kernel = torch.full((3, 3), 1.0 / 13.0, device=x.device)
+    kernel[1, 1] = 5.0 / 13.0
     out = x.float()
-    smooth = F.conv2d(out, kernel, groups=channels).round_()  # (n, C, H - 2, W - 2)
+    smooth = F.conv2d(out, kernel.expand(channels, 1, 3, 3), groups=channels).round_()  # (n, C, H-2, W-2)
     inner = out[..., 1:-1, 1:-1]
     inner.add_((smooth - inner) * (1.0 - _factor(m)))
     return out.clamp_(0, 255).to(torch.uint8)
@@ -313,12 +320,18 @@ class DeviceAugment:
             images = random_hflip(images, self.hflip_p)
         if self.trivial_augment:
             images = trivial_augment_wide(images)
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        mean, std = _normalisation(self.mean, self.std, images.device)
         x = (images.float() / 255.0 - mean) / std
         if self.erasing_p:
             x = random_erasing(x, self.erasing_p)
         return self.mix(x, labels) if self.mix is not None else (x, labels)
+
+
+@lru_cache
+def _normalisation(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (1, C, 1, 1) tensors on ``device``, built once."""
+    as_channels = lambda values: torch.tensor(values, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
+    return as_channels(mean), as_channels(std)
 
 
 class DeviceBatches:
@@ -363,4 +376,4 @@ class DeviceBatches:
         order = order[self.rank :: self.world_size][: self._per_rank()].to(self.images.device)
         for batch in range(len(self)):
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
-            yield self.images[index], self.labels[index]
+            yield self.images.index_select(0, index), self.labels.index_select(0, index)
