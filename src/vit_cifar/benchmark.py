@@ -585,10 +585,18 @@ def git_state() -> dict:
 
 
 def result_path(out: Path, device: dict, tiny: bool) -> Path:
-    slug = "cpu"
-    if device["type"] == "cuda":  # e.g. cuda-nvidia-h100-80gb-hbm3
+    """``<date>-<device>.json``, e.g. ``2026-11-27-cpu-2threads.json``,
+    ``2026-11-28-cuda-nvidia-h100-80gb-hbm3.json``; a later run of the same day and device gets -2, -3, ...
+    rather than replacing it."""
+    slug = f"cpu-{device['threads']}threads"
+    if device["type"] == "cuda":
         slug = "cuda-" + re.sub(r"[^a-z0-9]+", "-", device["name"].lower()).strip("-")
-    return out / f"{dt.date.today().isoformat()}-{slug}{'-tiny' if tiny else ''}.json"
+    stem = f"{dt.date.today().isoformat()}-{slug}{'-tiny' if tiny else ''}"
+    path, n = out / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = out / f"{stem}-{n}.json"
+    return path
 
 
 def table(report: dict) -> str:
