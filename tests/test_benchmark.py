@@ -23,7 +23,7 @@ def _is_summary(entry: dict, repeats: int) -> bool:
 
 def test_tiny_benchmark_writes_a_complete_results_file(tmp_path, capsys):
     report = benchmark.run(["--tiny", "--device", "cpu", "--out", str(tmp_path)])
-    files = list(tmp_path.glob("*-cpu-*threads-tiny.json"))
+    files = list(tmp_path.glob("*-cpu-*thread*-tiny.json"))
     assert len(files) == 1 and str(files[0]) == report["path"]
     saved = json.loads(files[0].read_text())
     assert saved["device"]["type"] == "cpu" and saved["device"]["threads"] >= 1

@@ -588,7 +588,7 @@ def result_path(out: Path, device: dict, tiny: bool) -> Path:
     """``<date>-<device>.json``, e.g. ``2026-11-27-cpu-2threads.json``,
     ``2026-11-28-cuda-nvidia-h100-80gb-hbm3.json``; a later run of the same day and device gets -2, -3, ...
     rather than replacing it."""
-    slug = f"cpu-{device['threads']}threads"
+    slug = f"cpu-{device['threads']}thread{'' if device['threads'] == 1 else 's'}"
     if device["type"] == "cuda":
         slug = "cuda-" + re.sub(r"[^a-z0-9]+", "-", device["name"].lower()).strip("-")
     stem = f"{dt.date.today().isoformat()}-{slug}{'-tiny' if tiny else ''}"
