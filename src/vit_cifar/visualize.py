@@ -118,15 +118,17 @@ def input_files(inputs) -> list[Path]:
     """The image files named by ``inputs`` (files, folders searched recursively), in a stable order."""
     raw = OmegaConf.to_container(inputs) if isinstance(inputs, ListConfig) else inputs
     files: list[Path] = []
+    kinds = "/".join(sorted(IMAGE_EXTENSIONS))
     for entry in raw if isinstance(raw, list | tuple) else [raw]:
         path = Path(os.path.expanduser(str(entry)))
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
-                kinds = "/".join(sorted(IMAGE_EXTENSIONS))
                 raise ConfigError(f"inputs: folder {path} holds no {kinds} images: pass image files")
             files += found
         elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise ConfigError(f"inputs: {path} is not a {kinds} image: pass image files")
             files.append(path)
         else:
             raise ConfigError(f"inputs: {path} does not exist: pass image files or a folder of them")
@@ -400,7 +402,7 @@ def visualize(cfg: DictConfig) -> dict:
             f"# Attention of {loaded.path.name}",
             "",
             f"- checkpoint: `{loaded.path}`{after}: {type(net).__name__}, {depth} blocks of {heads} heads, "
-            f"a {grid}x{grid} patch grid on {image_size}x{image_size} images",
+            f"patch grid {grid}x{grid} on {image_size}x{image_size} images",
             f"- images: {data_note}",
             f"- head maps: the CLS token's attention to each patch in layers {', '.join(map(str, layers))} "
             "(0-based), upsampled bilinearly to the image",
