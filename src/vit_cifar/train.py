@@ -108,6 +108,7 @@ def train(cfg: DictConfig) -> dict:
         "epochs": trainer.current_epoch,
         "seed": cfg.seed,
         "data": datamodule.description,
+        "skipped_files": len(datamodule.skipped_files),  # unreadable images left out with data.skip_bad=true
         "device": describe_device(trainer),
         "precision": str(trainer.precision),
     }
