@@ -14,10 +14,11 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vit_cifar.cli import CONFIG_DIR, run_cli
+from vit_cifar.cli import hydra_main, run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
 from vit_cifar.module import ClassifierModule
+from vit_cifar.validate import validate_config
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -84,13 +85,7 @@ def describe_device(trainer: L.Trainer) -> str:
 def train(cfg: DictConfig) -> dict:
     """Fit, test the selected checkpoint, write ``metrics.json`` in the run folder and return the metrics."""
     start = time.perf_counter()
-    if cfg.trainer.max_epochs is not None and cfg.trainer.max_epochs < 1 and cfg.trainer.max_epochs != -1:
-        raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs} must be at least 1")
-    if cfg.scheduler.warmup_epochs > cfg.trainer.max_epochs > 0:
-        raise ConfigError(
-            f"scheduler.warmup_epochs={cfg.scheduler.warmup_epochs} is longer than "
-            f"trainer.max_epochs={cfg.trainer.max_epochs}: shorten the warmup or train longer"
-        )
+    validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
@@ -147,7 +142,7 @@ def summary_line(m: dict) -> str:
     return " | ".join(parts)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra_main("train", check=validate_config)
 def main(cfg: DictConfig) -> float | None:
     metrics = run_cli(train, cfg)
     return metrics.get("test_acc")  # the value a Hydra sweeper optimises
