@@ -56,6 +56,10 @@ def test_bad_override_through_the_cli_writes_nothing(tmp_path: Path, override: s
         ),
         (["optim.lr=1e-3,0"], "Ambiguous value for argument 'optim.lr=1e-3,0'"),
         (["-m", "optim.lr=1e-3,0"], "optim.lr=0 is out of range"),  # every job of a sweep is checked
+        (
+            ["ckpt_path=last", "hydra.run.dir=/nonexistent/run"],
+            "ckpt_path=last but /nonexistent/run/checkpoints",
+        ),
     ],
 )
 def test_preflight_names_the_key_and_the_allowed_range(capsys, overrides: list[str], message: str) -> None:

@@ -4,6 +4,7 @@ line, and one-line errors."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 
 import hydra
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from vit_cifar.errors import ConfigError, VitCifarError
@@ -66,6 +68,8 @@ def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], N
             with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
                 cfg = compose(args.config_name or config_name, overrides=overrides, return_hydra_config=True)
             check(cfg)
+            if not args.multirun:
+                _check_ckpt_path(cfg)
     except VitCifarError as err:
         _exit(str(err), ConfigError.exit_code)
     except (hydra.errors.HydraException, OmegaConfBaseException) as err:
@@ -84,6 +88,18 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
         return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
     except hydra.errors.HydraException:  # interval sweeps (Optuna & co.): check the fixed overrides only
         return [[o.input_line for o in parsed if not o.is_sweep_override()]]
+
+
+def _check_ckpt_path(cfg: DictConfig) -> None:
+    """``ckpt_path`` must exist, resolved as the job will resolve it, in the run folder it will use."""
+    from vit_cifar.resume import resolve_ckpt_path
+
+    if not cfg.get("ckpt_path"):
+        return
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = os.path.abspath(cfg.hydra.run.dir)
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:runtime.output_dir} resolves, as it will in the job
+    resolve_ckpt_path(cfg, error=ConfigError)
 
 
 def _one_line(err: BaseException) -> str:

@@ -14,10 +14,12 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vit_cifar.ckpt_io import SafeCheckpointIO
 from vit_cifar.cli import hydra_main, run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
 from vit_cifar.module import ClassifierModule
+from vit_cifar.resume import check_fits, resolve_ckpt_path
 from vit_cifar.validate import validate_config
 
 
@@ -66,6 +68,7 @@ def build_trainer(cfg: DictConfig, has_validation: bool) -> L.Trainer:
         callbacks=instantiate_all(callbacks_cfg),
         logger=instantiate_all(cfg.get("logger")) or False,
         precision=precision,
+        plugins=[SafeCheckpointIO()],  # atomic checkpoint writes, weights_only loads
     )
 
 
@@ -86,14 +89,17 @@ def train(cfg: DictConfig) -> dict:
     """Fit, test the selected checkpoint, write ``metrics.json`` in the run folder and return the metrics."""
     start = time.perf_counter()
     validate_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path=last: this run folder's last.ckpt
+    if ckpt_path is not None:
+        check_fits(ckpt_path, cfg, resume=bool(cfg.train))  # one clear error before any work
+        ckpt_path = str(ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0)
-    ckpt_path = cfg.get("ckpt_path")
 
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         ckpt_path = selected_checkpoint(trainer)
     elif not ckpt_path:
         raise ConfigError("train=false needs ckpt_path=<checkpoint file> to test")

@@ -1,0 +1,58 @@
+"""Callbacks that make a run resumable exactly."""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+
+
+def capture_rng_states() -> dict:
+    """This process's Python, NumPy and torch (CPU and CUDA) random states, as tensors and plain values only,
+    so that ``torch.load(weights_only=True)`` reads them back."""
+    numpy_state = np.random.get_state(legacy=False)  # {"state": {"key": uint32 array, "pos": int}, ...}
+    key = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
+    states = {
+        "python": random.getstate(),
+        "numpy": {**numpy_state, "state": {"key": key, "pos": int(numpy_state["state"]["pos"])}},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = states["numpy"]
+    key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state({**numpy_state, "state": {"key": key, "pos": numpy_state["state"]["pos"]}})
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Keeps the random generators' states in every checkpoint and puts them back when fitting resumes.
+
+    Lightning restores weights, optimiser, LR schedulers, grad scaler, loops and callbacks, but not the
+    Python, NumPy and torch generators, which draw the augmentations, MixUp/CutMix, dropout masks and the
+    DataLoader's shuffle seed (a ``RandomSampler`` without its own generator seeds itself from torch's).
+    With them restored, a run resumed from an end-of-epoch checkpoint draws what the uninterrupted run drew.
+
+    The states are restored as the checkpoint is loaded, which Lightning does before it makes the first
+    training iterator; nothing in between draws random numbers (the sanity check runs in ``isolate_rng``).
+    Under DDP the file holds rank 0's states and every rank gets them back: Lightning seeds all ranks alike
+    and every rank draws the same number of values per step, so the ranks' generators are in step anyway.
+    Exactness needs ``data.num_workers=0`` or ``data.persistent_workers=false``: persistent workers keep their
+    own generators, which no checkpoint holds.
+    """
+
+    def state_dict(self) -> dict:
+        return capture_rng_states()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        restore_rng_states(state_dict)
