@@ -1,4 +1,4 @@
-"""Callbacks that make a run resumable exactly."""
+"""Callbacks that make a run resumable exactly and stop it cleanly when the loss stops being a number."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import random
 import lightning as L
 import numpy as np
 import torch
+
+from vit_cifar.errors import TrainingError
 
 
 def capture_rng_states() -> dict:
@@ -56,3 +58,25 @@ class RNGStateCheckpoint(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         restore_rng_states(state_dict)
+
+
+class FiniteLossGuard(L.Callback):
+    """Stops training at the first non-finite loss, before its backward pass and optimiser step, so the
+    weights in memory and every checkpoint on disk stay the last good ones. All ranks stop together (DDP)."""
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())  # one host sync per step: cheap next to a step
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        ckpt = trainer.checkpoint_callback
+        kept = (
+            getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") or "none written yet"
+        )
+        raise TrainingError(
+            f"the training loss is {loss.item() if bad else 'non-finite on another rank'} at step "
+            f"{trainer.global_step} (epoch {trainer.current_epoch}): stopped before that step's update; "
+            f"last good checkpoint: {kept}; lower optim.lr, keep trainer.gradient_clip_val, "
+            "or train in trainer.precision=32-true or bf16-mixed"
+        )
