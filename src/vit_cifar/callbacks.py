@@ -22,7 +22,7 @@ def capture_rng_states() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+        states["cuda"] = torch.cuda.get_rng_state()  # this process's device: under DDP, one per rank
     return states
 
 
@@ -33,8 +33,8 @@ def restore_rng_states(states: dict) -> None:
     key = numpy_state["state"]["key"].numpy().astype(np.uint32)
     np.random.set_state({**numpy_state, "state": {"key": key, "pos": numpy_state["state"]["pos"]}})
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 class RNGStateCheckpoint(L.Callback):
