@@ -76,7 +76,8 @@ class ClassifierModule(L.LightningModule):
         hard = target.argmax(dim=1) if target.ndim == 2 else target
         metric(logits, hard)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step,
+        # sync_dist: under DDP the logged loss is the mean over all ranks (one scalar all-reduce per step).
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=len(x))  # fmt: skip
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss

@@ -14,10 +14,13 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vit_cifar.cli import CONFIG_DIR, run_cli
+from vit_cifar.ckpt_io import SafeCheckpointIO
+from vit_cifar.cli import hydra_main, run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
 from vit_cifar.module import ClassifierModule
+from vit_cifar.resume import check_fits, resolve_ckpt_path
+from vit_cifar.validate import validate_config
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -65,6 +68,7 @@ def build_trainer(cfg: DictConfig, has_validation: bool) -> L.Trainer:
         callbacks=instantiate_all(callbacks_cfg),
         logger=instantiate_all(cfg.get("logger")) or False,
         precision=precision,
+        plugins=[SafeCheckpointIO()],  # atomic checkpoint writes, weights_only loads
     )
 
 
@@ -84,21 +88,18 @@ def describe_device(trainer: L.Trainer) -> str:
 def train(cfg: DictConfig) -> dict:
     """Fit, test the selected checkpoint, write ``metrics.json`` in the run folder and return the metrics."""
     start = time.perf_counter()
-    if cfg.trainer.max_epochs is not None and cfg.trainer.max_epochs < 1 and cfg.trainer.max_epochs != -1:
-        raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs} must be at least 1")
-    if cfg.scheduler.warmup_epochs > cfg.trainer.max_epochs > 0:
-        raise ConfigError(
-            f"scheduler.warmup_epochs={cfg.scheduler.warmup_epochs} is longer than "
-            f"trainer.max_epochs={cfg.trainer.max_epochs}: shorten the warmup or train longer"
-        )
+    validate_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path=last: this run folder's last.ckpt
+    if ckpt_path is not None:
+        check_fits(ckpt_path, cfg, resume=bool(cfg.train))  # one clear error before any work
+        ckpt_path = str(ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0)
-    ckpt_path = cfg.get("ckpt_path")
 
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         ckpt_path = selected_checkpoint(trainer)
     elif not ckpt_path:
         raise ConfigError("train=false needs ckpt_path=<checkpoint file> to test")
@@ -108,6 +109,7 @@ def train(cfg: DictConfig) -> dict:
         "epochs": trainer.current_epoch,
         "seed": cfg.seed,
         "data": datamodule.description,
+        "skipped_files": len(datamodule.skipped_files),  # unreadable images left out with data.skip_bad=true
         "device": describe_device(trainer),
         "precision": str(trainer.precision),
     }
@@ -146,7 +148,7 @@ def summary_line(m: dict) -> str:
     return " | ".join(parts)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra_main("train", check=validate_config)
 def main(cfg: DictConfig) -> float | None:
     metrics = run_cli(train, cfg)
     return metrics.get("test_acc")  # the value a Hydra sweeper optimises

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from vit_cifar.data import sources
@@ -16,6 +18,7 @@ from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval
 from vit_cifar.errors import ConfigError, DataError
 
 SOURCES = ("auto", "torchvision", "folder", "synthetic")
+log = logging.getLogger(__name__)
 
 
 class ArrayDataset(Dataset):
@@ -93,6 +96,8 @@ class CIFARDataModule(L.LightningDataModule):
         persistent_workers: keep workers alive between epochs.
         mean, std: normalisation.
         synthetic: sizes and noise of the synthetic source.
+        skip_bad: leave out files of an image folder that do not decode (counted) instead of stopping.
+        sha256: the expected SHA-256 of an image-folder archive; another file stops the run.
         aug: the ``aug`` config group (see ``configs/aug``).
     """
 
@@ -118,6 +123,8 @@ class CIFARDataModule(L.LightningDataModule):
         std: Sequence[float] = CIFAR10_STD,
         synthetic: dict | None = None,
         aug: dict | None = None,
+        skip_bad: bool = False,
+        sha256: str | None = None,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -137,6 +144,12 @@ class CIFARDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and self.num_workers > 0
         self.mean, self.std = tuple(mean), tuple(std)
         self.synthetic = dict(synthetic or {})
+        self.skip_bad, self.sha256 = skip_bad, sha256
+        if sha256 and self.source != "folder":
+            raise ConfigError(
+                f"data.sha256 checks an image-folder archive, but data.root={root} is the {self.source} "
+                "source: point data.root at the .tar/.tar.gz, or set data.sha256=null"
+            )
         self.aug = dict(aug or {})
         # Build the transforms now so that a bad aug value fails before any work.
         self.train_tf = train_transform(self.aug, self.mean, self.std, image_size)
@@ -174,7 +187,15 @@ class CIFARDataModule(L.LightningDataModule):
                 self.arrays = sources.make_synthetic(self.num_classes, s["train_per_class"], s["test_per_class"],
                                                      self.image_size, s["noise"], s["seed"])  # fmt: skip
             elif self.source == "folder":
-                self.arrays = sources.load_image_folder(self.root, self.image_size, self.cache_dir)
+                self.arrays = sources.load_image_folder(
+                    self.root, self.image_size, self.cache_dir, self.skip_bad, self.sha256
+                )
+                if self.arrays.skipped and rank_zero_only.rank == 0:
+                    skipped = self.arrays.skipped
+                    log.warning(
+                        f"skipped {len(skipped)} unreadable files in {self.root} (data.skip_bad=true), "
+                        f"e.g. {skipped[0]}"
+                    )
             else:
                 self.arrays = sources.load_torchvision(self.root, self.dataset)
             found = len(self.arrays.classes)
@@ -192,6 +213,10 @@ class CIFARDataModule(L.LightningDataModule):
     @property
     def description(self) -> str:
         return self.load_arrays().description
+
+    @property
+    def skipped_files(self) -> list[str]:
+        return self.load_arrays().skipped
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
         return DataLoader(
