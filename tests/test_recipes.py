@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module, write_image_folder
 from vit_cifar.callbacks import EMA
 from vit_cifar.checkpoint import load_classifier
+from vit_cifar.cli import run_cli
 from vit_cifar.errors import ConfigError
 from vit_cifar.models import ResNet18
 from vit_cifar.module import build_network
@@ -135,6 +136,26 @@ def test_training_with_ema_validates_selects_and_tests_the_averaged_weights(tmp_
     raw.eval()
     assert val_losses[-1] == pytest.approx(_mean_loss(averaged, dm.val_set), rel=1e-4)
     assert abs(val_losses[-1] - _mean_loss(raw, dm.val_set)) > 1e-2  # not the raw weights
+
+
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ("data.repeated_aug=0", "error: data.repeated_aug=0 must be a whole number >= 1 (1: off; DeiT: 3)"),
+        (
+            "callbacks.ema.decay=1.5",
+            "error: callbacks.ema.decay=1.5 must be in [0, 1): 0.9995 averages ~2,000 steps",
+        ),
+    ],
+)
+def test_bad_recipe_values_stop_with_one_line_and_exit_code_2(tmp_path, capsys, override, line):
+    """Values checked in constructors that Hydra instantiates still end in one line, not Hydra's wrapper."""
+    overrides = [*SYNTHETIC_SMALL, *TINY_MODEL, *QUIET, "callbacks=ema", override, "debug=fdr"]
+    cfg = compose_config(overrides, tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(train, cfg)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR-100

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from vit_cifar.errors import VitCifarError
@@ -18,6 +19,11 @@ def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     """Run ``job``; a user error ends the process with one line on stderr and the error's exit code."""
     try:
         return job(cfg)
-    except VitCifarError as err:
+    except (VitCifarError, InstantiationException) as err:
+        # Hydra's instantiate wraps what a constructor raises (a DataModule's or a callback's ConfigError).
+        while isinstance(err, InstantiationException) and err.__cause__ is not None:
+            err = err.__cause__
+        if not isinstance(err, VitCifarError):
+            raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
