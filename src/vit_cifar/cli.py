@@ -13,6 +13,7 @@ from typing import Any
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -26,7 +27,12 @@ def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     """Run ``job``; a user error ends the process with one line on stderr and the error's exit code."""
     try:
         return job(cfg)
-    except VitCifarError as err:
+    except (VitCifarError, InstantiationException) as err:
+        # Hydra's instantiate wraps what a constructor raises (a DataModule's or a callback's ConfigError).
+        while isinstance(err, InstantiationException) and err.__cause__ is not None:
+            err = err.__cause__
+        if not isinstance(err, VitCifarError):
+            raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
 
