@@ -52,7 +52,7 @@ def test_bad_override_through_the_cli_writes_nothing(tmp_path: Path, override: s
         ),
         (
             ["model=vit_huge"],
-            "In 'train': Could not find 'model/vit_huge' Available options in 'model': vit_tiny",
+            "In 'train': Could not find 'model/vit_huge' Available options in 'model': resnet18 vit_tiny",
         ),
         (["optim.lr=1e-3,0"], "Ambiguous value for argument 'optim.lr=1e-3,0'"),
         (["-m", "optim.lr=1e-3,0"], "optim.lr=0 is out of range"),  # every job of a sweep is checked
@@ -74,7 +74,8 @@ def test_preflight_names_the_key_and_the_allowed_range(capsys, overrides: list[s
 @pytest.mark.parametrize(
     "overrides",
     [[], ["experiment=seed"], ["experiment=smoke"], ["debug=fdr"], ["debug=limit"], ["debug=overfit"],
-     ["trainer=ddp"], ["trainer=gpu", "data=synthetic"], ["-m", "optim.lr=1e-3,5e-4", "aug=seed,light"]],
+     ["trainer=ddp"], ["trainer=gpu", "data=synthetic"], ["experiment=resnet18_baseline"], ["experiment=vit_best"],
+     ["data=cifar100"], ["callbacks=ema"], ["-m", "optim.lr=1e-3,5e-4", "aug=seed,light"]],
 )  # fmt: skip
 def test_shipped_configs_pass(capsys, overrides: list[str]) -> None:
     preflight("train", overrides, validate_config)
