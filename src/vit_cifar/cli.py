@@ -17,13 +17,17 @@ from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from vit_cifar.errors import ConfigError, VitCifarError
+from vit_cifar.sweep import in_sweep, run_sweep_job
 
 # configs/ sits at the top of the checkout, beside src/ (the package is installed in editable mode).
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
-    """Run ``job``; a user error ends the process with one line on stderr and the error's exit code."""
+    """Run ``job``; a user error ends the process with one line on stderr and the error's exit code.
+    In a ``-m`` sweep, a failed job is recorded in its folder instead and the sweep goes on (vit_cifar.sweep)."""
+    if in_sweep():
+        return run_sweep_job(job, cfg)
     try:
         return job(cfg)
     except VitCifarError as err:

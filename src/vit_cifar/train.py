@@ -20,6 +20,7 @@ from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
 from vit_cifar.module import ClassifierModule
 from vit_cifar.resume import check_fits, resolve_ckpt_path
+from vit_cifar.sweep import validation_accuracy
 from vit_cifar.validate import validate_config
 
 
@@ -151,7 +152,7 @@ def summary_line(m: dict) -> str:
 @hydra_main("train", check=validate_config)
 def main(cfg: DictConfig) -> float | None:
     metrics = run_cli(train, cfg)
-    return metrics.get("test_acc")  # the value a Hydra sweeper optimises
+    return validation_accuracy(metrics)  # what a Hydra sweeper maximises: never the test accuracy
 
 
 if __name__ == "__main__":
