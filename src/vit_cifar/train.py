@@ -19,6 +19,7 @@ from vit_cifar.cli import hydra_main, run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
 from vit_cifar.module import ClassifierModule
+from vit_cifar.monitoring import log_final_hparams
 from vit_cifar.resume import check_fits, resolve_ckpt_path
 from vit_cifar.sweep import validation_accuracy
 from vit_cifar.validate import validate_config
@@ -131,6 +132,7 @@ def train(cfg: DictConfig) -> dict:
             saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             metrics["checkpoint_after_epoch"] = int(saved["epoch"]) + 1
     metrics["wall_s"] = round(time.perf_counter() - start, 1)
+    log_final_hparams(trainer, cfg, metrics)  # TensorBoard's hparams table: settings beside final metrics
 
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
