@@ -303,6 +303,23 @@ def test_the_optuna_search_maximises_validation_accuracy(tmp_path):
     validate_config(cfg)
 
 
+def test_without_the_optuna_plugin_the_optuna_search_says_how_to_install_it(capsys):
+    from vit_cifar.cli import preflight
+
+    try:
+        import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("hydra-optuna-sweeper is installed here")
+    with pytest.raises(SystemExit) as stop:
+        preflight("train", ["hparams_search=regularisation_optuna"], validate_config)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'hydra/sweeper/optuna'" in err
+    assert err.endswith("(install the plugin: pip install -e '.[optuna]')")
+
+
 def test_the_objective_is_the_validation_accuracy_never_test():
     assert validation_accuracy({"val_acc_best": 0.8, "val_acc_last_epoch": 0.7, "test_acc": 0.9}) == 0.8
     assert validation_accuracy({"val_acc_last_epoch": 0.7, "test_acc": 0.9}) == 0.7
