@@ -18,13 +18,19 @@ from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from vit_cifar.errors import ConfigError, VitCifarError
+from vit_cifar.sweep import in_sweep, run_sweep_job
 
 # configs/ sits at the top of the checkout, beside src/ (the package is installed in editable mode).
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+# Config groups that optional Hydra plugins bring, and the extra of pyproject.toml that installs each.
+PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/submitit_slurm": "slurm"}
 
 
 def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
-    """Run ``job``; a user error ends the process with one line on stderr and the error's exit code."""
+    """Run ``job``; a user error ends the process with one line on stderr and the error's exit code.
+    In a ``-m`` sweep a failed job is recorded in its folder instead, and the sweep goes on (``sweep.py``)."""
+    if in_sweep():
+        return run_sweep_job(job, cfg)
     try:
         return job(cfg)
     except (VitCifarError, InstantiationException) as err:
@@ -120,6 +126,9 @@ def _one_line(err: BaseException) -> str:
         lines = lines[: lines.index("Config search path:")]
     if isinstance(cause, OmegaConfBaseException):
         lines.append(str(cause).splitlines()[0])
+    missing = [extra for plugin, extra in PLUGIN_EXTRAS.items() if f"'{plugin}'" in str(err)]
+    if missing:  # a config of an optional Hydra plugin that is not installed
+        lines.append(f"(install the plugin: pip install -e '.[{missing[0]}]')")
     return " ".join(lines)
 
 

@@ -19,7 +19,9 @@ from vit_cifar.cli import hydra_main, run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
 from vit_cifar.module import ClassifierModule
+from vit_cifar.monitoring import log_final_hparams
 from vit_cifar.resume import check_fits, resolve_ckpt_path
+from vit_cifar.sweep import validation_accuracy
 from vit_cifar.validate import validate_config
 
 
@@ -130,6 +132,7 @@ def train(cfg: DictConfig) -> dict:
             saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             metrics["checkpoint_after_epoch"] = int(saved["epoch"]) + 1
     metrics["wall_s"] = round(time.perf_counter() - start, 1)
+    log_final_hparams(trainer, cfg, metrics)  # TensorBoard's hparams table: settings beside final metrics
 
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
@@ -151,7 +154,7 @@ def summary_line(m: dict) -> str:
 @hydra_main("train", check=validate_config)
 def main(cfg: DictConfig) -> float | None:
     metrics = run_cli(train, cfg)
-    return metrics.get("test_acc")  # the value a Hydra sweeper optimises
+    return validation_accuracy(metrics)  # what a Hydra sweeper maximises: never the test accuracy
 
 
 if __name__ == "__main__":

@@ -145,6 +145,8 @@ RULES: dict[str, Rule] = {
     "aug.mixup_alpha": Number(low=0),
     "aug.cutmix_alpha": Number(low=0),
     "aug.label_smoothing": OPEN_PROBABILITY,
+    "callbacks.tensorboard_figures.every_n_epochs": POSITIVE_INT,
+    "callbacks.tensorboard_figures.num_images": COUNT,
 }
 
 
