@@ -79,3 +79,16 @@ def jpeg_archive() -> Path:
     if not JPEG_ARCHIVE.is_file():
         pytest.skip(f"{JPEG_ARCHIVE} is not here")
     return JPEG_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def attention_ckpt(tmp_path_factory) -> Path:
+    """A tiny ViT (patch 8: a 4x4 grid) trained for one epoch on synthetic images by the real ``train``."""
+    from vit_cifar.train import train
+
+    out = tmp_path_factory.mktemp("attention_run")
+    overrides = [*TINY_MODEL, *QUIET, *SYNTHETIC_SMALL, "model.patch_size=8", "aug=none", "trainer=cpu",
+                 "trainer.max_epochs=1", "scheduler.warmup_epochs=0", "~logger", "callbacks.lr_monitor=null",
+                 "test=false"]  # fmt: skip
+    train(compose_config(overrides, out))
+    return next((out / "checkpoints").glob("epoch*.ckpt"))

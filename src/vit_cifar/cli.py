@@ -1,23 +1,137 @@
-"""What every ``python -m vit_cifar.<command>`` shares: the config folder and one-line errors."""
+"""What every ``python -m vit_cifar.<command>`` shares: the config folder, a pre-flight check of the command
+line, and one-line errors."""
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from vit_cifar.errors import VitCifarError
+from vit_cifar.errors import ConfigError, VitCifarError
+from vit_cifar.sweep import in_sweep, run_sweep_job
 
 # configs/ sits at the top of the checkout, beside src/ (the package is installed in editable mode).
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+# Config groups that optional Hydra plugins bring, and the extra of pyproject.toml that installs each.
+PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/submitit_slurm": "slurm"}
 
 
 def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
-    """Run ``job``; a user error ends the process with one line on stderr and the error's exit code."""
+    """Run ``job``; a user error ends the process with one line on stderr and the error's exit code.
+    In a ``-m`` sweep a failed job is recorded in its folder instead, and the sweep goes on (``sweep.py``)."""
+    if in_sweep():
+        return run_sweep_job(job, cfg)
     try:
         return job(cfg)
-    except VitCifarError as err:
+    except (VitCifarError, InstantiationException) as err:
+        # Hydra's instantiate wraps what a constructor raises (a DataModule's or a callback's ConfigError).
+        while isinstance(err, InstantiationException) and err.__cause__ is not None:
+            err = err.__cause__
+        if not isinstance(err, VitCifarError):
+            raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+
+
+def hydra_main(config_name: str, check: Callable[[DictConfig], None]) -> Callable:
+    """``@hydra.main`` for ``config_name``, preceded by :func:`preflight` on the command line."""
+
+    def decorator(task: Callable[[DictConfig], Any]) -> Callable:
+        hydra_task = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
+
+        @functools.wraps(task)
+        def entry(cfg_passthrough: DictConfig | None = None) -> Any:
+            if cfg_passthrough is None:
+                preflight(config_name, sys.argv[1:], check)
+            return hydra_task(cfg_passthrough)
+
+        return entry
+
+    return decorator
+
+
+def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], None]) -> None:
+    """Compose the config the command line asks for, every job of a ``-m`` sweep included, and ``check`` it,
+    before Hydra creates a run folder: a bad override ends the process with one line and exit code 2, and
+    nothing is written.
+
+    Hydra's own messages for an unknown key or option span several lines and exit 1; they are rewritten here.
+    Commands that only print (``--help``, ``--cfg``, ``--info``) or load configs from elsewhere (``-cp``,
+    ``-cd``) go straight to Hydra; the job itself checks its config again.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    only_prints = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+    if only_prints or args.experimental_rerun or args.config_path or args.config_dir:
+        return
+    try:
+        for overrides in _jobs(args.overrides, args.multirun):
+            with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+                cfg = compose(args.config_name or config_name, overrides=overrides, return_hydra_config=True)
+            check(cfg)
+            if not args.multirun:
+                _check_ckpt_path(cfg)
+    except VitCifarError as err:
+        _exit(str(err), ConfigError.exit_code)
+    except (hydra.errors.HydraException, OmegaConfBaseException) as err:
+        _exit(_one_line(err), ConfigError.exit_code)
+
+
+def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job: one, or each combination of a ``-m`` sweep's values."""
+    if not multirun:
+        return [overrides]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    try:
+        return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+    except hydra.errors.HydraException:  # interval sweeps (Optuna & co.): check the fixed overrides only
+        return [[o.input_line for o in parsed if not o.is_sweep_override()]]
+
+
+def _check_ckpt_path(cfg: DictConfig) -> None:
+    """``ckpt_path`` must exist, resolved as the job will resolve it, in the run folder it will use."""
+    from vit_cifar.resume import resolve_ckpt_path
+
+    if not cfg.get("ckpt_path"):
+        return
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = os.path.abspath(cfg.hydra.run.dir)
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:runtime.output_dir} resolves, as it will in the job
+    resolve_ckpt_path(cfg, error=ConfigError)
+
+
+def _one_line(err: BaseException) -> str:
+    """Hydra's message on one line; an unknown key gets its own wording."""
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
+        key = getattr(cause, "full_key", None) or "?"
+        return (f"unknown key {key}: check its spelling (--cfg job prints every key), "
+                f"or add a new key with +{key}=<value>")  # fmt: skip
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if "Config search path:" in lines:
+        lines = lines[: lines.index("Config search path:")]
+    if isinstance(cause, OmegaConfBaseException):
+        lines.append(str(cause).splitlines()[0])
+    missing = [extra for plugin, extra in PLUGIN_EXTRAS.items() if f"'{plugin}'" in str(err)]
+    if missing:  # a config of an optional Hydra plugin that is not installed
+        lines.append(f"(install the plugin: pip install -e '.[{missing[0]}]')")
+    return " ".join(lines)
+
+
+def _exit(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)

@@ -19,3 +19,7 @@ class DataError(VitCifarError):
 
 class CheckpointError(VitCifarError):
     """A checkpoint that is missing, corrupt or of another model."""
+
+
+class TrainingError(VitCifarError):
+    """Training that cannot go on, e.g. a loss that is no longer a finite number."""

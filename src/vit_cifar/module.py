@@ -69,7 +69,8 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _step(self, batch, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+    def _step(self, batch, stage: str, metric: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and the logits of a batch; logs the stage's loss and accuracy."""
         x, target = batch
         logits = self(x)
         loss = self.loss_fn(logits, target)
@@ -77,16 +78,17 @@ class ClassifierModule(L.LightningModule):
         hard = target.argmax(dim=1) if target.ndim == 2 else target
         metric(logits, hard)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step,
+        # sync_dist: under DDP the logged loss is the mean over all ranks (one scalar all-reduce per step).
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=len(x))  # fmt: skip
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
-        return loss
+        return loss, logits
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_acc)
+        return self._step(batch, "train", self.train_acc)[0]
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val", self.val_acc)
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val", self.val_acc)[1]  # the logits, for callbacks (monitoring's figures)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test", self.test_acc)

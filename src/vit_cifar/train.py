@@ -14,10 +14,16 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vit_cifar.cli import CONFIG_DIR, run_cli
+from vit_cifar.ckpt_io import SafeCheckpointIO
+from vit_cifar.cli import hydra_main, run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
 from vit_cifar.module import ClassifierModule
+from vit_cifar.monitoring import log_final_hparams
+from vit_cifar.resume import check_fits, resolve_ckpt_path
+from vit_cifar.sweep import validation_accuracy
+from vit_cifar.validate import validate_config
+
 from vit_cifar.speed import apply_speed_settings, resolve_precision
 
 
@@ -56,6 +62,7 @@ def build_trainer(cfg: DictConfig, has_validation: bool) -> L.Trainer:
         callbacks=instantiate_all(callbacks_cfg),
         logger=instantiate_all(cfg.get("logger")) or False,
         precision=precision,
+        plugins=[SafeCheckpointIO()],  # atomic checkpoint writes, weights_only loads
     )
 
 
@@ -75,23 +82,20 @@ def describe_device(trainer: L.Trainer) -> str:
 def train(cfg: DictConfig) -> dict:
     """Fit, test the selected checkpoint, write ``metrics.json`` in the run folder and return the metrics."""
     start = time.perf_counter()
-    if cfg.trainer.max_epochs is not None and cfg.trainer.max_epochs < 1 and cfg.trainer.max_epochs != -1:
-        raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs} must be at least 1")
-    if cfg.scheduler.warmup_epochs > cfg.trainer.max_epochs > 0:
-        raise ConfigError(
-            f"scheduler.warmup_epochs={cfg.scheduler.warmup_epochs} is longer than "
-            f"trainer.max_epochs={cfg.trainer.max_epochs}: shorten the warmup or train longer"
-        )
+    validate_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path=last: this run folder's last.ckpt
+    if ckpt_path is not None:
+        check_fits(ckpt_path, cfg, resume=bool(cfg.train))  # one clear error before any work
+        ckpt_path = str(ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0)
     speed = apply_speed_settings(module.net, trainer.strategy.root_device, cfg.get("compile", "auto"),
                                  cfg.get("matmul_precision", "high"))  # fmt: skip
-    ckpt_path = cfg.get("ckpt_path")
 
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         ckpt_path = selected_checkpoint(trainer)
     elif not ckpt_path:
         raise ConfigError("train=false needs ckpt_path=<checkpoint file> to test")
@@ -101,6 +105,7 @@ def train(cfg: DictConfig) -> dict:
         "epochs": trainer.current_epoch,
         "seed": cfg.seed,
         "data": datamodule.description,
+        "skipped_files": len(datamodule.skipped_files),  # unreadable images left out with data.skip_bad=true
         "device": describe_device(trainer),
         "precision": str(trainer.precision),
         **speed,
@@ -122,6 +127,7 @@ def train(cfg: DictConfig) -> dict:
             saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             metrics["checkpoint_after_epoch"] = int(saved["epoch"]) + 1
     metrics["wall_s"] = round(time.perf_counter() - start, 1)
+    log_final_hparams(trainer, cfg, metrics)  # TensorBoard's hparams table: settings beside final metrics
 
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
@@ -140,10 +146,10 @@ def summary_line(m: dict) -> str:
     return " | ".join(parts)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra_main("train", check=validate_config)
 def main(cfg: DictConfig) -> float | None:
     metrics = run_cli(train, cfg)
-    return metrics.get("test_acc")  # the value a Hydra sweeper optimises
+    return validation_accuracy(metrics)  # what a Hydra sweeper maximises: never the test accuracy
 
 
 if __name__ == "__main__":

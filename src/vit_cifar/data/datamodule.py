@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,14 +10,17 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vit_cifar.data import sources
+from vit_cifar.data.samplers import RepeatedAugSampler
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
 from vit_cifar.errors import ConfigError, DataError
 
 SOURCES = ("auto", "torchvision", "folder", "synthetic")
+log = logging.getLogger(__name__)
 
 
 class ArrayDataset(Dataset):
@@ -92,8 +96,12 @@ class CIFARDataModule(L.LightningDataModule):
         num_workers: DataLoader workers; None picks min(8, CPUs - 1).
         pin_memory: None pins when CUDA is available.
         persistent_workers: keep workers alive between epochs.
+        repeated_aug: copies of each training image per epoch, each augmented anew (see
+            :class:`~vit_cifar.data.samplers.RepeatedAugSampler`); 1 switches it off.
         mean, std: normalisation.
         synthetic: sizes and noise of the synthetic source.
+        skip_bad: leave out files of an image folder that do not decode (counted) instead of stopping.
+        sha256: the expected SHA-256 of an image-folder archive; another file stops the run.
         aug: the ``aug`` config group (see ``configs/aug``).
         device_aug: the GPU data path: the uint8 training images are held on the accelerator and augmented
             there, per sample, in batches (:mod:`vit_cifar.data.gpu_aug`); no DataLoader for training.
@@ -117,10 +125,13 @@ class CIFARDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        repeated_aug: int = 1,
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
         synthetic: dict | None = None,
         aug: dict | None = None,
+        skip_bad: bool = False,
+        sha256: str | None = None,
         device_aug: bool = False,
     ) -> None:
         super().__init__()
@@ -129,6 +140,8 @@ class CIFARDataModule(L.LightningDataModule):
         for key, value in [("batch_size", batch_size), ("eval_batch_size", eval_batch_size)]:
             if value < 1:
                 raise ConfigError(f"data.{key}={value} must be at least 1")
+        if int(repeated_aug) != repeated_aug or repeated_aug < 1:
+            raise ConfigError(f"data.repeated_aug={repeated_aug} must be a whole number >= 1 (1: off; DeiT: 3)")
         self.root = Path(os.path.expanduser(str(root)))
         self.source = sources.resolve_source(source, self.root, dataset) if source != "synthetic" else source
         self.dataset, self.num_classes, self.download = dataset, num_classes, download
@@ -139,8 +152,15 @@ class CIFARDataModule(L.LightningDataModule):
         self.num_workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and self.num_workers > 0
+        self.repeated_aug = int(repeated_aug)
         self.mean, self.std = tuple(mean), tuple(std)
         self.synthetic = dict(synthetic or {})
+        self.skip_bad, self.sha256 = skip_bad, sha256
+        if sha256 and self.source != "folder":
+            raise ConfigError(
+                f"data.sha256 checks an image-folder archive, but data.root={root} is the {self.source} "
+                "source: point data.root at the .tar/.tar.gz, or set data.sha256=null"
+            )
         self.aug = dict(aug or {})
         # Build the transforms now so that a bad aug value fails before any work.
         self.train_tf = train_transform(self.aug, self.mean, self.std, image_size)
@@ -182,7 +202,15 @@ class CIFARDataModule(L.LightningDataModule):
                 self.arrays = sources.make_synthetic(self.num_classes, s["train_per_class"], s["test_per_class"],
                                                      self.image_size, s["noise"], s["seed"])  # fmt: skip
             elif self.source == "folder":
-                self.arrays = sources.load_image_folder(self.root, self.image_size, self.cache_dir)
+                self.arrays = sources.load_image_folder(
+                    self.root, self.image_size, self.cache_dir, self.skip_bad, self.sha256
+                )
+                if self.arrays.skipped and rank_zero_only.rank == 0:
+                    skipped = self.arrays.skipped
+                    log.warning(
+                        f"skipped {len(skipped)} unreadable files in {self.root} (data.skip_bad=true), "
+                        f"e.g. {skipped[0]}"
+                    )
             else:
                 self.arrays = sources.load_torchvision(self.root, self.dataset)
             found = len(self.arrays.classes)
@@ -201,23 +229,39 @@ class CIFARDataModule(L.LightningDataModule):
     def description(self) -> str:
         return self.load_arrays().description
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    @property
+    def skipped_files(self) -> list[str]:
+        return self.load_arrays().skipped
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
+                sampler: Sampler | None = None) -> DataLoader:  # fmt: skip
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
 
+    def _repeated_aug_sampler(self) -> RepeatedAugSampler | None:
+        """This rank's share of each image ``repeated_aug`` times per epoch; None when it is off."""
+        if self.repeated_aug == 1:
+            return None
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        group = max(1, self.batch_size // self.repeated_aug)  # so that the copies of an image share a batch
+        return RepeatedAugSampler(self.train_set, self.repeated_aug, group, num_replicas=world, rank=rank)
+
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         if self.device_augment is not None:
             return self._device_batches()
+        sampler = self._repeated_aug_sampler()
+        size = len(sampler) if sampler is not None else len(self.train_set)
         # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one.
-        return self._loader(self.train_set, self.batch_size, shuffle=True,
-                            drop_last=len(self.train_set) > self.batch_size)  # fmt: skip
+        return self._loader(self.train_set, self.batch_size, shuffle=sampler is None, sampler=sampler,
+                            drop_last=size > self.batch_size)  # fmt: skip
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False) if self.val_set else []

@@ -11,7 +11,7 @@ import io
 import os
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 SPLITS = ("train", "test")
 TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+SKIP_HINT = ", or set data.skip_bad=true to leave out unreadable files"
 
 
 @dataclass
@@ -34,6 +35,7 @@ class ImageArrays:
     test_y: np.ndarray
     classes: list[str]
     description: str
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out (image folders, skip_bad)
 
 
 def is_archive(path: Path) -> bool:
@@ -117,11 +119,12 @@ def load_torchvision(root: Path, dataset: str) -> ImageArrays:
 
 
 def _split_class_of(relative: str) -> tuple[str, str] | None:
-    """``.../train/<class>/<file>.jpg`` -> ("train", "<class>"), else None (hidden files, other files)."""
+    """``.../train/<class>/<file>`` -> ("train", "<class>"), else None (hidden files, files outside classes).
+
+    Every other file in a class folder is meant to be an image: one that does not decode is reported, not
+    silently left out."""
     parts = Path(relative).parts
     if len(parts) < 3 or parts[-3] not in SPLITS or parts[-1].startswith("."):
-        return None
-    if Path(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS:
         return None
     return parts[-3], parts[-2]
 
@@ -156,10 +159,16 @@ def _iter_images(root: Path):
         raise DataError(f"cannot read archive {root} ({err}): is it a complete .tar/.tar.gz?") from err
 
 
-def _read_folder(root: Path, image_size: int) -> ImageArrays:
+def _read_folder(root: Path, image_size: int, skip_bad: bool) -> ImageArrays:
     found: dict[str, list[tuple[str, str, np.ndarray]]] = {split: [] for split in SPLITS}
+    skipped = []
     for split, cls, relative, data in _iter_images(root):
-        found[split].append((cls, relative, _decode(data, image_size, f"{root}/{relative}")))
+        try:
+            found[split].append((cls, relative, _decode(data, image_size, f"{root}/{relative}")))
+        except DataError as err:
+            if not skip_bad:
+                raise DataError(f"{err}{SKIP_HINT}") from None
+            skipped.append(relative)
     for split in SPLITS:
         if not found[split]:
             raise DataError(
@@ -179,7 +188,7 @@ def _read_folder(root: Path, image_size: int) -> ImageArrays:
         items = sorted(found[split], key=lambda item: (index[item[0]], item[1]))
         arrays[f"{split}_x"] = np.stack([img for _, _, img in items])
         arrays[f"{split}_y"] = np.array([index[c] for c, _, _ in items], dtype=np.int64)
-    return ImageArrays(**arrays, classes=classes, description=f"image folder {root}")
+    return ImageArrays(**arrays, classes=classes, description=f"image folder {root}", skipped=skipped)
 
 
 def _cache_key(root: Path, image_size: int) -> str:
@@ -192,29 +201,58 @@ def _cache_key(root: Path, image_size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def load_image_folder(root: Path, image_size: int, cache_dir: Path | None) -> ImageArrays:
-    """Decode a ``train/<class>/*``, ``test/<class>/*`` tree or archive once; later calls read the cache."""
+def verify_sha256(path: Path, expected: str) -> None:
+    """Stop unless the file's SHA-256 is ``expected``: a truncated download or another file."""
+    if not is_archive(path):
+        raise DataError(f"data.sha256 is set but data.root={path} is not a .tar/.tar.gz/.tgz archive file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected.lower():
+        raise DataError(
+            f"archive {path} has SHA-256 {digest.hexdigest()}, not data.sha256={expected}: "
+            "it is incomplete or another file; download it again, or correct data.sha256"
+        )
+
+
+def load_image_folder(
+    root: Path, image_size: int, cache_dir: Path | None, skip_bad: bool = False, sha256: str | None = None
+) -> ImageArrays:
+    """Decode a ``train/<class>/*``, ``test/<class>/*`` tree or archive once; later calls read the cache.
+
+    A file in a class folder that does not decode stops the run, naming it; with ``skip_bad`` it is left out
+    and listed in ``ImageArrays.skipped``. ``sha256``: the archive's expected checksum, checked on every call.
+    """
     if not (is_archive(root) or is_image_folder(root)):
         raise DataError(
             f"data.root={root} is not an image folder: expected a folder with train/<class>/* and "
             "test/<class>/*, or a .tar/.tar.gz/.tgz archive of one"
         )
+    if sha256:
+        verify_sha256(root, sha256)
     cache = None
     if cache_dir is not None:
         name = root.name.split(".")[0] or "images"
         cache = Path(cache_dir) / f"{name}-{image_size}px-{_cache_key(root, image_size)}.npz"
         if cache.exists():
             with np.load(cache) as z:
-                return ImageArrays(
+                arrays = ImageArrays(
                     train_x=z["train_x"], train_y=z["train_y"], test_x=z["test_x"], test_y=z["test_y"],
                     classes=[str(c) for c in z["classes"]], description=f"image folder {root}",
+                    skipped=[str(p) for p in z["skipped"]] if "skipped" in z else [],
                 )  # fmt: skip
-    arrays = _read_folder(root, image_size)
+            if arrays.skipped and not skip_bad:  # cached with skip_bad=true: fail as a fresh read would
+                raise DataError(f"cannot decode image {root}/{arrays.skipped[0]} (left out of the cache with "
+                                f"data.skip_bad=true): remove or replace the file{SKIP_HINT}")  # fmt: skip
+            return arrays
+    arrays = _read_folder(root, image_size, skip_bad)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, train_x=arrays.train_x, train_y=arrays.train_y, test_x=arrays.test_x,
-                 test_y=arrays.test_y, classes=np.array(arrays.classes))  # fmt: skip
+                 test_y=arrays.test_y, classes=np.array(arrays.classes),
+                 skipped=np.array(arrays.skipped, dtype=str))  # fmt: skip
         os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
     return arrays
 

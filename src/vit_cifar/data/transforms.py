@@ -11,6 +11,7 @@ from vit_cifar.errors import ConfigError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+POLICIES = ("trivialaugment", "randaugment", "autoaugment", "none")  # the values aug.policy takes
 
 
 def _probability(aug: dict, key: str) -> float:
@@ -43,7 +44,7 @@ def train_transform(aug: dict, mean: Sequence[float], std: Sequence[float], imag
     elif policy == "autoaugment":
         ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
     elif policy != "none":
-        raise ConfigError(f"aug.policy={policy} is unknown: use trivialaugment, randaugment, autoaugment or none")
+        raise ConfigError(f"aug.policy={policy} is unknown: use one of {', '.join(POLICIES)}")
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     erasing_p = _probability(aug, "erasing_p")
     if erasing_p:

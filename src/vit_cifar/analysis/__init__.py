@@ -1,0 +1,1 @@
+"""Analysis of trained classifiers: evaluation metrics, figures, attention maps and rollout."""

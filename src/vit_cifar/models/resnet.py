@@ -1,0 +1,34 @@
+"""The CIFAR ResNet-18 baseline: torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool.
+
+ImageNet's stem (a 7x7 stride-2 conv, then a stride-2 max-pool) would shrink a 32x32 image to 8x8 before the
+first block. The CIFAR variant keeps full resolution through ``layer1`` and halves it in each later stage:
+32 -> 32 -> 16 -> 8 -> 4, then global average pooling and a linear classifier. BasicBlocks [2, 2, 2, 2] with
+64-128-256-512 channels and 1x1 conv + BatchNorm shortcuts where the shape changes: 11,173,962 parameters for
+10 classes. Everything except the stem is torchvision's maintained implementation, weight init included.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from vit_cifar.errors import ConfigError
+
+
+class ResNet18(ResNet):
+    """ResNet-18 for 32x32 images.
+
+    Args:
+        num_classes: output classes.
+        in_chans: input channels.
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3) -> None:
+        for name, value in [("num_classes", num_classes), ("in_chans", in_chans)]:
+            if int(value) != value or value < 1:
+                raise ConfigError(f"model.{name}={value} must be a positive integer")
+        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)  # (B, 64, H, W)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's
+        self.maxpool = nn.Identity()

@@ -1,0 +1,85 @@
+"""Which checkpoint ``ckpt_path`` names, and whether it fits the run that wants to resume from it or test it.
+
+``ckpt_path=last`` means the ``last.ckpt`` of *this run's* checkpoint folder,
+``callbacks.model_checkpoint.dirpath`` (by default ``<run folder>/checkpoints``). The run folder is
+``hydra.run.dir``, so a killed run is resumed by repeating its command with
+``hydra.run.dir=<its folder> ckpt_path=last``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from vit_cifar.checkpoint import describe_mismatch, read_checkpoint
+from vit_cifar.errors import CheckpointError, VitCifarError
+from vit_cifar.module import build_network
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """The folder the run's ModelCheckpoint writes to."""
+    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def resolve_ckpt_path(cfg: DictConfig, error: type[VitCifarError] = CheckpointError) -> Path | None:
+    """The file ``ckpt_path`` names (None when unset); ``error`` when it does not exist."""
+    ckpt_path = cfg.get("ckpt_path")
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        path = checkpoint_dir(cfg) / "last.ckpt"
+        if not path.is_file():
+            raise error(
+                f"ckpt_path=last but {path} does not exist: resume a run with hydra.run.dir=<its folder> "
+                "ckpt_path=last, or give ckpt_path=<checkpoint file>"
+            )
+        return path
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise error(f"ckpt_path={ckpt_path} does not exist: give the path of a .ckpt file, or ckpt_path=last")
+    return path
+
+
+def check_fits(path: Path, cfg: DictConfig, resume: bool) -> dict:
+    """Read ``path`` safely and check that this run's model can load it (and, to resume, that it holds the
+    training state); one :class:`CheckpointError` naming the difference otherwise. Returns the checkpoint."""
+    checkpoint = read_checkpoint(path)
+    saved = (checkpoint.get("hyper_parameters") or {}).get("net")
+    if not isinstance(saved, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {path} is not a vit-cifar training checkpoint (it has no network config)"
+        )
+    if resume and not checkpoint.get("optimizer_states"):
+        raise CheckpointError(
+            f"checkpoint {path} holds weights only, not the training state: it cannot be resumed"
+        )
+    wanted = OmegaConf.to_container(cfg.model, resolve=True)
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    mismatch = _mismatch(wanted, state)
+    if mismatch:
+        # Name the settings that change the weights' shapes (not, say, a dropout rate that also differs).
+        differ = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+        shaping = [k for k in differ if _mismatch({**saved, k: wanted.get(k)}, state)]
+        detail = (
+            "; ".join(f"model.{k}={saved.get(k)} there, {wanted.get(k)} here" for k in shaping) or mismatch
+        )
+        raise CheckpointError(
+            f"checkpoint {path} is of another model ({detail}): use the checkpoint's model settings "
+            "(model.num_classes follows data.num_classes), or another checkpoint"
+        )
+    if resume:
+        rank_zero_info(
+            f"resuming from {path}: {checkpoint['epoch'] + 1} epochs, {checkpoint['global_step']} steps done"
+        )
+    return checkpoint
+
+
+def _mismatch(net_config: dict, state: dict) -> str | None:
+    """How ``state`` differs from the network ``net_config`` builds (None: it fits)."""
+    try:
+        return describe_mismatch(build_network({k: v for k, v in net_config.items() if v is not None}), state)
+    except (VitCifarError, TypeError):
+        return "the model cannot be built from this run's config"

@@ -1,0 +1,434 @@
+"""Multirun sweeps: keep a failed job from ending the sweep, and summarise the sweep's folder.
+
+A job of a ``-m`` sweep ends in one of two files in its folder: ``metrics.json`` (written by ``train``) or
+``error.txt`` (written here when it raised). ``summarise`` reads every job folder Hydra made (the ones with
+``.hydra/overrides.yaml``) and writes ``summary.csv``, ``summary.md`` and ``summary.png`` into the sweep's
+folder, plus ``summary_seeds.csv`` when ``seed`` is one of the swept keys. Jobs are ranked by validation
+accuracy; the test accuracy is shown beside it and never ranks anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import io
+import json
+import logging
+import math
+import os
+import re
+import statistics
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from vit_cifar.errors import VitCifarError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+ERROR_FILE = "error.txt"
+OK, FAILED, NO_RESULT = "ok", "failed", "no result"
+
+
+def validation_accuracy(metrics: dict) -> float | None:
+    """The accuracy a sweep ranks and a sweeper maximises: the selected (best) epoch's validation accuracy,
+    else the last epoch's; ``None`` without a validation split. Never the test accuracy."""
+    value = metrics.get("val_acc_best", metrics.get("val_acc_last_epoch"))
+    return None if value is None else float(value)
+
+
+# ------------------------------------------------------------------------------------------- running jobs
+
+
+def in_sweep() -> bool:
+    """Whether this process is running a job of a ``-m`` sweep (Hydra multirun)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_sweep_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
+    """Run one job of a sweep. If it raises, write ``error.txt`` in its folder, say so on stderr and return
+    ``{}``, so that the sweep goes on to its next job and the summary lists this one as failed.
+
+    Catches ``Exception`` (a data error, a non-finite loss, CUDA out of memory, a bug), not Ctrl-C: an
+    interrupted sweep still stops. The values of a command-line sweep are checked before it starts
+    (``cli.preflight``); what fails here is what only running can tell, or a value that a sweeper's config
+    (``hydra.sweeper.params``) chose, which the job's own check refuses.
+    """
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    try:
+        return job(cfg)
+    except Exception as err:
+        line = f"{type(err).__name__}: {one_line(err)}"
+        # A user error says all in its line; anything else keeps its traceback for whoever debugs it.
+        detail = "" if isinstance(err, VitCifarError) else "\n" + traceback.format_exc()
+        write_atomic(folder / ERROR_FILE, line + "\n" + detail)
+        print(f"error: job {hydra_cfg.job.num} failed: {line}; "
+              f"recorded in {folder / ERROR_FILE}, the sweep goes on", file=sys.stderr)  # fmt: skip
+        if detail:
+            log.error(detail)
+    finally:
+        _release_memory()
+    return {}
+
+
+def one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines) or "(no message)"
+
+
+def _release_memory() -> None:
+    """Free what a finished job left behind (e.g. after CUDA ran out of memory) before the next job starts."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------ reading jobs
+
+
+@dataclass
+class Job:
+    """One job folder of a sweep: its overrides (key -> value, as Hydra wrote them), outcome and metrics."""
+
+    name: str
+    overrides: dict[str, str]
+    status: str
+    metrics: dict = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def val_acc(self) -> float | None:
+        return validation_accuracy(self.metrics)
+
+    @property
+    def test_acc(self) -> float | None:
+        return self.metrics.get("test_acc")
+
+
+def read_jobs(folder: Path) -> list[Job]:
+    """Every job folder under ``folder`` (a sweep's folder), in job order."""
+    if not folder.is_dir():
+        raise VitCifarError(
+            f"{folder} is not a folder: give the folder of a sweep, e.g. outputs/multirun/<date>/<time>"
+        )
+    marks = sorted(
+        folder.glob("**/.hydra/overrides.yaml"), key=lambda p: _natural(p.parent.parent.relative_to(folder))
+    )
+    jobs = [_read_job(mark.parent.parent, folder) for mark in marks if mark.parent.parent != folder]
+    if not jobs:
+        raise VitCifarError(
+            f"{folder} holds no job folders (<job>/.hydra/overrides.yaml): give the folder of a -m sweep, "
+            "e.g. outputs/multirun/<date>/<time>, not one job's folder or a single run's"
+        )
+    return jobs
+
+
+def _read_job(job_dir: Path, sweep_dir: Path) -> Job:
+    overrides = parse_overrides(OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")))
+    metrics_file, error_file = job_dir / METRICS_FILE, job_dir / ERROR_FILE
+    name = job_dir.relative_to(sweep_dir).as_posix()
+    # The newer of the two tells how the job last ended (a job rerun in its folder may leave the other).
+    if error_file.is_file() and (
+        not metrics_file.is_file() or error_file.stat().st_mtime >= metrics_file.stat().st_mtime
+    ):
+        first_line = next(iter(error_file.read_text().splitlines()), "") or f"(empty {ERROR_FILE})"
+        return Job(name, overrides, FAILED, error=first_line)
+    if metrics_file.is_file():
+        try:
+            return Job(name, overrides, OK, metrics=json.loads(metrics_file.read_text()))
+        except json.JSONDecodeError as err:
+            return Job(name, overrides, FAILED, error=f"{metrics_file.name} does not parse: {err}")
+    return Job(
+        name, overrides, NO_RESULT, error=f"no {METRICS_FILE} or {ERROR_FILE}: still running, or killed"
+    )
+
+
+def parse_overrides(lines: list[str]) -> dict[str, str]:
+    """``["aug.mixup_alpha=0.2", "+x=1"]`` -> ``{"aug.mixup_alpha": "0.2", "x": "1"}``, by Hydra's parser."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(lines)
+    return {o.key_or_group: "null" if o.is_delete() else o.get_value_element_as_str() for o in parsed}
+
+
+def _natural(path: Path) -> list:
+    """Sort key that puts job 10 after job 9."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]
+
+
+# ------------------------------------------------------------------------------------------- the summary
+
+
+@dataclass
+class Summary:
+    folder: Path
+    jobs: list[Job]  # ranked: completed by validation accuracy, best first; then failed and unfinished
+    swept: list[str]  # override keys whose value differs between jobs
+    fixed: dict[str, str]  # overrides every job shares
+    seed_groups: list[dict] = field(default_factory=list)  # over seeds, when "seed" is swept
+
+    @property
+    def failed(self) -> list[Job]:
+        return [job for job in self.jobs if job.status != OK]
+
+
+def summarise(folder: Path) -> Summary:
+    """Read a sweep's folder and write its summary files into it (each atomically: temp file, then rename)."""
+    folder = Path(folder)
+    jobs = read_jobs(folder)
+    swept, fixed = split_keys(jobs)
+    summary = Summary(folder, rank(jobs), swept, fixed)
+    if "seed" in swept:
+        summary.seed_groups = over_seeds(summary.jobs, [k for k in swept if k != "seed"])
+    write_atomic(folder / "summary.csv", jobs_csv(summary))
+    write_atomic(folder / "summary.md", markdown(summary))
+    write_atomic(folder / "summary.png", plot_png(summary))
+    if summary.seed_groups:
+        write_atomic(folder / "summary_seeds.csv", seeds_csv(summary))
+    return summary
+
+
+def split_keys(jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
+    """The swept keys (values differ between jobs, in the order they first appear) and the fixed overrides.
+    A single job has no differences: its overrides count as swept."""
+    keys = list(dict.fromkeys(k for job in jobs for k in job.overrides))
+    swept = [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
+    if len(jobs) == 1:
+        return keys, {}
+    return swept, {k: jobs[0].overrides[k] for k in keys if k not in swept}
+
+
+def rank(jobs: list[Job]) -> list[Job]:
+    """Completed jobs by validation accuracy, best first (ties and jobs without validation keep job order),
+    then the failed and unfinished ones. The test accuracy plays no part."""
+    done = [job for job in jobs if job.status == OK]
+    with_val = sorted((job for job in done if job.val_acc is not None), key=lambda job: -job.val_acc)
+    return with_val + [job for job in done if job.val_acc is None] + [job for job in jobs if job.status != OK]
+
+
+def over_seeds(jobs: list[Job], keys: list[str]) -> list[dict]:
+    """Mean and sample standard deviation over seeds for each setting of ``keys`` (the swept keys but seed),
+    best mean validation accuracy first. One seed gives no standard deviation (``None``)."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job.overrides.get(k, "") for k in keys), []).append(job)
+    rows = []
+    for setting, members in groups.items():
+        done = [job for job in members if job.status == OK]
+        row: dict[str, Any] = dict(zip(keys, setting, strict=True))
+        row["seeds"] = " ".join(job.overrides.get("seed", "") for job in done)
+        row["n"] = len(done)
+        row["failed"] = len(members) - len(done)
+        for name, values in (("val_acc", [j.val_acc for j in done]), ("test_acc", [j.test_acc for j in done]),
+                             ("epochs", [j.metrics.get("epochs") for j in done]),
+                             ("wall_s", [j.metrics.get("wall_s") for j in done])):  # fmt: skip
+            mean, std = mean_std(values)
+            row[f"{name}_mean"], row[f"{name}_std"] = mean, std
+        rows.append(row)
+    return sorted(rows, key=lambda r: -r["val_acc_mean"] if r["val_acc_mean"] is not None else math.inf)
+
+
+def mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the values that are there; ``None`` where undefined."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.fmean(present), (statistics.stdev(present) if len(present) > 1 else None)
+
+
+# --------------------------------------------------------------------------------------------- the files
+
+JOB_COLUMNS = ("val_acc", "test_acc", "epochs", "wall_s")
+
+
+def jobs_csv(summary: Summary) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["rank", "job", "status", *summary.swept, *JOB_COLUMNS, "error"])
+    for i, job in enumerate(summary.jobs, 1):
+        values = [job.val_acc, job.test_acc, job.metrics.get("epochs"), job.metrics.get("wall_s")]
+        writer.writerow([i if job.status == OK else "", job.name, job.status,
+                         *(job.overrides.get(k, "") for k in summary.swept),
+                         *("" if v is None else v for v in values), job.error])  # fmt: skip
+    return out.getvalue()
+
+
+def seeds_csv(summary: Summary) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(summary.seed_groups[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in summary.seed_groups:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return out.getvalue()
+
+
+def markdown(summary: Summary) -> str:
+    done = len(summary.jobs) - len(summary.failed)
+    lines = [
+        f"# Sweep summary: {summary.folder}",
+        "",
+        f"{len(summary.jobs)} jobs: {done} completed, {len(summary.failed)} failed or unfinished. "
+        "Ranked by validation accuracy (the selected epoch's, best first); the test accuracy is shown for "
+        "reference and chooses nothing.",
+        "",
+    ]
+    if summary.fixed:
+        lines += ["Every job: `" + " ".join(f"{k}={v}" for k, v in summary.fixed.items()) + "`", ""]
+    header = ["rank", "job", *summary.swept, "val acc", "test acc", "epochs", "wall time", "status"]
+    rows = []
+    for i, job in enumerate(summary.jobs, 1):
+        status = job.status if job.status == OK else f"**{job.status}**: {job.error}"
+        values = [_short(job.overrides.get(k, "")) for k in summary.swept]
+        rows.append([str(i) if job.status == OK else "", job.name, *values,
+                     _acc(job.val_acc), _acc(job.test_acc), str(job.metrics.get("epochs", "")),
+                     _duration(job.metrics.get("wall_s")), status])  # fmt: skip
+    lines += _table(header, rows)
+    if summary.seed_groups:
+        keys = [k for k in summary.swept if k != "seed"]
+        lines += ["", "## Over seeds", "",
+                  "Mean ± sample standard deviation over the seeds that completed, "
+                  "best mean validation accuracy first.", ""]  # fmt: skip
+        rows = [[*(_short(g[k]) for k in keys), g["seeds"], str(g["n"]), str(g["failed"]),
+                 _pm(g["val_acc_mean"], g["val_acc_std"]), _pm(g["test_acc_mean"], g["test_acc_std"]),
+                 _duration(g["wall_s_mean"])] for g in summary.seed_groups]  # fmt: skip
+        lines += _table([*keys, "seeds", "n", "failed", "val acc", "test acc", "mean wall time"], rows)
+    return "\n".join(lines) + "\n"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    cell = lambda text: str(text).replace("|", "\\|")
+    return ["| " + " | ".join(map(cell, header)) + " |", "|" + " --- |" * len(header)] + [
+        "| " + " | ".join(map(cell, row)) + " |" for row in rows
+    ]
+
+
+def _short(text: str) -> str:
+    """A value as written, but a float with many digits (Optuna's) to 4 significant ones, for reading."""
+    return f"{float(text):.4g}" if len(text) > 8 and _is_number(text) else text
+
+
+def _acc(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def plot_png(summary: Summary) -> bytes:
+    """Validation (and, lighter, test) accuracy of every completed job against each swept knob, with the mean
+    validation accuracy per value as a line. The seed is left out when other knobs are swept."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    knobs = [k for k in summary.swept if k != "seed"] or summary.swept
+    done = [job for job in summary.jobs if job.status == OK and job.val_acc is not None]
+    cols = min(3, max(1, len(knobs)))
+    rows = max(1, math.ceil(len(knobs) / cols))
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    if not done or not knobs:
+        axes[0].text(0.5, 0.5, "no completed job with a validation accuracy", ha="center", va="center")
+        axes[0].set_axis_off()
+    for ax, key in zip(axes, knobs if done else [], strict=False):
+        values = [job.overrides.get(key, "") for job in done]
+        numeric = all(_is_number(v) for v in values)
+        order = sorted(set(values), key=float if numeric else str)
+        where = {v: (float(v) if numeric else i) for i, v in enumerate(order)}
+        xs = [where[v] for v in values]
+        ax.scatter(xs, [job.val_acc for job in done], label="validation", zorder=3)
+        tests = [(x, job.test_acc) for x, job in zip(xs, done, strict=True) if job.test_acc is not None]
+        if tests:
+            ax.scatter(*zip(*tests, strict=True), marker="x", color="gray", alpha=0.6, label="test")
+        means = [
+            statistics.fmean(j.val_acc for j, v in zip(done, values, strict=True) if v == o) for o in order
+        ]
+        ax.plot([where[o] for o in order], means, color="C0", alpha=0.6)
+        if not numeric:
+            ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+        ax.set_xlabel(key)
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in axes[len(knobs) if done else 1 :]:
+        ax.set_axis_off()
+    where = f"{summary.folder.parent.name}/{summary.folder.name}"
+    fig.suptitle(f"{where}: {len(done)} of {len(summary.jobs)} jobs completed, accuracy by knob")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, then a rename over it."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def report(summary: Summary) -> str:
+    """What the command prints: where the summary is and the best job by validation accuracy."""
+    done = [job for job in summary.jobs if job.status == OK]
+    line = (
+        f"sweep summary: {summary.folder / 'summary.md'} ({len(done)} of {len(summary.jobs)} jobs completed)"
+    )
+    best = summary.jobs[0] if done and summary.jobs[0].val_acc is not None else None
+    if best is not None:
+        setting = " ".join(f"{k}={best.overrides.get(k, '')}" for k in summary.swept)
+        line += f"; best by validation accuracy: job {best.name} ({setting}) val_acc={best.val_acc:.4f}"
+    return line
+
+
+def failure_line(summary: Summary) -> str:
+    first = summary.failed[0]
+    return (f"{len(summary.failed)} of {len(summary.jobs)} jobs failed (job {first.name}: {first.error}); "
+            f"the others are summarised in {summary.folder / 'summary.md'}")  # fmt: skip
+
+
+class SweepSummary(Callback):
+    """Hydra callback (``hydra.callbacks`` in configs/hydra/default.yaml): summarise the sweep when it ends.
+
+    If any job failed, the command then exits with code 1 and one line naming the first failure, so a script
+    that runs a sweep sees it; the summary is written first either way.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(config.hydra.sweep.dir)
+        try:
+            summary = summarise(folder)
+        except (VitCifarError, OSError) as err:
+            print(f"warning: no sweep summary ({one_line(err)}); after fixing it, run "
+                  f"python -m vit_cifar.sweep_summary {folder}", file=sys.stderr)  # fmt: skip
+            return
+        print(report(summary))
+        if summary.failed:
+            print(f"error: {failure_line(summary)}", file=sys.stderr)
+            sys.exit(1)

@@ -1,0 +1,37 @@
+"""Summarise a finished (or running) sweep: ``python -m vit_cifar.sweep_summary <multirun folder>``.
+
+Writes ``summary.csv``, ``summary.md``, ``summary.png`` (and ``summary_seeds.csv`` when seeds were swept) into
+the folder; a ``-m`` sweep of ``vit_cifar.train`` does this by itself when it ends. See docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vit_cifar.errors import VitCifarError
+from vit_cifar.sweep import failure_line, report, summarise
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m vit_cifar.sweep_summary",
+        description="Rank a sweep's jobs by validation accuracy; plot accuracy against each swept knob.",
+    )
+    parser.add_argument(
+        "folder", type=Path, help="the sweep's folder, e.g. outputs/multirun/2026-11-27/20-15-00"
+    )
+    args = parser.parse_args(argv)
+    try:
+        summary = summarise(args.folder)
+    except VitCifarError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    print(report(summary))
+    if summary.failed:  # listed in the summary; the summary itself was written, so the exit code is 0
+        print(failure_line(summary))
+
+
+if __name__ == "__main__":
+    main()

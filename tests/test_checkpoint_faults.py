@@ -1,0 +1,205 @@
+"""Checkpoints survive kills: a run killed with SIGKILL resumes to the same weights, metrics and LR schedule
+as an uninterrupted one; a kill while a checkpoint is written leaves the previous file whole; checkpoints
+that are corrupt, of another model, or that would run code are refused with one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_config
+from faults_support import FAST_RUN, STEPS_PER_EPOCH, error_lines, start, train_cli
+from vit_cifar.checkpoint import read_checkpoint
+from vit_cifar.ckpt_io import SafeCheckpointIO
+from vit_cifar.cli import run_cli
+from vit_cifar.errors import CheckpointError
+from vit_cifar.train import train
+
+EPOCHS = 4
+# Deterministic kernels; dropout, TrivialAugment, RandomErasing and MixUp/CutMix (the seed aug) all draw
+# random numbers, so an exact resume needs every generator restored.
+RESUMABLE = [*FAST_RUN, f"trainer.max_epochs={EPOCHS}", "trainer.deterministic=true", "model.drop_rate=0.1"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A run that was never interrupted."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = train_cli([*RESUMABLE, f"hydra.run.dir={run}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def lr_by_step(run: Path) -> dict[int, float]:
+    with open(run / "csv" / "metrics.csv") as f:
+        return {
+            int(row["step"]): float(row["lr-AdamW/pg1"]) for row in csv.DictReader(f) if row["lr-AdamW/pg1"]
+        }
+
+
+def test_killed_run_resumes_exactly(finished_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    proc = start(["-m", "vit_cifar.train", *RESUMABLE, f"hydra.run.dir={run}"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # a bounded wait for the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run / "metrics.json").exists()
+    at_kill = read_checkpoint(last)
+    assert at_kill["epoch"] < EPOCHS - 1
+
+    resumed = train_cli([*RESUMABLE, f"hydra.run.dir={run}", "ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    done = f"{at_kill['epoch'] + 1} epochs, {at_kill['global_step']} steps done"
+    assert f"resuming from {last}: {done}" in resumed.stdout + resumed.stderr
+
+    # The same final weights and optimiser state, bit for bit.
+    a, b = read_checkpoint(finished_run / "checkpoints" / "last.ckpt"), read_checkpoint(last)
+    assert (
+        (a["epoch"], a["global_step"])
+        == (b["epoch"], b["global_step"])
+        == (EPOCHS - 1, EPOCHS * STEPS_PER_EPOCH)
+    )
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    opt_a, opt_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert all(torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_a for k in opt_a[i])
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+    # The same metrics.
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (finished_run, run))
+    for key in (
+        "epochs",
+        "val_acc_last_epoch",
+        "val_acc_best",
+        "test_acc",
+        "test_loss",
+        "checkpoint_after_epoch",
+    ):
+        assert ma[key] == mb[key], key
+
+    # The resumed part logs the LR of every remaining step, equal to the uninterrupted run's: no jump.
+    lr_a, lr_b = lr_by_step(finished_run), lr_by_step(run)
+    assert sorted(lr_b) == list(range(at_kill["global_step"], EPOCHS * STEPS_PER_EPOCH))
+    assert {step: lr_a[step] for step in lr_b} == lr_b
+
+
+# Runs the CLI with torch.save stopping halfway through the second write of last.ckpt (the first is epoch
+# 0's): the parent kills it there, as a kill, OOM or pre-emption would.
+HALF_WRITE = """
+import io, runpy, sys, time, torch
+real_save, writes = torch.save, []
+def half_save(obj, f, *args, **kwargs):
+    if getattr(f, "name", "").endswith("last.ckpt.partial"):
+        writes.append(f.name)
+        if len(writes) == 2:
+            buffer = io.BytesIO()
+            real_save(obj, buffer)
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            f.flush()
+            print("HALF-WRITTEN", f.name, flush=True)
+            time.sleep(600)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = half_save
+sys.argv[0] = "vit_cifar.train"
+runpy.run_module("vit_cifar.train", run_name="__main__")
+"""
+
+
+def test_kill_while_saving_leaves_the_previous_checkpoint_whole(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = start(["-c", HALF_WRITE, *FAST_RUN, "trainer.max_epochs=3", f"hydra.run.dir={run}"],
+                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    watchdog = threading.Timer(240, proc.kill)  # never hang the test session
+    watchdog.start()
+    partial = next((line.split()[1] for line in proc.stdout if line.startswith("HALF-WRITTEN")), None)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    watchdog.cancel()
+    assert partial is not None and proc.returncode == -signal.SIGKILL
+
+    last = run / "checkpoints" / "last.ckpt"
+    assert partial == str(last.with_name(".last.ckpt.partial"))
+    with pytest.raises(CheckpointError, match="cannot be read safely"):  # the kill did cut that write short
+        read_checkpoint(partial)
+    previous = read_checkpoint(last)  # while last.ckpt is epoch 0's, whole
+    assert (previous["epoch"], previous["global_step"]) == (0, STEPS_PER_EPOCH)
+    for path in (run / "checkpoints").glob("*.ckpt"):  # as is every file under a checkpoint's name
+        read_checkpoint(path)
+
+
+def test_corrupt_checkpoint_is_refused_for_resume(finished_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    data = (finished_run / "checkpoints" / "last.ckpt").read_bytes()
+    last.write_bytes(data[: len(data) // 2])
+
+    result = train_cli([*RESUMABLE, f"hydra.run.dir={run}", "ckpt_path=last"])
+    assert result.returncode == 1
+    [line] = error_lines(result)
+    assert line.startswith(f"error: checkpoint {last} cannot be read safely (")
+    assert line.endswith("it is truncated, corrupt, or holds objects other than tensors and plain values")
+    assert "Traceback" not in result.stderr
+    assert last.read_bytes() == data[: len(data) // 2]  # nothing overwritten
+    assert (
+        sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"] and not (run / "metrics.json").exists()
+    )
+
+
+def refused(capsys, overrides: list[str], out: Path) -> str:
+    """Run the train command in this process; it must stop with exit code 1. Returns its one error line."""
+    with pytest.raises(SystemExit) as stop:
+        run_cli(train, compose_config([*FAST_RUN, *overrides], out))
+    assert stop.value.code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert not (out / "metrics.json").exists()
+    return line
+
+
+def test_checkpoint_of_another_model_is_refused(capsys, finished_run: Path, tmp_path: Path) -> None:
+    ckpt = finished_run / "checkpoints" / "last.ckpt"
+    line = refused(capsys, ["train=false", f"ckpt_path={ckpt}", "model.embed_dim=64"], tmp_path)
+    assert line == (
+        f"error: checkpoint {ckpt} is of another model (model.embed_dim=32 there, 64 here): use the "
+        "checkpoint's model settings (model.num_classes follows data.num_classes), or another checkpoint"
+    )
+    line = refused(capsys, [f"ckpt_path={ckpt}", "data.num_classes=5"], tmp_path)  # resuming, too
+    assert "is of another model (model.num_classes=10 there, 5 here)" in line
+
+
+class RunsCode:
+    """Unpickling this runs code: it creates the file ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def test_checkpoint_that_would_run_code_is_refused(capsys, tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": RunsCode(marker)}, "epoch": 0}, evil)
+
+    line = refused(capsys, ["train=false", f"ckpt_path={evil}"], tmp_path)
+    assert line.startswith(f"error: checkpoint {evil} cannot be read safely (Weights only load failed")
+    with pytest.raises(CheckpointError, match="cannot be read safely"):  # whatever a caller asks for
+        SafeCheckpointIO().load_checkpoint(evil, weights_only=False)
+    assert not marker.exists()
+
+    torch.load(evil, weights_only=False)  # the file is real: an unsafe load does run its code
+    assert marker.exists()

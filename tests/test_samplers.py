@@ -1,0 +1,68 @@
+"""Repeated augmentation: the sampler's epochs, seeding and DDP shares, and the DataModule's use of it."""
+
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from vit_cifar.data import CIFARDataModule
+from vit_cifar.data.samplers import RepeatedAugSampler
+from vit_cifar.errors import ConfigError
+
+
+def _epoch(n, repeats=3, group_size=4, world=1, rank=0, seed=0, epoch=0):
+    sampler = RepeatedAugSampler(range(n), repeats, group_size, num_replicas=world, rank=rank, seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler), len(sampler)
+
+
+def test_each_image_appears_k_times_per_epoch_with_its_copies_together():
+    order, length = _epoch(20, repeats=3, group_size=4)
+    assert length == len(order) == 60
+    assert Counter(order) == {i: 3 for i in range(20)}
+    for start in range(0, 60, 12):  # each group of 4 images yields its 12 copies before the next group
+        assert set(Counter(order[start : start + 12]).values()) == {3}
+        assert len(set(order[start : start + 12])) == 4
+    assert order[:12] != sorted(order[:12])  # the copies of a group come in a shuffled order
+
+
+def test_order_is_seeded_and_changes_with_the_epoch(monkeypatch):
+    first, _ = _epoch(50, seed=7)
+    assert first == _epoch(50, seed=7)[0]
+    assert first != _epoch(50, seed=7, epoch=1)[0]
+    assert first != _epoch(50, seed=8)[0]
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # what seed_everything sets: the run's seed by default
+    assert list(RepeatedAugSampler(range(50), 3, 4)) == first
+
+
+def test_ranks_get_disjoint_images_and_equal_lengths():
+    shares = [_epoch(30, repeats=2, world=3, rank=r)[0] for r in range(3)]
+    assert [len(s) for s in shares] == [20, 20, 20]
+    images = [set(s) for s in shares]
+    assert not (images[0] & images[1] or images[0] & images[2] or images[1] & images[2])
+    assert Counter(i for s in shares for i in s) == {i: 2 for i in range(30)}
+    # 10 images on 3 ranks: padded by wrapping around, as DistributedSampler does, so the lengths still agree
+    shares = [_epoch(10, repeats=2, world=3, rank=r)[0] for r in range(3)]
+    assert [len(s) for s in shares] == [8, 8, 8]
+    assert set().union(*shares) == set(range(10))
+
+
+def test_datamodule_uses_it_for_training_only_and_checks_the_value():
+    sizes = {"train_per_class": 10, "test_per_class": 2}
+    dm = CIFARDataModule(source="synthetic", synthetic=sizes, val_size=20, batch_size=16, num_workers=0,
+                         cache_dir=None, repeated_aug=3)  # fmt: skip
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, RepeatedAugSampler)
+    assert isinstance(loader.sampler, DistributedSampler)  # so Lightning's DDP neither replaces nor wraps it
+    assert loader.sampler.group_size == 5  # 16 // 3 images, so an image's copies share a batch
+    assert len(loader) == 80 * 3 // 16  # 80 training images, 3 copies each, full batches only
+    x, _ = next(iter(loader))
+    assert x.shape == (16, 3, 32, 32)
+    assert not isinstance(dm.val_dataloader().sampler, RepeatedAugSampler)
+    labels = torch.cat([y for _, y in loader])
+    assert torch.bincount(labels).tolist() == [24] * 10  # 8 images per class, 3 times each
+    for bad in (0, 1.5):
+        with pytest.raises(ConfigError, match=f"data.repeated_aug={bad} must be a whole number"):
+            CIFARDataModule(source="synthetic", num_workers=0, cache_dir=None, repeated_aug=bad)
