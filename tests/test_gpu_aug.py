@@ -205,9 +205,11 @@ def test_without_augmentation_the_device_path_only_normalises():
     assert torch.equal(y, labels)
 
 
-def test_policies_without_a_batched_version_are_refused():
+def test_policies_and_samplers_without_a_batched_version_are_refused():
     with pytest.raises(ConfigError, match="aug.policy=randaugment .*device_aug"):
         CIFARDataModule(source="synthetic", aug={"policy": "randaugment"}, device_aug=True)
+    with pytest.raises(ConfigError, match=r"^data.repeated_aug=3 has no GPU data path"):
+        CIFARDataModule(source="synthetic", repeated_aug=3, device_aug=True)
 
 
 def test_device_batches_cover_the_data_once_per_epoch_and_reshuffle():

@@ -8,6 +8,7 @@ from vit_cifar.errors import ConfigError
 from vit_cifar.models import VisionTransformer
 from vit_cifar.speed import apply_speed_settings, optimizer_kwargs_for, resolve_compile
 from vit_cifar.train import train
+from vit_cifar.validate import validate_config
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -86,6 +87,13 @@ def test_compile_and_fused_reach_training(tmp_path, monkeypatch):
     metrics = train(cfg)
     assert compiled == ["VisionTransformer"] and fused == [True]  # fused AdamW runs on CPU too (torch >= 2.4)
     assert metrics["compile"] is True and metrics["matmul_precision"] == "high"
+
+
+def test_the_config_check_knows_the_switches(tmp_path):
+    with pytest.raises(ConfigError, match=r"^matmul_precision='fast' is unknown: use one of highest, high"):
+        validate_config(compose_config(["matmul_precision=fast"], tmp_path))
+    with pytest.raises(ConfigError, match=r"^data.device_aug=.*true or false"):
+        validate_config(compose_config(["data.device_aug=sometimes"], tmp_path))
 
 
 def test_a_bad_switch_stops_with_one_line_naming_the_key(tmp_path):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_cifar.data.datamodule import SOURCES
 from vit_cifar.data.transforms import POLICIES
 from vit_cifar.errors import ConfigError
+from vit_cifar.speed import MATMUL_PRECISIONS
 
 _ABSENT = object()
 
@@ -125,6 +126,8 @@ RULES: dict[str, Rule] = {
     "data.download": Flag(),
     "data.skip_bad": Flag(),
     "data.sha256": Hex(64),
+    "data.device_aug": Flag(),
+    "matmul_precision": Choice(MATMUL_PRECISIONS),  # compile, optim.fused (strings or booleans): speed.py
     "model.img_size": POSITIVE_INT,
     "model.patch_size": POSITIVE_INT,
     "model.in_chans": POSITIVE_INT,

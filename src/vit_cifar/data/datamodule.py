@@ -168,6 +168,9 @@ class CIFARDataModule(L.LightningDataModule):
         self.mix = batch_mix(self.aug, num_classes)
         self.device_augment = None
         if device_aug:  # the GPU data path: augmentation of whole batches on the device
+            if self.repeated_aug != 1:
+                raise ConfigError(f"data.repeated_aug={repeated_aug} has no GPU data path: "
+                                  "set data.repeated_aug=1 or data.device_aug=false")  # fmt: skip
             self.device_augment = DeviceAugment(self.aug, self.mean, self.std, num_classes)
         self.arrays: sources.ImageArrays | None = None
         self.train_set = self.val_set = self.test_set = None
