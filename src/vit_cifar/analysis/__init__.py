@@ -1,0 +1,1 @@
+"""Analysis of a trained classifier: metrics, figures and reports."""
