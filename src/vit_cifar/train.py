@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_cifar.cli import CONFIG_DIR, run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
+from vit_cifar.evaluate import evaluate_from_train_config
 from vit_cifar.module import ClassifierModule
 
 
@@ -102,6 +103,8 @@ def train(cfg: DictConfig) -> dict:
         ckpt_path = selected_checkpoint(trainer)
     elif not ckpt_path:
         raise ConfigError("train=false needs ckpt_path=<checkpoint file> to test")
+    else:  # test a given checkpoint: python -m vit_cifar.evaluate's evaluation, written into this run folder
+        return evaluate_from_train_config(cfg)
 
     metrics = {
         "params": sum(p.numel() for p in module.net.parameters()),
