@@ -136,11 +136,12 @@ def test_without_logs_the_history_is_skipped_with_a_note_and_tta_is_stated(tiny_
     out = tmp_path / "eval"
     out.mkdir()
     (out / "training_history.png").write_bytes(b"from an earlier evaluation")
-    m = run_evaluate(ckpt, out, "tta=true", "batch_size=32")
+    m = run_evaluate(ckpt, out, "tta=true", "batch_size=32", "precision=bf16")
     assert m["history_csv"] is None and not (out / "training_history.png").exists()
     report = (out / "report.md").read_text()
     assert "Training History: not drawn (no training log found" in report
     assert m["tta"] is True and m["batch_size"] == 32 and "Test-time augmentation | horizontal flip" in report
+    assert m["precision"] == "bf16" and "| Batch size, precision | 32, bf16 autocast |" in report
     with pytest.raises(ConfigError, match="history=.*does not exist"):
         run_evaluate(ckpt, out, f"history={tmp_path / 'missing.csv'}")
 
@@ -243,6 +244,11 @@ def test_bad_options_are_refused(tiny_run, tmp_path):
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="batch_size=0 must be at least 1"):
         run_evaluate(ckpt, tmp_path, "batch_size=0")
+    with pytest.raises(ConfigError, match="precision=16 is not supported here: use 32 .* or bf16"):
+        run_evaluate(ckpt, tmp_path, "precision=16")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device=cuda:0 was asked for but no CUDA GPU is available"):
+            run_evaluate(ckpt, tmp_path, "device=cuda:0")
     with pytest.raises(ConfigError, match="ckpt_path=<checkpoint file> is required"):
         evaluate(compose_config([f"output_dir={tmp_path}"], tmp_path, config_name="eval"))
     assert not any(tmp_path.iterdir())

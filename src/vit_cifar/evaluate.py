@@ -30,6 +30,7 @@ from vit_cifar.cli import CONFIG_DIR, run_cli
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.inference import (
     InputSpec,
+    autocast_dtype,
     describe_device,
     input_spec,
     predict_probs,
@@ -59,6 +60,7 @@ class EvalOptions:
     tta: bool = False
     threads: int | None = None
     history: str | None = None
+    precision: str = "32"
 
     def check(self) -> None:
         if int(self.batch_size) < 1:
@@ -74,6 +76,7 @@ def evaluate_checkpoint(
     ``output_dir`` (all or nothing) and return the metrics written to ``metrics.json``."""
     start = time.perf_counter()
     options.check()
+    dtype = autocast_dtype(options.precision)
     set_threads(options.threads)
     device = resolve_device(options.device)
     loaded = load_classifier(ckpt_path)
@@ -84,7 +87,9 @@ def evaluate_checkpoint(
     classes = _check_classes(loaded, list(datamodule.classes))
 
     tic = time.perf_counter()
-    probs, targets = predict_probs(loaded.net, datamodule.test_dataloader(), device, tta=options.tta)
+    probs, targets = predict_probs(
+        loaded.net, datamodule.test_dataloader(), device, tta=options.tta, dtype=dtype
+    )
     eval_s = time.perf_counter() - tic
 
     metrics = {
@@ -97,6 +102,7 @@ def evaluate_checkpoint(
         "data": datamodule.description,
         "device": describe_device(device),
         "tta": bool(options.tta),
+        "precision": str(options.precision),
         "batch_size": int(options.batch_size),
         "eval_s": round(eval_s, 2),
         "images_per_s": round(len(targets) / eval_s, 1),
@@ -280,6 +286,7 @@ def evaluate(cfg: DictConfig) -> dict:
         tta=cfg.tta,
         threads=cfg.threads,
         history=cfg.history,
+        precision=cfg.precision,
     )
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     return evaluate_checkpoint(cfg.ckpt_path, data_cfg, cfg.output_dir, options)

@@ -114,12 +114,16 @@ def render_report(m: dict, figures: dict[str, str | None], notes: dict[str, str]
         f"| Device | {m['device']} |",
         f"| Evaluation time | {m['eval_s']:.1f} s inference ({m['images_per_s']:.0f} images/s), "
         f"{m['wall_s']:.1f} s in all |",
-        f"| Batch size | {m['batch_size']} |",
+        f"| Batch size, precision | {m['batch_size']}, {_precision(m)} |",
         f"| Test-time augmentation | {'horizontal flip' if m['tta'] else 'none'} |",
         f"| Evaluated | {m['evaluated_at']} |",
         "",
     ]
     return "\n".join(lines)
+
+
+def _precision(m: dict) -> str:
+    return "float32" if str(m.get("precision", "32")) == "32" else f"{m['precision']} autocast"
 
 
 def _trained(m: dict) -> str:
