@@ -47,7 +47,7 @@ def per_class_accuracy(
         Patch(color=RED, label="< 80%"),
         Line2D([], [], color="black", linestyle="--", label=f"overall {100 * overall:.2f}%"),
     ]
-    ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     _save(fig, path)
 
 
@@ -221,8 +221,8 @@ def reliability_diagram(
     ax_cls.set_xticks(
         x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center"
     )
-    ax_cls.set(ylim=(0, 1.05), ylabel="fraction", title="Per class: accuracy and mean confidence")
-    ax_cls.legend(fontsize=8, loc="lower right")
+    ax_cls.set(ylim=(0, 1.2), ylabel="fraction", title="Per class: accuracy and mean confidence")
+    ax_cls.legend(fontsize=8, loc="upper center", ncol=3)  # above the bars, which end at 1
     _save(fig, path)
 
 
