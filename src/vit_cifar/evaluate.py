@@ -55,7 +55,7 @@ class EvalOptions:
     """How to run an evaluation (``configs/eval.yaml`` documents each)."""
 
     device: str = "cpu"
-    batch_size: int = 256
+    batch_size: int = 64
     num_workers: int = 0
     tta: bool = False
     threads: int | None = None
