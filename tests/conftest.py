@@ -92,3 +92,17 @@ def attention_ckpt(tmp_path_factory) -> Path:
                  "test=false"]  # fmt: skip
     train(compose_config(overrides, out))
     return next((out / "checkpoints").glob("epoch*.ckpt"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny ViT trained once per session for 2 epochs on synthetic data (about 50% accurate), through the
+    real train(); its run folder holds checkpoints/last.ckpt (after epoch 2) and the log csv/metrics.csv."""
+    from vit_cifar.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    short_run = ["aug=none", "trainer=cpu", "trainer.max_epochs=2", "scheduler.warmup_epochs=1",
+                 "trainer.log_every_n_steps=1", "logger.tensorboard=null",
+                 "callbacks.model_checkpoint.monitor=null"]  # fmt: skip
+    train(compose_config([*TINY_MODEL, *QUIET, *SYNTHETIC_SMALL, *short_run], out))
+    return out

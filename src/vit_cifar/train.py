@@ -18,6 +18,7 @@ from vit_cifar.ckpt_io import SafeCheckpointIO
 from vit_cifar.cli import hydra_main, run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
+from vit_cifar.evaluate import evaluate_from_train_config
 from vit_cifar.module import ClassifierModule
 from vit_cifar.monitoring import log_final_hparams
 from vit_cifar.resume import check_fits, resolve_ckpt_path
@@ -99,6 +100,8 @@ def train(cfg: DictConfig) -> dict:
         ckpt_path = selected_checkpoint(trainer)
     elif not ckpt_path:
         raise ConfigError("train=false needs ckpt_path=<checkpoint file> to test")
+    else:  # test a given checkpoint: python -m vit_cifar.evaluate's evaluation, written into this run folder
+        return evaluate_from_train_config(cfg)
 
     metrics = {
         "params": sum(p.numel() for p in module.net.parameters()),

@@ -1,0 +1,230 @@
+"""The evaluation figures, drawn with matplotlib's object API (no pyplot state, no display: Agg, PNG).
+
+Each function draws one figure from plain numbers and saves it to ``path``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+DPI = 110
+GREEN, ORANGE, RED, BLUE, GREY = "#2ca02c", "#ff7f0e", "#d62728", "#1f77b4", "#7f7f7f"
+
+
+def accuracy_colour(accuracy: float) -> str:
+    """The seed's bands: green above 90%, orange from 80% to 90%, red below 80%."""
+    return GREEN if accuracy > 0.9 else ORANGE if accuracy >= 0.8 else RED
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, dpi=DPI, format="png")
+
+
+def per_class_accuracy(
+    classes: Sequence[str], accuracies: Sequence[float], overall: float, path: Path
+) -> None:
+    fig = Figure(figsize=(max(8, 0.8 * len(classes)), 5), layout="constrained")
+    ax = fig.subplots()
+    values = [100 * a for a in accuracies]
+    bars = ax.bar(
+        classes, values, color=[accuracy_colour(a) for a in accuracies], edgecolor="black", linewidth=0.5
+    )
+    ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=2, fontsize=8)
+    ax.axhline(100 * overall, color="black", linestyle="--", linewidth=1)
+    ax.set_ylim(0, 109)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Per-class test accuracy")
+    ax.tick_params(axis="x", labelrotation=45 if len(classes) > 6 else 0)
+    handles = [
+        Patch(color=GREEN, label="> 90%"),
+        Patch(color=ORANGE, label="80-90%"),
+        Patch(color=RED, label="< 80%"),
+        Line2D([], [], color="black", linestyle="--", label=f"overall {100 * overall:.2f}%"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    _save(fig, path)
+
+
+def confusion_matrix(counts: np.ndarray, classes: Sequence[str], path: Path) -> None:
+    """Row-normalised (each true class sums to 1); a cell shows its count and its share of the row."""
+    counts = np.asarray(counts)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    n = len(classes)
+    fig = Figure(figsize=(max(7, 0.85 * n + 2), max(6, 0.8 * n + 1.5)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (row-normalised)")
+    if n <= 20:  # beyond that the numbers no longer fit in the cells
+        for i in range(n):
+            for j in range(n):
+                colour = "white" if share[i, j] > 0.5 else "black"
+                ax.text(
+                    j,
+                    i,
+                    f"{counts[i, j]}\n{share[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color=colour,
+                )
+    _save(fig, path)
+
+
+def image_grid(
+    images: np.ndarray, titles: Sequence[str], colours: Sequence[str], title: str, path: Path
+) -> None:
+    """Up to 16 images (N, H, W, 3) uint8 in a 4-column grid, each with its coloured title."""
+    cols = 4
+    rows = max(1, -(-len(images) // cols))
+    # Fixed spacing rather than a layout engine: 16 small axes make constrained layout the slowest step.
+    fig = Figure(figsize=(10, 2.6 * rows + 0.6))
+    axes = np.atleast_1d(fig.subplots(rows, cols, gridspec_kw={"hspace": 0.3, "wspace": 0.1})).ravel()
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.6 / (2.6 * rows + 0.6))
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, text, colour in zip(axes, images, titles, colours, strict=False):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(text, color=colour, fontsize=9)
+    if len(images) == 0:
+        axes[0].text(0.0, 0.5, "no images to show", fontsize=12)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def training_history(history: dict[str, list[tuple[float, float]]], path: Path) -> None:
+    """Loss and accuracy per epoch (train and validation) and the learning rate per optimiser step."""
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+    for ax, metric, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        for split, colour in (("train", BLUE), ("val", ORANGE)):
+            points = history.get(f"{split}/{metric}") or []
+            if points:
+                x, y = zip(*points, strict=True)
+                ax.plot(
+                    x, y, marker="o" if len(points) < 30 else None, markersize=3, color=colour, label=split
+                )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label.capitalize()} per epoch")
+        if ax.lines:
+            ax.legend()
+        ax.grid(alpha=0.3)
+    if history.get("lr"):
+        x, y = zip(*history["lr"], strict=True)
+        ax_lr.plot(x, y, color=GREEN)
+    ax_lr.set_xlabel("optimiser step")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_title("Learning-rate schedule")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax_lr.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def reliability_diagram(
+    bins: Sequence[dict],
+    calibration: dict,
+    per_class: dict[str, dict],
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    path: Path,
+) -> None:
+    """Accuracy against confidence per bin (the gap to the diagonal is miscalibration), the confidence of
+    right and wrong predictions, and per class: accuracy beside the mean confidence of right and wrong
+    ones."""
+    fig = Figure(figsize=(17, 5), layout="constrained")
+    ax_rel, ax_hist, ax_cls = fig.subplots(1, 3, width_ratios=[1, 1, 1.5])
+
+    width = bins[0]["upper"] - bins[0]["lower"]
+    filled = [b for b in bins if b["count"]]
+    lefts = [b["lower"] for b in filled]
+    ax_rel.bar(
+        lefts,
+        [b["accuracy"] for b in filled],
+        width=width,
+        align="edge",
+        color=BLUE,
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
+    # The gap spans accuracy to mean confidence: above the bar when over-confident, inside it when under.
+    ax_rel.bar(
+        lefts,
+        [abs(b["confidence"] - b["accuracy"]) for b in filled],
+        bottom=[min(b["confidence"], b["accuracy"]) for b in filled],
+        width=width,
+        align="edge",
+        fill=False,
+        hatch="//",
+        edgecolor=RED,
+        label="gap to mean confidence",
+    )
+    ax_rel.plot([0, 1], [0, 1], linestyle="--", color=GREY, label="perfect calibration")
+    ax_rel.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (top class probability)",
+        ylabel="accuracy",
+        title=f"Reliability ({len(bins)} bins)",
+    )
+    text = (
+        f"ECE {100 * calibration['ece']:.2f}%\nNLL {calibration['nll']:.3f}\n"
+        f"confidence right {_pct(calibration['confidence_correct'])}\n"
+        f"confidence wrong {_pct(calibration['confidence_wrong'])}"
+    )
+    ax_rel.text(
+        0.03,
+        0.97,
+        text,
+        transform=ax_rel.transAxes,
+        va="top",
+        fontsize=9,
+        bbox={"facecolor": "white", "alpha": 0.9, "edgecolor": GREY},
+    )
+    ax_rel.legend(loc="lower right", fontsize=8)
+
+    edges = np.linspace(0, 1, len(bins) + 1)
+    ax_hist.hist(
+        [confidence[correct], confidence[~correct]],
+        bins=edges,
+        color=[GREEN, RED],
+        label=["right", "wrong"],
+        stacked=True,
+    )
+    ax_hist.set(
+        xlim=(0, 1), xlabel="confidence", ylabel="images", title="Confidence of right and wrong predictions"
+    )
+    ax_hist.legend()
+
+    names = list(per_class)
+    x = np.arange(len(names))
+    series = [
+        ("accuracy", "accuracy", BLUE),
+        ("confidence_correct", "confidence when right", GREEN),
+        ("confidence_wrong", "confidence when wrong", RED),
+    ]
+    for k, (key, label, colour) in enumerate(series):
+        values = [per_class[n][key] if per_class[n][key] is not None else np.nan for n in names]
+        ax_cls.bar(x + (k - 1) * 0.27, values, width=0.27, color=colour, label=label)
+    ax_cls.set_xticks(
+        x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center"
+    )
+    ax_cls.set(ylim=(0, 1.2), ylabel="fraction", title="Per class: accuracy and mean confidence")
+    ax_cls.legend(fontsize=8, loc="upper center", ncol=3)  # above the bars, which end at 1
+    _save(fig, path)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,124 @@
+"""Running a trained classifier over batches of images: the one loop behind evaluation, prediction and the
+benchmark, and what the network's input must look like (taken from its checkpoint)."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vit_cifar.checkpoint import LoadedClassifier
+from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
+from vit_cifar.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Image side and normalisation the network was trained with: part of the model, not of the data."""
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def input_spec(loaded: LoadedClassifier) -> InputSpec:
+    data = loaded.run_config.get("data") or {}
+    size = loaded.net_config.get("img_size") or data.get("image_size") or 32
+    return InputSpec(
+        int(size), tuple(data.get("mean") or CIFAR10_MEAN), tuple(data.get("std") or CIFAR10_STD)
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``/``gpu``, ``cuda:N`` or ``auto`` (a GPU when there is one)."""
+    name = str(name).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "gpu":
+        name = "cuda"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name} is unknown: use cpu, cuda, cuda:<index> or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was asked for but no CUDA GPU is available: use device=cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name} is not supported here: use cpu, cuda, cuda:<index> or auto")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """What ran it, for reports: the GPU's name, or the CPU's model and the threads torch uses."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return (names[0] if names else platform.processor()) or "unknown model"
+
+
+def set_threads(threads: int | None) -> None:
+    """Intra-op CPU threads; None keeps torch's default (one per core)."""
+    if threads is not None:
+        if int(threads) < 1:
+            raise ConfigError(f"threads={threads} must be at least 1 (or null for one per core)")
+        torch.set_num_threads(int(threads))
+
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16}
+
+
+def autocast_dtype(precision: str | int) -> torch.dtype | None:
+    """``32``: exact float32; ``bf16``: autocast to bfloat16 (about 2x on CPUs with AVX512-BF16 or AMX, slower
+    on CPUs without; predictions may differ from float32 on borderline images)."""
+    key = str(precision).removesuffix("-true").removesuffix("-mixed")
+    if key not in PRECISIONS:
+        raise ConfigError(f"precision={precision} is not supported here: use 32 (exact) or bf16")
+    return PRECISIONS[key]
+
+
+@torch.inference_mode()
+def predict_probs(
+    net: nn.Module,
+    batches: Iterable,
+    device: torch.device,
+    tta: bool = False,
+    dtype: torch.dtype | None = None,
+    pad_to: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Class probabilities (N, C) on the CPU for every batch, and the labels when batches are (images,
+    labels).
+
+    ``tta``: average the softmax of each image and of its horizontal mirror (the seed trained with flips off,
+    but mirrored CIFAR images are still natural images). ``dtype``: autocast to it (None: float32).
+    ``pad_to``: pad a short last batch with zeros to this size, so that a network compiled for one shape never
+    recompiles (the padding's outputs are dropped; the benchmark uses it).
+    """
+    net = net.eval().to(device)
+    probs, labels = [], []
+    for batch in batches:
+        x, y = batch if isinstance(batch, list | tuple) else (batch, None)
+        x = x.to(device, non_blocking=True)
+        n = len(x)
+        if pad_to and n < pad_to:
+            x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            p = net(x).float().softmax(dim=-1)
+            if tta:
+                p = (p + net(x.flip(-1)).float().softmax(dim=-1)) / 2
+        probs.append(p[:n].cpu())
+        if y is not None:
+            labels.append(y)
+    if not probs:
+        raise ConfigError("there are no images to run the network on")
+    return torch.cat(probs), (torch.cat(labels) if labels else None)

@@ -1,0 +1,228 @@
+"""Classify your own images: ``python -m vit_cifar.predict ckpt_path=<file> inputs=<file, folder or [a,b]>``.
+
+Any size and mode (RGB, RGBA, grayscale, palette, 16-bit; PNG, JPEG, ...) is turned into an RGB image of the
+network's training size. An unreadable file is reported by its path and skipped; the others still run, and the
+exit code (3) says that something was skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+
+from vit_cifar.checkpoint import load_classifier
+from vit_cifar.cli import CONFIG_DIR, run_cli
+from vit_cifar.data.sources import IMAGE_EXTENSIONS
+from vit_cifar.data.transforms import eval_transform
+from vit_cifar.errors import ConfigError, VitCifarError
+from vit_cifar.inference import InputSpec, input_spec, predict_probs, resolve_device, set_threads
+
+OUTPUT_FORMATS = (".json", ".csv")
+
+
+class SkippedInputsError(VitCifarError):
+    """Some inputs could not be read; the others were predicted and written."""
+
+    exit_code = 3
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]  # (class, probability), most probable first
+
+
+@dataclass
+class PredictResult:
+    predictions: list[Prediction] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+
+
+def collect_inputs(inputs: str | list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to classify: each file named, and the image files under each folder named (recursively, sorted);
+    paths that do not exist come back as skipped."""
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    files, missing = [], []
+    for item in items:
+        path = Path(os.path.expanduser(str(item)))
+        if path.is_dir():
+            files += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append((str(path), "no such file or folder"))
+    return files, missing
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB of any PIL mode: transparency is composited over white; 16-bit and float greyscale are scaled to 8
+    bits (a plain convert would clip them)."""
+    img = ImageOps.exif_transpose(img)  # photos taken sideways
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img.convert("RGB")
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """A uint8 (3, size, size) tensor: the whole image converted to RGB and resized (not cropped)."""
+    with Image.open(path) as img:
+        img = to_rgb(img).resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+class ImageFiles(Dataset):
+    """Decoded, normalised images; an unreadable file yields its error message instead (the run goes on)."""
+
+    def __init__(self, paths: list[Path], spec: InputSpec) -> None:
+        self.paths, self.spec = paths, spec
+        self.transform = eval_transform(spec.mean, spec.std)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str | None]:
+        try:
+            return self.transform(load_image(self.paths[i], self.spec.image_size)), None
+        except Exception as err:  # PIL raises many kinds for bad files: each one means "skip this file"
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return None, f"{type(err).__name__}: {message[:200]}"
+
+
+def predict_files(
+    ckpt_path: str | Path,
+    inputs: str | list[str],
+    top_k: int = 3,
+    device: str = "cpu",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    tta: bool = False,
+    threads: int | None = None,
+) -> PredictResult:
+    """Top-``k`` classes of every readable image among ``inputs``, and the paths skipped with why."""
+    if int(top_k) < 1 or int(batch_size) < 1 or int(num_workers) < 0:
+        raise ConfigError(
+            f"top_k={top_k} and batch_size={batch_size} must be at least 1, "
+            f"num_workers={num_workers} at least 0"
+        )
+    set_threads(threads)
+    dev = resolve_device(device)
+    loaded = load_classifier(ckpt_path)
+    files, skipped = collect_inputs(inputs)
+    if not files and not skipped:
+        raise ConfigError(f"inputs={inputs} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    # batch_size=None: one decoded image (or error) at a time, in worker processes when asked.
+    loader = DataLoader(ImageFiles(files, input_spec(loaded)), batch_size=None, num_workers=int(num_workers))
+    readable, images = [], []
+    for path, (image, error) in zip(files, loader, strict=True):
+        if error is None:
+            readable.append(path)
+            images.append(image)
+        else:
+            skipped.append((str(path), error))
+    result = PredictResult(skipped=skipped)
+    if images:
+        probs, _ = predict_probs(loaded.net, torch.stack(images).split(int(batch_size)), dev, tta=tta)
+        k = min(int(top_k), probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        for path, p, idx in zip(readable, values.tolist(), indices.tolist(), strict=True):
+            result.predictions.append(
+                Prediction(str(path), [(loaded.classes[i], v) for i, v in zip(idx, p, strict=True)])
+            )
+    return result
+
+
+def write_predictions(result: PredictResult, output: Path) -> None:
+    """JSON (predictions and skipped files) or CSV (one row per path and rank), written whole or not at
+    all."""
+    if output.suffix.lower() == ".json":
+        text = (
+            json.dumps(
+                {
+                    "predictions": [
+                        {"path": p.path, "top": [{"class": c, "probability": v} for c, v in p.top]}
+                        for p in result.predictions
+                    ],
+                    "skipped": [{"path": path, "error": why} for path, why in result.skipped],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "rank", "class", "probability"])
+        for p in result.predictions:
+            writer.writerows([p.path, rank, c, f"{v:.6f}"] for rank, (c, v) in enumerate(p.top, start=1))
+        text = buffer.getvalue()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, output)
+
+
+def predict(cfg: DictConfig) -> dict:
+    """The ``python -m vit_cifar.predict`` job (``configs/predict.yaml``)."""
+    if not cfg.get("ckpt_path"):
+        raise ConfigError(
+            "ckpt_path=<checkpoint file> is required: the .ckpt written by python -m vit_cifar.train"
+        )
+    if not cfg.get("inputs"):
+        raise ConfigError("inputs=<image file, folder, or [a.png,b.jpg]> is required")
+    output = Path(cfg.output) if cfg.get("output") else None
+    if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
+        raise ConfigError(
+            f"output={output} must end in .json or .csv (the format is taken from the extension)"
+        )
+    inputs = OmegaConf.to_container(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
+    result = predict_files(
+        cfg.ckpt_path,
+        inputs,
+        top_k=cfg.top_k,
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        tta=cfg.tta,
+        threads=cfg.threads,
+    )
+    for p in result.predictions:
+        print(f"{p.path}: " + " | ".join(f"{c} {100 * v:.1f}%" for c, v in p.top))
+    for path, why in result.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    if output is not None:
+        write_predictions(result, output)
+        print(f"wrote {len(result.predictions)} predictions to {output}")
+    if result.skipped:
+        raise SkippedInputsError(
+            f"{len(result.skipped)} of {len(result.skipped) + len(result.predictions)} inputs skipped "
+            f"(unreadable, listed above); the other {len(result.predictions)} were predicted"
+        )
+    return {"predictions": len(result.predictions)}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> None:
+    run_cli(predict, cfg)
+
+
+if __name__ == "__main__":
+    main()
