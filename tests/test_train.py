@@ -6,6 +6,7 @@ import json
 import pytest
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module
 
+import torch
 from omegaconf import OmegaConf
 
 from vit_cifar.module import build_network
@@ -109,3 +110,14 @@ def test_smoke_experiment_passes_35_percent_on_the_jpeg_copy(tmp_path, jpeg_arch
                                             f"hydra.run.dir={tmp_path}"], timeout=1200)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["test_acc"] > 0.35
+
+
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
+    """ckpt_path=last must resume from the last epoch, not from the best one (Lightning's save_last alone
+    rewrites last.ckpt only when the monitored checkpoint improves)."""
+    cfg = compose_config([*SYNTHETIC_SMALL, *TINY_MODEL, *QUIET, "trainer=cpu", "trainer.max_epochs=3",
+                          "scheduler.warmup_epochs=0", "optim.lr=1e-9", "scheduler.min_lr=0", "test=false"], tmp_path)  # fmt: skip
+    train(cfg)
+    saved = {p.name: torch.load(p, weights_only=True)["epoch"] for p in (tmp_path / "checkpoints").iterdir()}
+    assert saved.pop("last.ckpt") == 2
+    assert list(saved.values()) == [0]  # the learning rate is too small to improve: the best stays epoch 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -73,16 +74,20 @@ class FiniteLossGuard(L.Callback):
         bad = not bool(torch.isfinite(loss.detach()).all())  # one host sync per step: cheap next to a step
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):
             return
-        ckpt = trainer.checkpoint_callback
-        kept = (
-            getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") or "none written yet"
-        )
+        kept = latest_checkpoint(trainer) or "none written yet"
         raise TrainingError(
             f"the training loss is {loss.item() if bad else 'non-finite on another rank'} at step "
             f"{trainer.global_step} (epoch {trainer.current_epoch}): stopped before that step's update; "
             f"last good checkpoint: {kept}; lower optim.lr, keep trainer.gradient_clip_val, "
             "or train in trainer.precision=32-true or bf16-mixed"
         )
+
+
+def latest_checkpoint(trainer: L.Trainer) -> str | None:
+    """The newest file any of the trainer's ModelCheckpoint callbacks has written (the best one or last.ckpt)."""
+    paths = {p for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path) if p}
+    existing = [p for p in paths if os.path.isfile(p)]
+    return max(existing, key=os.path.getmtime) if existing else None
 
 
 class EMA(EMAWeightAveraging):

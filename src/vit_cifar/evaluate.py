@@ -292,7 +292,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return evaluate_checkpoint(cfg.ckpt_path, data_cfg, cfg.output_dir, options)
 
 
-def evaluate_from_train_config(cfg: DictConfig) -> dict:
+def evaluate_from_train_config(cfg: DictConfig, ckpt_path: str | Path) -> dict:
     """``python -m vit_cifar.train train=false ckpt_path=<file>``: the same evaluation, into the run folder,
     with the train config's data, trainer device and evaluation batch size."""
     workers = cfg.data.num_workers if cfg.data.num_workers is not None else 0
@@ -300,7 +300,7 @@ def evaluate_from_train_config(cfg: DictConfig) -> dict:
         device=cfg.trainer.accelerator, batch_size=cfg.data.eval_batch_size, num_workers=workers
     )
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    return evaluate_checkpoint(cfg.ckpt_path, data_cfg, cfg.paths.output_dir, options)
+    return evaluate_checkpoint(ckpt_path, data_cfg, cfg.paths.output_dir, options)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")

@@ -85,8 +85,13 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     validate_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path=last: this run folder's last.ckpt
+    if not cfg.train:
+        if ckpt_path is None:
+            raise ConfigError("train=false needs ckpt_path=<checkpoint file> to test")
+        # python -m vit_cifar.evaluate's evaluation, into this run folder; the network comes from the checkpoint
+        return evaluate_from_train_config(cfg, ckpt_path)
     if ckpt_path is not None:
-        check_fits(ckpt_path, cfg, resume=bool(cfg.train))  # one clear error before any work
+        check_fits(ckpt_path, cfg, resume=True)  # one clear error before any work
         ckpt_path = str(ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
@@ -95,13 +100,8 @@ def train(cfg: DictConfig) -> dict:
     speed = apply_speed_settings(module.net, trainer.strategy.root_device, cfg.get("compile", "auto"),
                                  cfg.get("matmul_precision", "high"))  # fmt: skip
 
-    if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        ckpt_path = selected_checkpoint(trainer)
-    elif not ckpt_path:
-        raise ConfigError("train=false needs ckpt_path=<checkpoint file> to test")
-    else:  # test a given checkpoint: python -m vit_cifar.evaluate's evaluation, written into this run folder
-        return evaluate_from_train_config(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    ckpt_path = selected_checkpoint(trainer)
 
     metrics = {
         "params": sum(p.numel() for p in module.net.parameters()),
