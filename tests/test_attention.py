@@ -298,7 +298,7 @@ def test_bad_checkpoints_stop_with_one_line_and_write_nothing(kind, message, tmp
      ("num_images=-1", "num_images=-1 must be a whole number"),
      ("inputs=/no/such/image.png", "inputs: /no/such/image.png does not exist"),
      (f"inputs={__file__}", "test_attention.py is not a .bmp/.jpeg/.jpg/.png/.webp image"),
-     ("device=tpu9", "device=tpu9 is not a device")],
+     ("device=tpu9", "device=tpu9 is unknown: use cpu, cuda")],
 )  # fmt: skip
 def test_bad_settings_name_the_key_and_write_nothing(attention_ckpt, tmp_path, override, message):
     out = tmp_path / "attention"

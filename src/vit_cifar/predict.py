@@ -16,17 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from vit_cifar.checkpoint import load_classifier
 from vit_cifar.cli import CONFIG_DIR, run_cli
-from vit_cifar.data.sources import IMAGE_EXTENSIONS
+from vit_cifar.data.sources import IMAGE_EXTENSIONS, decode_image
 from vit_cifar.data.transforms import eval_transform
-from vit_cifar.errors import ConfigError, VitCifarError
+from vit_cifar.errors import ConfigError, DataError, VitCifarError
 from vit_cifar.inference import InputSpec, input_spec, predict_probs, resolve_device, set_threads
 
 OUTPUT_FORMATS = (".json", ".csv")
@@ -68,25 +66,10 @@ def collect_inputs(inputs: str | list[str]) -> tuple[list[Path], list[tuple[str,
     return files, missing
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB of any PIL mode: transparency is composited over white; 16-bit and float greyscale are scaled to 8
-    bits (a plain convert would clip them)."""
-    img = ImageOps.exif_transpose(img)  # photos taken sideways
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if values.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return img.convert("RGB")
-
-
 def load_image(path: Path, size: int) -> torch.Tensor:
     """A uint8 (3, size, size) tensor: the whole image converted to RGB and resized (not cropped)."""
-    with Image.open(path) as img:
-        img = to_rgb(img).resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    array = decode_image(path.read_bytes(), size, str(path))  # the data sources' decoder: one conversion
+    return torch.from_numpy(array).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
 class ImageFiles(Dataset):
@@ -102,9 +85,10 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str | None]:
         try:
             return self.transform(load_image(self.paths[i], self.spec.image_size)), None
-        except Exception as err:  # PIL raises many kinds for bad files: each one means "skip this file"
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            return None, f"{type(err).__name__}: {message[:200]}"
+        except (DataError, OSError) as err:  # an unreadable file: skip it, saying what the decoder said
+            cause = err.__cause__ or err
+            message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            return None, f"{type(cause).__name__}: {message[:200]}"
 
 
 def predict_files(

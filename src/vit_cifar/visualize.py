@@ -30,9 +30,10 @@ from vit_cifar.analysis.attention import (
 from vit_cifar.analysis.attention_plots import attention_figure, rollout_overview, save_figure
 from vit_cifar.checkpoint import LoadedClassifier, load_classifier
 from vit_cifar.cli import CONFIG_DIR, run_cli
-from vit_cifar.data.sources import IMAGE_EXTENSIONS, _decode
+from vit_cifar.data.sources import IMAGE_EXTENSIONS, decode_image
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_transform
 from vit_cifar.errors import CheckpointError, ConfigError, DataError
+from vit_cifar.inference import resolve_device
 
 # What this command writes; a new run replaces exactly these in output_dir, and nothing else there.
 OWN_FILES = ("index.md", "rollout_*.png", "sample_*.png", "misclassified_*.png", "input_*.png")
@@ -101,16 +102,6 @@ def _count(cfg: DictConfig, key: str) -> int:
     return value
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device={name} is not a device: use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here: use device=cpu")
-    return device
-
-
 # ------------------------------------------------------------------------------------------------ images
 
 
@@ -142,7 +133,7 @@ def pick_inputs(inputs, limit: int, image_size: int) -> Picked:
         print(f"inputs: explaining the first {limit} of {len(files)} images (raise num_images for more)")
         files = files[:limit]
     # The data sources' decoder: RGB, resized to the model's input, one clear error for a broken file.
-    arrays = [_decode(f.read_bytes(), image_size, str(f)) for f in files]  # (S, S, 3) uint8 each
+    arrays = [decode_image(f.read_bytes(), image_size, str(f)) for f in files]  # (S, S, 3) uint8 each
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (K, 3, S, S)
     names = [f"input_{i + 1:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', f.stem)[:40]}" for i, f in enumerate(files)]
     return Picked(images, names, [str(f) for f in files], [None] * len(files))
@@ -371,7 +362,7 @@ def visualize(cfg: DictConfig) -> dict:
         raise ConfigError("ckpt_path is missing: python -m vit_cifar.visualize ckpt_path=<a training .ckpt>")
     head_fusion, discard_ratio = str(cfg.head_fusion), float(cfg.discard_ratio)
     check_options(head_fusion, discard_ratio)
-    device = _device(str(cfg.device))
+    device = resolve_device(str(cfg.device))
     loaded = load_vit(cfg.ckpt_path)
     net = loaded.net.to(device)
     depth, heads = len(net.blocks), net.blocks[0].attn.num_heads

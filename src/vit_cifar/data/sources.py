@@ -129,12 +129,30 @@ def _split_class_of(relative: str) -> tuple[str, str] | None:
     return parts[-3], parts[-2]
 
 
-def _decode(data: bytes, image_size: int, where: str) -> np.ndarray:
+def to_rgb(img):
+    """RGB of any PIL mode: EXIF rotation applied; transparency composited over white; 16-bit and float
+    greyscale scaled to 8 bits (a plain ``convert`` would clip them)."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)  # photos taken sideways
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
+    """Image file bytes -> (image_size, image_size, 3) uint8: the whole image in RGB, resized (not cropped).
+    One :class:`DataError` naming ``where`` for a file that is not a readable image."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
+            img = to_rgb(img)
             if img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
@@ -164,7 +182,7 @@ def _read_folder(root: Path, image_size: int, skip_bad: bool) -> ImageArrays:
     skipped = []
     for split, cls, relative, data in _iter_images(root):
         try:
-            found[split].append((cls, relative, _decode(data, image_size, f"{root}/{relative}")))
+            found[split].append((cls, relative, decode_image(data, image_size, f"{root}/{relative}")))
         except DataError as err:
             if not skip_bad:
                 raise DataError(f"{err}{SKIP_HINT}") from None
