@@ -23,8 +23,13 @@ JPEG_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 TINY_MODEL = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.drop_rate=0.0"]
 # Quiet, single-process runs for tests.
 QUIET = ["callbacks.progress_bar=null", "callbacks.model_summary=null", "data.num_workers=0"]
-SYNTHETIC_SMALL = ["data=synthetic", "data.synthetic.train_per_class=40", "data.synthetic.test_per_class=10",
-                   "data.val_size=100", "data.batch_size=32"]  # fmt: skip
+SYNTHETIC_SMALL = [
+    "data=synthetic",
+    "data.synthetic.train_per_class=40",
+    "data.synthetic.test_per_class=10",
+    "data.val_size=100",
+    "data.batch_size=32",
+]
 
 
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
@@ -38,14 +43,24 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
     return cfg
 
 
-def run_module(module: str, args: list[str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, args: list[str], cwd: Path = ROOT, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` in a subprocess, as a user would run it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "VIT_CIFAR_CACHE": str(ROOT / ".cache" / "vit_cifar")}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def write_image_folder(root: Path, classes=("cat", "dog", "frog"), per_split=(12, 6), size=32, seed=0) -> Path:
+def write_image_folder(
+    root: Path, classes=("cat", "dog", "frog"), per_split=(12, 6), size=32, seed=0
+) -> Path:
     """A small train/<class>/, test/<class>/ tree of PNG and JPEG files, each class its own colour."""
     from PIL import Image
 
@@ -87,9 +102,19 @@ def attention_ckpt(tmp_path_factory) -> Path:
     from vit_cifar.train import train
 
     out = tmp_path_factory.mktemp("attention_run")
-    overrides = [*TINY_MODEL, *QUIET, *SYNTHETIC_SMALL, "model.patch_size=8", "aug=none", "trainer=cpu",
-                 "trainer.max_epochs=1", "scheduler.warmup_epochs=0", "~logger", "callbacks.lr_monitor=null",
-                 "test=false"]  # fmt: skip
+    overrides = [
+        *TINY_MODEL,
+        *QUIET,
+        *SYNTHETIC_SMALL,
+        "model.patch_size=8",
+        "aug=none",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "scheduler.warmup_epochs=0",
+        "~logger",
+        "callbacks.lr_monitor=null",
+        "test=false",
+    ]
     train(compose_config(overrides, out))
     return next((out / "checkpoints").glob("epoch*.ckpt"))
 
@@ -101,8 +126,14 @@ def tiny_run(tmp_path_factory) -> Path:
     from vit_cifar.train import train
 
     out = tmp_path_factory.mktemp("tiny_run")
-    short_run = ["aug=none", "trainer=cpu", "trainer.max_epochs=2", "scheduler.warmup_epochs=1",
-                 "trainer.log_every_n_steps=1", "logger.tensorboard=null",
-                 "callbacks.model_checkpoint.monitor=null"]  # fmt: skip
+    short_run = [
+        "aug=none",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "scheduler.warmup_epochs=1",
+        "trainer.log_every_n_steps=1",
+        "logger.tensorboard=null",
+        "callbacks.model_checkpoint.monitor=null",
+    ]
     train(compose_config([*TINY_MODEL, *QUIET, *SYNTHETIC_SMALL, *short_run], out))
     return out

@@ -11,8 +11,14 @@ from conftest import QUIET, ROOT, SYNTHETIC_SMALL, TINY_MODEL
 
 # The real pipeline with a tiny ViT on 300 synthetic training images (9 steps of 32 per epoch) and 100 for
 # validation: a CPU epoch takes well under a second. The LR is logged at every step.
-FAST_RUN = ["trainer=cpu", *TINY_MODEL, *QUIET, *SYNTHETIC_SMALL, "scheduler.warmup_epochs=1",
-            "trainer.log_every_n_steps=1"]  # fmt: skip
+FAST_RUN = [
+    "trainer=cpu",
+    *TINY_MODEL,
+    *QUIET,
+    *SYNTHETIC_SMALL,
+    "scheduler.warmup_epochs=1",
+    "trainer.log_every_n_steps=1",
+]
 STEPS_PER_EPOCH = 9
 
 
@@ -21,14 +27,25 @@ def cli_env() -> dict[str, str]:
     one thread per process, as several processes share a few cores."""
     path = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
     cache = os.environ.get("VIT_CIFAR_CACHE", str(ROOT / ".cache" / "vit_cifar"))
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-            "VIT_CIFAR_CACHE": cache}  # fmt: skip
+    return {
+        **os.environ,
+        "PYTHONPATH": path,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "VIT_CIFAR_CACHE": cache,
+    }
 
 
 def train_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -m vit_cifar.train <args>`` as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "vit_cifar.train", *args], cwd=cwd, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "vit_cifar.train", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start(argv: list[str], **popen) -> subprocess.Popen:

@@ -30,8 +30,13 @@ from vit_cifar.visualize import visualize
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The data the attention_ckpt fixture was trained on (see conftest.py), for the visualize runs.
-FIXTURE_DATA = ["data=synthetic", "data.synthetic.train_per_class=40", "data.synthetic.test_per_class=10",
-                "data.val_size=100", "data.num_workers=0"]  # fmt: skip
+FIXTURE_DATA = [
+    "data=synthetic",
+    "data.synthetic.train_per_class=40",
+    "data.synthetic.test_per_class=10",
+    "data.val_size=100",
+    "data.num_workers=0",
+]
 
 
 def random_attention(batch: int, heads: int, tokens: int, seed: int = 0) -> torch.Tensor:
@@ -201,8 +206,14 @@ def index_rows(index: str, section: str) -> list[list[str]]:
 
 def test_cli_writes_figures_for_test_images_and_an_index(attention_ckpt, tmp_path):
     out = tmp_path / "attention"
-    args = [f"ckpt_path={attention_ckpt}", *FIXTURE_DATA, f"output_dir={out}", "num_images=2",
-            "num_misclassified=2", "grad_rollout_class=predicted"]  # fmt: skip
+    args = [
+        f"ckpt_path={attention_ckpt}",
+        *FIXTURE_DATA,
+        f"output_dir={out}",
+        "num_images=2",
+        "num_misclassified=2",
+        "grad_rollout_class=predicted",
+    ]
     result = run_module("vit_cifar.visualize", args)
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stdout and str(out) in result.stdout
@@ -217,9 +228,20 @@ def test_cli_writes_figures_for_test_images_and_an_index(attention_ckpt, tmp_pat
 
 def test_misclassified_are_the_first_errors_in_the_seeded_order(attention_ckpt, tmp_path):
     out = tmp_path / "attention"
-    cfg = compose_config([f"ckpt_path={attention_ckpt}", *FIXTURE_DATA, f"output_dir={out}", "num_images=2",
-                          "num_misclassified=3", "layers=[-1]", "head_fusion=max", "discard_ratio=0.5"], out,
-                         config_name="visualize")  # fmt: skip
+    cfg = compose_config(
+        [
+            f"ckpt_path={attention_ckpt}",
+            *FIXTURE_DATA,
+            f"output_dir={out}",
+            "num_images=2",
+            "num_misclassified=3",
+            "layers=[-1]",
+            "head_fusion=max",
+            "discard_ratio=0.5",
+        ],
+        out,
+        config_name="visualize",
+    )
     visualize(cfg)
     index = check_outputs(out)
     # Independently: the model's errors on the synthetic test set, in the permutation drawn with seed 42.
@@ -249,11 +271,17 @@ def test_inputs_explain_given_files_and_replace_only_this_commands_old_files(att
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / "sample_09_test1.png").write_bytes(b"stale")
-    cfg = compose_config([f"ckpt_path={attention_ckpt}", f"inputs={folder}", f"output_dir={out}"], out,
-                         config_name="visualize")  # fmt: skip
+    cfg = compose_config(
+        [f"ckpt_path={attention_ckpt}", f"inputs={folder}", f"output_dir={out}"], out, config_name="visualize"
+    )
     visualize(cfg)
-    assert sorted(p.name for p in out.iterdir()) == ["index.md", "input_01_b.png", "input_02_wide_cat.png",
-                                                     "notes.txt", "rollout_inputs.png"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "index.md",
+        "input_01_b.png",
+        "input_02_wide_cat.png",
+        "notes.txt",
+        "rollout_inputs.png",
+    ]
     rows = index_rows(check_outputs(out), "Your images")
     assert [r[1] for r in rows] == [str(folder / "b.jpg"), str(folder / "wide cat.png")]
     assert all(r[2] == "-" for r in rows)  # no labels, so no misclassified section either
@@ -273,9 +301,12 @@ def write_checkpoint(path: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize(
     "kind, message",
-    [("corrupt", "cannot be read safely"), ("plain state dict", "not a vit-cifar training checkpoint"),
-     ("non-ViT network", "holds a Mlp, which has no attention to show")],
-)  # fmt: skip
+    [
+        ("corrupt", "cannot be read safely"),
+        ("plain state dict", "not a vit-cifar training checkpoint"),
+        ("non-ViT network", "holds a Mlp, which has no attention to show"),
+    ],
+)
 def test_bad_checkpoints_stop_with_one_line_and_write_nothing(kind, message, tmp_path, capsys):
     """Through run_cli, what main runs: the exit code and the one line on stderr, as the shell sees them."""
     ckpt = write_checkpoint(tmp_path / "model.ckpt", kind)
@@ -291,19 +322,24 @@ def test_bad_checkpoints_stop_with_one_line_and_write_nothing(kind, message, tmp
 
 @pytest.mark.parametrize(
     "override, message",
-    [("head_fusion=avg", "head_fusion=avg is unknown"),
-     ("discard_ratio=1.0", "discard_ratio=1.0 must be in [0, 1)"),
-     ("layers=[0,2]", "not a block of this 2-block model: use indices 0..1"),
-     ("grad_rollout_class=zebra", "grad_rollout_class=zebra is not a class of this checkpoint"),
-     ("num_images=-1", "num_images=-1 must be a whole number"),
-     ("inputs=/no/such/image.png", "inputs: /no/such/image.png does not exist"),
-     (f"inputs={__file__}", "test_attention.py is not a .bmp/.jpeg/.jpg/.png/.webp image"),
-     ("device=tpu9", "device=tpu9 is unknown: use cpu, cuda")],
-)  # fmt: skip
+    [
+        ("head_fusion=avg", "head_fusion=avg is unknown"),
+        ("discard_ratio=1.0", "discard_ratio=1.0 must be in [0, 1)"),
+        ("layers=[0,2]", "not a block of this 2-block model: use indices 0..1"),
+        ("grad_rollout_class=zebra", "grad_rollout_class=zebra is not a class of this checkpoint"),
+        ("num_images=-1", "num_images=-1 must be a whole number"),
+        ("inputs=/no/such/image.png", "inputs: /no/such/image.png does not exist"),
+        (f"inputs={__file__}", "test_attention.py is not a .bmp/.jpeg/.jpg/.png/.webp image"),
+        ("device=tpu9", "device=tpu9 is unknown: use cpu, cuda"),
+    ],
+)
 def test_bad_settings_name_the_key_and_write_nothing(attention_ckpt, tmp_path, override, message):
     out = tmp_path / "attention"
-    cfg = compose_config([f"ckpt_path={attention_ckpt}", *FIXTURE_DATA, f"output_dir={out}", override], out,
-                         config_name="visualize")  # fmt: skip
+    cfg = compose_config(
+        [f"ckpt_path={attention_ckpt}", *FIXTURE_DATA, f"output_dir={out}", override],
+        out,
+        config_name="visualize",
+    )
     with pytest.raises(ConfigError, match=re.escape(message)):
         visualize(cfg)
     assert not out.exists() and not list(tmp_path.glob(".attention.*"))

@@ -48,8 +48,11 @@ def lr_by_step(run: Path) -> dict[int, float]:
 def test_killed_run_resumes_exactly(finished_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
-    proc = start(["-m", "vit_cifar.train", *RESUMABLE, f"hydra.run.dir={run}"],
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = start(
+        ["-m", "vit_cifar.train", *RESUMABLE, f"hydra.run.dir={run}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # a bounded wait for the first checkpoint
@@ -120,8 +123,11 @@ runpy.run_module("vit_cifar.train", run_name="__main__")
 
 def test_kill_while_saving_leaves_the_previous_checkpoint_whole(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = start(["-c", HALF_WRITE, *FAST_RUN, "trainer.max_epochs=3", f"hydra.run.dir={run}"],
-                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = start(
+        ["-c", HALF_WRITE, *FAST_RUN, "trainer.max_epochs=3", f"hydra.run.dir={run}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     watchdog = threading.Timer(240, proc.kill)  # never hang the test session
     watchdog.start()
     partial = next((line.split()[1] for line in proc.stdout if line.startswith("HALF-WRITTEN")), None)

@@ -73,10 +73,22 @@ def test_preflight_names_the_key_and_the_allowed_range(capsys, overrides: list[s
 
 @pytest.mark.parametrize(
     "overrides",
-    [[], ["experiment=seed"], ["experiment=smoke"], ["debug=fdr"], ["debug=limit"], ["debug=overfit"],
-     ["trainer=ddp"], ["trainer=gpu", "data=synthetic"], ["experiment=resnet18_baseline"], ["experiment=vit_best"],
-     ["data=cifar100"], ["callbacks=ema"], ["-m", "optim.lr=1e-3,5e-4", "aug=seed,light"]],
-)  # fmt: skip
+    [
+        [],
+        ["experiment=seed"],
+        ["experiment=smoke"],
+        ["debug=fdr"],
+        ["debug=limit"],
+        ["debug=overfit"],
+        ["trainer=ddp"],
+        ["trainer=gpu", "data=synthetic"],
+        ["experiment=resnet18_baseline"],
+        ["experiment=vit_best"],
+        ["data=cifar100"],
+        ["callbacks=ema"],
+        ["-m", "optim.lr=1e-3,5e-4", "aug=seed,light"],
+    ],
+)
 def test_shipped_configs_pass(capsys, overrides: list[str]) -> None:
     preflight("train", overrides, validate_config)
     assert capsys.readouterr().err == ""

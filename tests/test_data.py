@@ -3,15 +3,19 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
-from conftest import write_archive, write_image_folder
 
-from vit_cifar.data import CIFARDataModule, balanced_subset, stratified_split
-from vit_cifar.data import sources
+from conftest import write_archive, write_image_folder
+from vit_cifar.data import CIFARDataModule, balanced_subset, sources, stratified_split
 from vit_cifar.data.transforms import batch_mix, train_transform
 from vit_cifar.errors import ConfigError, DataError
 
-SEED_AUG = {"policy": "trivialaugment", "erasing_p": 0.25, "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
-            "label_smoothing": 0.1}  # fmt: skip
+SEED_AUG = {
+    "policy": "trivialaugment",
+    "erasing_p": 0.25,
+    "mixup_alpha": 0.2,
+    "cutmix_alpha": 1.0,
+    "label_smoothing": 0.1,
+}
 
 
 def test_split_is_stratified_disjoint_and_deterministic():
@@ -96,7 +100,9 @@ def test_folder_faults_give_clear_errors(tmp_path, image_folder):
 
     other = write_image_folder(tmp_path / "other", classes=("cat", "dog"), per_split=(2, 2))
     (other / "test" / "dog").rename(other / "test" / "bird")
-    with pytest.raises(DataError, match=r"train and test classes differ.*only in train \['dog'\].*\['bird'\]"):
+    with pytest.raises(
+        DataError, match=r"train and test classes differ.*only in train \['dog'\].*\['bird'\]"
+    ):
         sources.load_image_folder(other, 32, cache_dir=None)
 
     flat = tmp_path / "flat"
@@ -128,9 +134,17 @@ def test_missing_cifar_without_network_says_how_to_use_a_local_copy(tmp_path, mo
 
 
 def test_datamodule_splits_subsets_and_batches(tmp_path):
-    dm = CIFARDataModule(source="synthetic", synthetic={"train_per_class": 30, "test_per_class": 10},
-                         val_size=50, train_subset=100, test_subset=40, batch_size=16, num_workers=0,
-                         cache_dir=None, aug=SEED_AUG)  # fmt: skip
+    dm = CIFARDataModule(
+        source="synthetic",
+        synthetic={"train_per_class": 30, "test_per_class": 10},
+        val_size=50,
+        train_subset=100,
+        test_subset=40,
+        batch_size=16,
+        num_workers=0,
+        cache_dir=None,
+        aug=SEED_AUG,
+    )
     dm.setup("fit")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (100, 50, 40)
     assert torch.bincount(dm.train_set.labels).tolist() == [10] * 10

@@ -30,8 +30,14 @@ def spoil(folder: Path) -> list[str]:
 
 
 def folder_args(root: Path, cache: Path) -> list[str]:
-    return [f"data.root={root}", "data.source=folder", "data.num_classes=3", "data.val_size=6",
-            "data.batch_size=8", f"data.cache_dir={cache}"]  # fmt: skip
+    return [
+        f"data.root={root}",
+        "data.source=folder",
+        "data.num_classes=3",
+        "data.val_size=6",
+        "data.batch_size=8",
+        f"data.cache_dir={cache}",
+    ]
 
 
 def test_unreadable_image_is_reported_with_its_path(tmp_path: Path) -> None:
@@ -55,8 +61,11 @@ def test_skip_bad_leaves_out_and_counts_unreadable_files(tmp_path: Path, caplog)
     bad = spoil(images)
     cache = tmp_path / "cache"
     with caplog.at_level(logging.WARNING):
-        metrics = train(compose_config([*FAST_RUN, *folder_args(images, cache), "data.skip_bad=true",
-                                        "debug=fdr"], tmp_path / "run"))  # fmt: skip
+        metrics = train(
+            compose_config(
+                [*FAST_RUN, *folder_args(images, cache), "data.skip_bad=true", "debug=fdr"], tmp_path / "run"
+            )
+        )
     assert metrics["skipped_files"] == 2
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_files"] == 2
     assert f"skipped 2 unreadable files in {images} (data.skip_bad=true), e.g. {bad[0]}" in caplog.text

@@ -17,8 +17,14 @@ from vit_cifar.train import build_datamodule
 
 # aug=none: an image looks the same whichever rank sees it, so ranks can be compared by image hashes.
 # 300 training and 100 validation images split evenly over 2 ranks: no sample is padded in twice.
-DDP_RUN = [*FAST_RUN, "aug=none", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-           "trainer.max_epochs=2"]  # fmt: skip
+DDP_RUN = [
+    *FAST_RUN,
+    "aug=none",
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.max_epochs=2",
+]
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:

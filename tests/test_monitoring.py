@@ -58,11 +58,22 @@ def test_figure_settings_are_checked_before_a_run(tmp_path):
 
 def test_the_prediction_grid_titles_each_image_with_its_prediction_and_marks_mistakes():
     images = torch.zeros(5, 3, 8, 8)
-    fig = predictions_figure(images, torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1, 0, 0, 2]),
-                             ["cat", "dog", "frog"], mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))  # fmt: skip
+    fig = predictions_figure(
+        images,
+        torch.tensor([0, 1, 2, 0, 1]),
+        torch.tensor([0, 1, 0, 0, 2]),
+        ["cat", "dog", "frog"],
+        mean=(0.5, 0.5, 0.5),
+        std=(0.2, 0.2, 0.2),
+    )
     titles = [(text.get_text(), text.get_color()) for text in fig.axes[0].texts]
-    assert titles == [("cat", "green"), ("dog", "green"), ("frog\n(true: cat)", "red"), ("cat", "green"),
-                      ("dog\n(true: frog)", "red")]  # fmt: skip
+    assert titles == [
+        ("cat", "green"),
+        ("dog", "green"),
+        ("frog\n(true: cat)", "red"),
+        ("cat", "green"),
+        ("dog\n(true: frog)", "red"),
+    ]
 
 
 def test_hparams_are_the_runs_settings_flattened(tmp_path):

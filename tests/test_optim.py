@@ -19,10 +19,21 @@ def test_weight_decay_goes_to_layer_weights_only():
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     decayed, plain = _names(model, decay["params"]), _names(model, no_decay["params"])
     assert decayed | plain == {n for n, _ in model.named_parameters()} and not decayed & plain
-    assert {"cls_token", "pos_embed", "patch_embed.norm.weight", "norm.weight", "norm.bias",
-            "blocks.0.norm1.weight", "blocks.1.norm2.bias", "head.bias", "blocks.0.mlp.fc1.bias"} <= plain
+    assert {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.norm.weight",
+        "norm.weight",
+        "norm.bias",
+        "blocks.0.norm1.weight",
+        "blocks.1.norm2.bias",
+        "head.bias",
+        "blocks.0.mlp.fc1.bias",
+    } <= plain
     assert decayed == {"patch_embed.proj.weight", "head.weight"} | {
-        f"blocks.{i}.{layer}.weight" for i in range(2) for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+        f"blocks.{i}.{layer}.weight"
+        for i in range(2)
+        for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
     }
 
 
@@ -47,8 +58,8 @@ def test_schedule_warms_up_to_the_peak_then_decays_to_min_lr():
     assert lr[0] == pytest.approx(peak / warmup)
     assert lr[warmup - 1] == pytest.approx(peak) and lr[warmup] == pytest.approx(peak)
     assert lr[-1] == pytest.approx(floor, rel=1e-9)
-    assert all(a < b for a, b in zip(lr[:warmup - 1], lr[1:warmup], strict=True))  # rising
-    assert all(a >= b for a, b in zip(lr[warmup:-1], lr[warmup + 1:], strict=True))  # falling
+    assert all(a < b for a, b in zip(lr[: warmup - 1], lr[1:warmup], strict=True))  # rising
+    assert all(a >= b for a, b in zip(lr[warmup:-1], lr[warmup + 1 :], strict=True))  # falling
     mid = warmup + (total - 1 - warmup) // 2  # half-way through the cosine: half-way between peak and floor
     assert lr[mid] == pytest.approx(floor + (peak - floor) / 2, rel=1e-3)
     assert min(lr[warmup:]) == pytest.approx(floor)  # the cosine never dips below the floor
@@ -79,8 +90,15 @@ def test_module_schedule_is_sized_from_the_trainers_real_steps(tmp_path):
         def on_train_batch_start(self, trainer, *args):
             seen.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()])
+    trainer = L.Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Record()],
+    )
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))  # 5 steps an epoch, 20 in all
     assert len(seen) == 20
     expected = [warmup_cosine_lr(s, 20, 5, 1e-3, 1e-5) for s in range(20)]

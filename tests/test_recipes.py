@@ -75,8 +75,15 @@ class _Scalar(L.LightningModule):
 
 def _scalar_trainer(ckpt_dir, epochs=1):
     callbacks = [EMA(decay=0.5), ModelCheckpoint(dirpath=ckpt_dir, save_last=True)]
-    return L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, num_sanity_val_steps=0,
-                     enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)  # fmt: skip
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
 
 
 def _batches(n):
@@ -97,8 +104,9 @@ def test_ema_matches_hand_computed_averages_in_validation_checkpoint_and_test(tm
 
     # Resuming restores both: three more steps from w = -3 and ema = -2.25.
     resumed, last = _Scalar(), tmp_path / "last.ckpt"
-    _scalar_trainer(tmp_path / "resumed", epochs=2).fit(resumed, _batches(3), _batches(1), ckpt_path=last,
-                                                        weights_only=True)  # fmt: skip
+    _scalar_trainer(tmp_path / "resumed", epochs=2).fit(
+        resumed, _batches(3), _batches(1), ckpt_path=last, weights_only=True
+    )
     ema = -2.25
     for w in (-4.0, -5.0, -6.0):
         ema = 0.5 * ema + 0.5 * w
@@ -118,9 +126,22 @@ def _mean_loss(net, dataset):
 
 def test_training_with_ema_validates_selects_and_tests_the_averaged_weights(tmp_path):
     # A constant learning rate, so that the raw weights and their average stay clearly apart.
-    cfg = compose_config([*SYNTHETIC_SMALL, *TINY_MODEL, *QUIET, "trainer=cpu", "trainer.max_epochs=2",
-                          "scheduler.warmup_epochs=0", "scheduler.min_lr=3e-3", "aug=none", "optim.lr=3e-3",
-                          "callbacks=ema", "callbacks.ema.decay=0.8"], tmp_path)  # fmt: skip
+    cfg = compose_config(
+        [
+            *SYNTHETIC_SMALL,
+            *TINY_MODEL,
+            *QUIET,
+            "trainer=cpu",
+            "trainer.max_epochs=2",
+            "scheduler.warmup_epochs=0",
+            "scheduler.min_lr=3e-3",
+            "aug=none",
+            "optim.lr=3e-3",
+            "callbacks=ema",
+            "callbacks.ema.decay=0.8",
+        ],
+        tmp_path,
+    )
     metrics = train(cfg)
     dm = build_datamodule(cfg)
     dm.setup("fit")
@@ -162,9 +183,20 @@ def test_bad_recipe_values_stop_with_one_line_and_exit_code_2(tmp_path, capsys, 
 
 
 def test_cifar100_config_runs_100_classes_from_the_synthetic_source(tmp_path):
-    cfg = compose_config(["data=cifar100", "data.source=synthetic", "data.synthetic={train_per_class:3,"
-                          "test_per_class:1}", "data.val_size=100", "data.batch_size=32", "debug=fdr",
-                          *TINY_MODEL, *QUIET, "trainer=cpu"], tmp_path)  # fmt: skip
+    cfg = compose_config(
+        [
+            "data=cifar100",
+            "data.source=synthetic",
+            "data.synthetic={train_per_class:3,test_per_class:1}",
+            "data.val_size=100",
+            "data.batch_size=32",
+            "debug=fdr",
+            *TINY_MODEL,
+            *QUIET,
+            "trainer=cpu",
+        ],
+        tmp_path,
+    )
     dm = build_datamodule(cfg)
     assert dm.mean == (0.5071, 0.4865, 0.4409) and dm.num_classes == 100
     metrics = train(cfg)
@@ -176,9 +208,20 @@ def test_cifar100_config_runs_100_classes_from_the_synthetic_source(tmp_path):
 def test_cifar100_config_reads_an_image_folder_with_100_classes(tmp_path):
     classes = [f"class{i:03d}" for i in range(100)]
     root = write_image_folder(tmp_path / "images", classes=classes, per_split=(2, 1))
-    cfg = compose_config(["data=cifar100", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
-                          "data.val_size=0", "data.batch_size=32", "debug=fdr", *TINY_MODEL, *QUIET,
-                          "trainer=cpu"], tmp_path / "run")  # fmt: skip
+    cfg = compose_config(
+        [
+            "data=cifar100",
+            f"data.root={root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.val_size=0",
+            "data.batch_size=32",
+            "debug=fdr",
+            *TINY_MODEL,
+            *QUIET,
+            "trainer=cpu",
+        ],
+        tmp_path / "run",
+    )
     dm = build_datamodule(cfg)
     assert dm.source == "folder" and dm.classes == classes
     metrics = train(cfg)
@@ -188,8 +231,14 @@ def test_cifar100_config_reads_an_image_folder_with_100_classes(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- the CLI
 
-FAST_DATA = ["data=synthetic", "data.synthetic.train_per_class=4", "data.synthetic.test_per_class=2",
-             "data.val_size=20", "data.batch_size=8", *QUIET]  # fmt: skip
+FAST_DATA = [
+    "data=synthetic",
+    "data.synthetic.train_per_class=4",
+    "data.synthetic.test_per_class=2",
+    "data.val_size=20",
+    "data.batch_size=8",
+    *QUIET,
+]
 
 
 def test_vit_best_runs_through_the_cli_with_the_seed_architecture(tmp_path):
@@ -204,8 +253,17 @@ def test_vit_best_runs_through_the_cli_with_the_seed_architecture(tmp_path):
 
 
 def test_resnet18_baseline_runs_as_a_multi_seed_sweep(tmp_path):
-    result = run_module("vit_cifar.train", ["-m", "seed=0,1", "experiment=resnet18_baseline", "debug=fdr",
-                                            *FAST_DATA, f"hydra.sweep.dir={tmp_path}"])  # fmt: skip
+    result = run_module(
+        "vit_cifar.train",
+        [
+            "-m",
+            "seed=0,1",
+            "experiment=resnet18_baseline",
+            "debug=fdr",
+            *FAST_DATA,
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for job, seed in (("0", 0), ("1", 1)):  # one folder and one metrics.json per job
         metrics = json.loads((tmp_path / job / "metrics.json").read_text())

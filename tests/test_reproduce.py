@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import QUIET, ROOT, SYNTHETIC_SMALL, TINY_MODEL, compose_config
 from vit_cifar.train import train
 
@@ -41,8 +43,12 @@ def test_reproduce_trains_tests_and_writes_one_results_file(tmp_path):
     trained = results["train_and_test"]
     assert trained["epochs"] == 1 and 0.0 <= trained["test_acc"] <= 1.0 and trained["compile"] is False
     assert results["train_and_test_wall_s"] >= 0 and len(results["git"]["sha"]) == 40
-    evaluated = (ROOT / "src" / "vit_cifar" / "evaluate.py").is_file()
-    assert isinstance(results["evaluation"], dict) if evaluated else results["evaluation"] == "skipped"
+    evaluation = results["evaluation"]  # the evaluation of the trained checkpoint, on the same data
+    assert (
+        evaluation["test_acc"] == pytest.approx(trained["test_acc"], abs=1e-6)
+        and evaluation["test_images"] == trained["test_images"]
+    )
+    assert (tmp_path / "run" / "evaluate" / "report.md").is_file()
     assert result.stdout.strip().splitlines()[-1].startswith("reproduce: test_acc=")
 
 

@@ -50,8 +50,15 @@ def test_ranks_get_disjoint_images_and_equal_lengths():
 
 def test_datamodule_uses_it_for_training_only_and_checks_the_value():
     sizes = {"train_per_class": 10, "test_per_class": 2}
-    dm = CIFARDataModule(source="synthetic", synthetic=sizes, val_size=20, batch_size=16, num_workers=0,
-                         cache_dir=None, repeated_aug=3)  # fmt: skip
+    dm = CIFARDataModule(
+        source="synthetic",
+        synthetic=sizes,
+        val_size=20,
+        batch_size=16,
+        num_workers=0,
+        cache_dir=None,
+        repeated_aug=3,
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, RepeatedAugSampler)

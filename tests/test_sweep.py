@@ -35,11 +35,20 @@ def _metrics(job_dir: Path) -> dict:
 def grid_sweep(tmp_path_factory) -> tuple[Path, object]:
     """2 x 2 jobs of 3 epochs; every step logged, figures every 2 epochs (so at epochs 2 and 3, the last)."""
     folder = tmp_path_factory.mktemp("grid")
-    result = run_module("vit_cifar.train", [
-        "-m", "aug.mixup_alpha=0,0.5", "model.drop_path_rate=0,0.1", *FAST, "trainer.max_epochs=3",
-        "trainer.log_every_n_steps=1", "callbacks.tensorboard_figures.every_n_epochs=2",
-        "callbacks.tensorboard_figures.num_images=6", f"hydra.sweep.dir={folder}",
-    ])  # fmt: skip
+    result = run_module(
+        "vit_cifar.train",
+        [
+            "-m",
+            "aug.mixup_alpha=0,0.5",
+            "model.drop_path_rate=0,0.1",
+            *FAST,
+            "trainer.max_epochs=3",
+            "trainer.log_every_n_steps=1",
+            "callbacks.tensorboard_figures.every_n_epochs=2",
+            "callbacks.tensorboard_figures.num_images=6",
+            f"hydra.sweep.dir={folder}",
+        ],
+    )
     return folder, result
 
 
@@ -54,7 +63,11 @@ def test_a_grid_sweep_gives_one_folder_per_job_and_a_summary_ranked_by_validatio
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
     assert list(rows[0])[:5] == ["rank", "job", "status", "aug.mixup_alpha", "model.drop_path_rate"]
     assert {(r["aug.mixup_alpha"], r["model.drop_path_rate"]) for r in rows} == {
-        ("0", "0"), ("0", "0.1"), ("0.5", "0"), ("0.5", "0.1")}  # fmt: skip
+        ("0", "0"),
+        ("0", "0.1"),
+        ("0.5", "0"),
+        ("0.5", "0.1"),
+    }
     for row in rows:  # each row is its job's metrics.json
         metrics = _metrics(folder / row["job"])
         assert float(row["val_acc"]) == pytest.approx(validation_accuracy(metrics))
@@ -77,13 +90,23 @@ def test_a_sweep_job_writes_the_expected_tensorboard_events(grid_sweep):
 
     folder, result = grid_sweep
     assert result.returncode == 0, result.stderr[-3000:]
-    job = next(folder / r["job"] for r in _rows(folder / "summary.csv") if r["aug.mixup_alpha"] == "0.5"
-               and r["model.drop_path_rate"] == "0.1")  # fmt: skip
+    job = next(
+        folder / r["job"]
+        for r in _rows(folder / "summary.csv")
+        if r["aug.mixup_alpha"] == "0.5" and r["model.drop_path_rate"] == "0.1"
+    )
     events = EventAccumulator(str(job / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss_step", "lr-AdamW/pg1", "train/loss_epoch", "train/acc", "val/acc", "val/loss",
-            "train/grad_norm"} <= scalars  # fmt: skip
+    assert {
+        "train/loss_step",
+        "lr-AdamW/pg1",
+        "train/loss_epoch",
+        "train/acc",
+        "val/acc",
+        "val/loss",
+        "train/grad_norm",
+    } <= scalars
 
     steps_per_epoch = len(events.Scalars("train/loss_step")) // 3
     grad = events.Scalars("train/grad_norm")
@@ -119,11 +142,21 @@ def seed_sweep(tmp_path_factory) -> tuple[Path, object]:
     data (the pre-flight check cannot know), so 2 of the 4 jobs fail."""
     folder = tmp_path_factory.mktemp("seeds")
     missing = folder.parent / "no_such_image_folder"
-    result = run_module("vit_cifar.train", [
-        "-m", "seed=0,1", "data.source=synthetic,folder", f"data.root={missing}", *FAST,
-        "trainer.max_epochs=1", "~logger", "callbacks.lr_monitor=null", "callbacks.tensorboard_figures=null",
-        f"hydra.sweep.dir={folder}",
-    ])  # fmt: skip
+    result = run_module(
+        "vit_cifar.train",
+        [
+            "-m",
+            "seed=0,1",
+            "data.source=synthetic,folder",
+            f"data.root={missing}",
+            *FAST,
+            "trainer.max_epochs=1",
+            "~logger",
+            "callbacks.lr_monitor=null",
+            "callbacks.tensorboard_figures=null",
+            f"hydra.sweep.dir={folder}",
+        ],
+    )
     return folder, result
 
 
@@ -186,13 +219,16 @@ def make_sweep(folder: Path, jobs: list[tuple[list[str], dict | None, str | None
 
 
 def test_the_summary_ranks_by_validation_accuracy_never_by_test(tmp_path):
-    make_sweep(tmp_path, [
-        (["optim.lr=1e-3", "data=synthetic"], {"val_acc_best": 0.70, "test_acc": 0.90}, None),
-        (["optim.lr=2e-3", "data=synthetic"], {"val_acc_best": 0.80, "test_acc": 0.60}, None),
-        (["optim.lr=3e-3", "data=synthetic"], None, "TrainingError: the training loss is nan at step 12"),
-        (["optim.lr=4e-3", "data=synthetic"], None, None),  # killed: neither file
-        (["optim.lr=5e-3", "data=synthetic"], {"val_acc_last_epoch": 0.75, "test_acc": 0.99}, None),
-    ])  # fmt: skip
+    make_sweep(
+        tmp_path,
+        [
+            (["optim.lr=1e-3", "data=synthetic"], {"val_acc_best": 0.70, "test_acc": 0.90}, None),
+            (["optim.lr=2e-3", "data=synthetic"], {"val_acc_best": 0.80, "test_acc": 0.60}, None),
+            (["optim.lr=3e-3", "data=synthetic"], None, "TrainingError: the training loss is nan at step 12"),
+            (["optim.lr=4e-3", "data=synthetic"], None, None),  # killed: neither file
+            (["optim.lr=5e-3", "data=synthetic"], {"val_acc_last_epoch": 0.75, "test_acc": 0.99}, None),
+        ],
+    )
     summary = summarise(tmp_path)
     assert summary.swept == ["optim.lr"] and summary.fixed == {"data": "synthetic"}
     rows = _rows(tmp_path / "summary.csv")
@@ -211,8 +247,10 @@ def test_the_summary_ranks_by_validation_accuracy_never_by_test(tmp_path):
 
 def test_over_seeds_gives_mean_and_sample_std_for_each_setting(tmp_path):
     val = {("0", "0"): 0.60, ("0", "1"): 0.62, ("0", "2"): 0.64, ("0.2", "0"): 0.70, ("0.2", "1"): 0.66}
-    jobs = [([f"aug.mixup_alpha={a}", f"seed={s}"], {"val_acc_best": v, "test_acc": v - 0.01}, None)
-            for (a, s), v in val.items()]  # fmt: skip
+    jobs = [
+        ([f"aug.mixup_alpha={a}", f"seed={s}"], {"val_acc_best": v, "test_acc": v - 0.01}, None)
+        for (a, s), v in val.items()
+    ]
     jobs.append((["aug.mixup_alpha=0.2", "seed=2"], None, "DataError: cannot decode image x.png"))
     summary = summarise(make_sweep(tmp_path, jobs))
     best, other = summary.seed_groups
@@ -290,15 +328,25 @@ def test_the_regularisation_grid_sweeps_valid_values(tmp_path):
 
 
 def test_the_optuna_search_maximises_validation_accuracy(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper is not installed "
-                        "(pip install -e '.[optuna]'): the config needs the plugin to compose")  # fmt: skip
+    pytest.importorskip(
+        "hydra_plugins.hydra_optuna_sweeper",
+        reason="hydra-optuna-sweeper is not installed "
+        "(pip install -e '.[optuna]'): the config needs the plugin to compose",
+    )
     from hydra.core.hydra_config import HydraConfig
 
     cfg = compose_config(["hparams_search=regularisation_optuna"], tmp_path)
     sweeper = HydraConfig.get().sweeper
     assert sweeper.direction == "maximize" and sweeper.max_failure_rate == 1.0
-    knobs = {"aug.mixup_alpha", "aug.cutmix_alpha", "aug.erasing_p", "aug.label_smoothing", "model.drop_rate",
-             "model.drop_path_rate", "optim.weight_decay"}  # fmt: skip
+    knobs = {
+        "aug.mixup_alpha",
+        "aug.cutmix_alpha",
+        "aug.erasing_p",
+        "aug.label_smoothing",
+        "model.drop_rate",
+        "model.drop_path_rate",
+        "optim.weight_decay",
+    }
     assert set(sweeper.params) == knobs
     validate_config(cfg)
 

@@ -4,11 +4,10 @@ import csv
 import json
 
 import pytest
-from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module
-
 import torch
 from omegaconf import OmegaConf
 
+from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module
 from vit_cifar.module import build_network
 from vit_cifar.train import train
 
@@ -20,16 +19,28 @@ def _csv_rows(run_dir):
 
 def test_short_synthetic_run_learns_and_writes_its_metrics(tmp_path):
     cfg = compose_config(
-        [*SYNTHETIC_SMALL, *TINY_MODEL, *QUIET, "trainer=cpu", "trainer.max_epochs=4", "scheduler.warmup_epochs=1",
-         "aug=none", "optim.lr=3e-3", "seed=7", "trainer.log_every_n_steps=1"],
+        [
+            *SYNTHETIC_SMALL,
+            *TINY_MODEL,
+            *QUIET,
+            "trainer=cpu",
+            "trainer.max_epochs=4",
+            "scheduler.warmup_epochs=1",
+            "aug=none",
+            "optim.lr=3e-3",
+            "seed=7",
+            "trainer.log_every_n_steps=1",
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
     metrics = train(cfg)
     assert metrics["test_acc"] > 0.6  # chance is 0.1
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == metrics
     assert saved["seed"] == 7 and saved["epochs"] == 4 and saved["data"].startswith("synthetic")
-    assert saved["params"] == sum(p.numel() for p in build_network(OmegaConf.to_container(cfg.model, resolve=True)).parameters())
+    assert saved["params"] == sum(
+        p.numel() for p in build_network(OmegaConf.to_container(cfg.model, resolve=True)).parameters()
+    )
     assert saved["device"].startswith("cpu") and saved["precision"] == "32-true"
     assert saved["test_images"] == 100
     # the tested checkpoint is the one with the best validation accuracy
@@ -43,8 +54,18 @@ def test_short_synthetic_run_learns_and_writes_its_metrics(tmp_path):
 
 
 def test_without_validation_the_last_epoch_is_tested(tmp_path):
-    cfg = compose_config([*SYNTHETIC_SMALL, *TINY_MODEL, *QUIET, "trainer=cpu", "trainer.max_epochs=2",
-                          "scheduler.warmup_epochs=1", "data.val_size=0"], tmp_path)  # fmt: skip
+    cfg = compose_config(
+        [
+            *SYNTHETIC_SMALL,
+            *TINY_MODEL,
+            *QUIET,
+            "trainer=cpu",
+            "trainer.max_epochs=2",
+            "scheduler.warmup_epochs=1",
+            "data.val_size=0",
+        ],
+        tmp_path,
+    )
     metrics = train(cfg)
     assert metrics["checkpoint_after_epoch"] == 2 == metrics["epochs"]
     assert "val_acc_best" not in metrics
@@ -52,8 +73,18 @@ def test_without_validation_the_last_epoch_is_tested(tmp_path):
 
 
 def test_overfit_debug_config_drives_the_loss_to_zero(tmp_path):
-    cfg = compose_config([*SYNTHETIC_SMALL, *TINY_MODEL, *QUIET, "trainer=cpu", "debug=overfit",
-                          "trainer.overfit_batches=2", "optim.lr=3e-3"], tmp_path)  # fmt: skip
+    cfg = compose_config(
+        [
+            *SYNTHETIC_SMALL,
+            *TINY_MODEL,
+            *QUIET,
+            "trainer=cpu",
+            "debug=overfit",
+            "trainer.overfit_batches=2",
+            "optim.lr=3e-3",
+        ],
+        tmp_path,
+    )
     train(cfg)
     losses = [float(r["train/loss_epoch"]) for r in _csv_rows(tmp_path) if r.get("train/loss_epoch")]
     assert losses[0] > 1.0 and losses[-1] < 0.05
@@ -71,8 +102,10 @@ def test_overfit_debug_config_drives_the_loss_to_zero(tmp_path):
 )
 def test_every_experiment_runs_through_the_cli(tmp_path, overrides):
     debug = [] if any(o.startswith("debug=") for o in overrides) else ["debug=fdr"]
-    result = run_module("vit_cifar.train", [*overrides, *debug, *SYNTHETIC_SMALL, *QUIET, "data.batch_size=16",
-                                            f"hydra.run.dir={tmp_path}"])  # fmt: skip
+    result = run_module(
+        "vit_cifar.train",
+        [*overrides, *debug, *SYNTHETIC_SMALL, *QUIET, "data.batch_size=16", f"hydra.run.dir={tmp_path}"],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0.0 <= metrics["test_acc"] <= 1.0
@@ -82,8 +115,10 @@ def test_every_experiment_runs_through_the_cli(tmp_path, overrides):
 
 
 def test_bad_values_stop_with_one_line_and_exit_code_2(tmp_path):
-    result = run_module("vit_cifar.train", [*SYNTHETIC_SMALL, *QUIET, "model.num_heads=5", "debug=fdr",
-                                            f"hydra.run.dir={tmp_path}"])  # fmt: skip
+    result = run_module(
+        "vit_cifar.train",
+        [*SYNTHETIC_SMALL, *QUIET, "model.num_heads=5", "debug=fdr", f"hydra.run.dir={tmp_path}"],
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: model.embed_dim=192 is not divisible by model.num_heads=5: choose heads that divide the width "
@@ -94,9 +129,19 @@ def test_bad_values_stop_with_one_line_and_exit_code_2(tmp_path):
 
 def test_short_run_on_the_jpeg_copy(tmp_path, jpeg_archive):
     """Real CIFAR-10 images (JPEG copy): the smoke model on 2,000 of them for 2 epochs beats chance clearly."""
-    cfg = compose_config(["experiment=smoke", f"data.root={jpeg_archive}", *QUIET, "data.train_subset=2000",
-                          "data.val_size=500", "data.test_subset=1000", "trainer.max_epochs=2",
-                          "optim.lr=2e-3"], tmp_path)  # fmt: skip
+    cfg = compose_config(
+        [
+            "experiment=smoke",
+            f"data.root={jpeg_archive}",
+            *QUIET,
+            "data.train_subset=2000",
+            "data.val_size=500",
+            "data.test_subset=1000",
+            "trainer.max_epochs=2",
+            "optim.lr=2e-3",
+        ],
+        tmp_path,
+    )
     metrics = train(cfg)
     assert metrics["data"] == f"image folder {jpeg_archive}"
     assert metrics["test_images"] == 1000
@@ -106,8 +151,11 @@ def test_short_run_on_the_jpeg_copy(tmp_path, jpeg_archive):
 @pytest.mark.slow
 def test_smoke_experiment_passes_35_percent_on_the_jpeg_copy(tmp_path, jpeg_archive):
     """The issue's acceptance check for experiment=smoke (about 4 minutes on 2 cores): run with -m slow."""
-    result = run_module("vit_cifar.train", ["experiment=smoke", f"data.root={jpeg_archive}", *QUIET,
-                                            f"hydra.run.dir={tmp_path}"], timeout=1200)  # fmt: skip
+    result = run_module(
+        "vit_cifar.train",
+        ["experiment=smoke", f"data.root={jpeg_archive}", *QUIET, f"hydra.run.dir={tmp_path}"],
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["test_acc"] > 0.35
 
@@ -115,8 +163,20 @@ def test_smoke_experiment_passes_35_percent_on_the_jpeg_copy(tmp_path, jpeg_arch
 def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
     """ckpt_path=last must resume from the last epoch, not from the best one (Lightning's save_last alone
     rewrites last.ckpt only when the monitored checkpoint improves)."""
-    cfg = compose_config([*SYNTHETIC_SMALL, *TINY_MODEL, *QUIET, "trainer=cpu", "trainer.max_epochs=3",
-                          "scheduler.warmup_epochs=0", "optim.lr=1e-9", "scheduler.min_lr=0", "test=false"], tmp_path)  # fmt: skip
+    cfg = compose_config(
+        [
+            *SYNTHETIC_SMALL,
+            *TINY_MODEL,
+            *QUIET,
+            "trainer=cpu",
+            "trainer.max_epochs=3",
+            "scheduler.warmup_epochs=0",
+            "optim.lr=1e-9",
+            "scheduler.min_lr=0",
+            "test=false",
+        ],
+        tmp_path,
+    )
     train(cfg)
     saved = {p.name: torch.load(p, weights_only=True)["epoch"] for p in (tmp_path / "checkpoints").iterdir()}
     assert saved.pop("last.ckpt") == 2

@@ -109,14 +109,18 @@ class EMA(EMAWeightAveraging):
         update_every_n_steps: update every n-th step.
     """
 
-    def __init__(self, decay: float = 0.9995, update_starting_at_step: int | None = None,
-                 update_every_n_steps: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self, decay: float = 0.9995, update_starting_at_step: int | None = None, update_every_n_steps: int = 1
+    ) -> None:
         if not 0.0 <= decay < 1.0:
             raise ConfigError(f"callbacks.ema.decay={decay} must be in [0, 1): 0.9995 averages ~2,000 steps")
         if update_every_n_steps < 1:
             raise ConfigError(f"callbacks.ema.update_every_n_steps={update_every_n_steps} must be at least 1")
-        super().__init__(decay=decay, update_starting_at_step=update_starting_at_step,
-                         update_every_n_steps=update_every_n_steps)  # fmt: skip
+        super().__init__(
+            decay=decay,
+            update_starting_at_step=update_starting_at_step,
+            update_every_n_steps=update_every_n_steps,
+        )
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

@@ -50,8 +50,11 @@ def describe_mismatch(net: nn.Module, state: dict[str, torch.Tensor]) -> str | N
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]  # fmt: skip
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if not (missing or unexpected or shapes):
         return None
     parts = []
@@ -92,7 +95,9 @@ def load_classifier(path: str | Path, expect: dict | None = None) -> LoadedClass
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     mismatch = describe_mismatch(net, state)
     if mismatch:
-        raise CheckpointError(f"checkpoint {path} does not fit the {_name(net_config)} it describes: {mismatch}")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the {_name(net_config)} it describes: {mismatch}"
+        )
     net.load_state_dict(state)
     net.eval()
     num_classes = getattr(net, "num_classes", None)

@@ -119,8 +119,10 @@ def _one_line(err: BaseException) -> str:
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
         key = getattr(cause, "full_key", None) or "?"
-        return (f"unknown key {key}: check its spelling (--cfg job prints every key), "
-                f"or add a new key with +{key}=<value>")  # fmt: skip
+        return (
+            f"unknown key {key}: check its spelling (--cfg job prints every key), "
+            f"or add a new key with +{key}=<value>"
+        )
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if "Config search path:" in lines:
         lines = lines[: lines.index("Config search path:")]

@@ -24,7 +24,9 @@ OPTIMIZER_PACKAGES = ("torch.optim.",)
 def locate(target: str, allowed: tuple[str, ...], key: str) -> type:
     """The class at dotted path ``target``, if it lies in one of the ``allowed`` packages."""
     if not isinstance(target, str) or not target.startswith(allowed):
-        raise ConfigError(f"{key}._target_={target!r} is not allowed: it must be a class in {', '.join(allowed)}")
+        raise ConfigError(
+            f"{key}._target_={target!r} is not allowed: it must be a class in {', '.join(allowed)}"
+        )
     module_name, _, name = target.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), name)
@@ -79,8 +81,15 @@ class ClassifierModule(L.LightningModule):
         metric(logits, hard)
         on_step = stage == "train"
         # sync_dist: under DDP the logged loss is the mean over all ranks (one scalar all-reduce per step).
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True,
-                 batch_size=len(x))  # fmt: skip
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=len(x),
+        )
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss, logits
 
@@ -111,11 +120,15 @@ class ClassifierModule(L.LightningModule):
         max_epochs = max(1, self.trainer.max_epochs or 1)
         warmup = warmup_steps_for(total, max_epochs, float(self.hparams.scheduler.get("warmup_epochs", 0)))
         min_lr = float(self.hparams.scheduler.get("min_lr", 0.0))
-        schedule = partial(warmup_cosine_lr, total_steps=total, warmup_steps=warmup, peak_lr=lr, min_lr=min_lr)
+        schedule = partial(
+            warmup_cosine_lr, total_steps=total, warmup_steps=warmup, peak_lr=lr, min_lr=min_lr
+        )
         scheduler = LambdaLR(optimizer, lambda step: schedule(step) / lr)
         n_decay, n_plain = (sum(p.numel() for p in g["params"]) for g in groups)
-        self.print(f"optimiser: {n_decay:,} parameters with weight decay {weight_decay}, {n_plain:,} without; "
-                   f"{total} steps, {warmup} of warmup")  # fmt: skip
+        self.print(
+            f"optimiser: {n_decay:,} parameters with weight decay {weight_decay}, {n_plain:,} without; "
+            f"{total} steps, {warmup} of warmup"
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

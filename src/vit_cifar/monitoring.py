@@ -80,9 +80,14 @@ class TensorBoardFigures(L.Callback):
         self._confmat, self._samples = None, []
 
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs,
+        batch,
+        batch_idx: int,
         dataloader_idx: int = 0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if not self._active:
             return
         if not isinstance(outputs, torch.Tensor):
@@ -130,8 +135,9 @@ def confusion_figure(metric: MulticlassConfusionMatrix, matrix: torch.Tensor, cl
     return fig
 
 
-def predictions_figure(images: torch.Tensor, preds: torch.Tensor, targets: torch.Tensor, classes: list,
-                       mean=None, std=None):  # fmt: skip
+def predictions_figure(
+    images: torch.Tensor, preds: torch.Tensor, targets: torch.Tensor, classes: list, mean=None, std=None
+):
     """The images in a grid (torchvision's ``make_grid``), each under its predicted class: green when right,
     red with the true class when wrong. One axes for all, so it draws in a fraction of a second."""
     from torchvision.utils import make_grid
@@ -154,8 +160,15 @@ def predictions_figure(images: torch.Tensor, preds: torch.Tensor, targets: torch
         row, col = divmod(i, cols)
         right = pred == true
         label = str(classes[pred]) if right else f"{classes[pred]}\n(true: {classes[true]})"
-        ax.text(pad + col * (w + pad) + w / 2, pad + row * (h + band + pad) + band - 0.5, label, ha="center",
-                va="bottom", fontsize=8, color="green" if right else "red")  # fmt: skip
+        ax.text(
+            pad + col * (w + pad) + w / 2,
+            pad + row * (h + band + pad) + band - 0.5,
+            label,
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="green" if right else "red",
+        )
     return fig
 
 

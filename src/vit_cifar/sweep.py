@@ -72,8 +72,11 @@ def run_sweep_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
         # A user error says all in its line; anything else keeps its traceback for whoever debugs it.
         detail = "" if isinstance(err, VitCifarError) else "\n" + traceback.format_exc()
         write_atomic(folder / ERROR_FILE, line + "\n" + detail)
-        print(f"error: job {hydra_cfg.job.num} failed: {line}; "
-              f"recorded in {folder / ERROR_FILE}, the sweep goes on", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: job {hydra_cfg.job.num} failed: {line}; "
+            f"recorded in {folder / ERROR_FILE}, the sweep goes on",
+            file=sys.stderr,
+        )
         if detail:
             log.error(detail)
     finally:
@@ -230,9 +233,12 @@ def over_seeds(jobs: list[Job], keys: list[str]) -> list[dict]:
         row["seeds"] = " ".join(job.overrides.get("seed", "") for job in done)
         row["n"] = len(done)
         row["failed"] = len(members) - len(done)
-        for name, values in (("val_acc", [j.val_acc for j in done]), ("test_acc", [j.test_acc for j in done]),
-                             ("epochs", [j.metrics.get("epochs") for j in done]),
-                             ("wall_s", [j.metrics.get("wall_s") for j in done])):  # fmt: skip
+        for name, values in (
+            ("val_acc", [j.val_acc for j in done]),
+            ("test_acc", [j.test_acc for j in done]),
+            ("epochs", [j.metrics.get("epochs") for j in done]),
+            ("wall_s", [j.metrics.get("wall_s") for j in done]),
+        ):
             mean, std = mean_std(values)
             row[f"{name}_mean"], row[f"{name}_std"] = mean, std
         rows.append(row)
@@ -258,9 +264,16 @@ def jobs_csv(summary: Summary) -> str:
     writer.writerow(["rank", "job", "status", *summary.swept, *JOB_COLUMNS, "error"])
     for i, job in enumerate(summary.jobs, 1):
         values = [job.val_acc, job.test_acc, job.metrics.get("epochs"), job.metrics.get("wall_s")]
-        writer.writerow([i if job.status == OK else "", job.name, job.status,
-                         *(job.overrides.get(k, "") for k in summary.swept),
-                         *("" if v is None else v for v in values), job.error])  # fmt: skip
+        writer.writerow(
+            [
+                i if job.status == OK else "",
+                job.name,
+                job.status,
+                *(job.overrides.get(k, "") for k in summary.swept),
+                *("" if v is None else v for v in values),
+                job.error,
+            ]
+        )
     return out.getvalue()
 
 
@@ -290,18 +303,41 @@ def markdown(summary: Summary) -> str:
     for i, job in enumerate(summary.jobs, 1):
         status = job.status if job.status == OK else f"**{job.status}**: {job.error}"
         values = [_short(job.overrides.get(k, "")) for k in summary.swept]
-        rows.append([str(i) if job.status == OK else "", job.name, *values,
-                     _acc(job.val_acc), _acc(job.test_acc), str(job.metrics.get("epochs", "")),
-                     _duration(job.metrics.get("wall_s")), status])  # fmt: skip
+        rows.append(
+            [
+                str(i) if job.status == OK else "",
+                job.name,
+                *values,
+                _acc(job.val_acc),
+                _acc(job.test_acc),
+                str(job.metrics.get("epochs", "")),
+                _duration(job.metrics.get("wall_s")),
+                status,
+            ]
+        )
     lines += _table(header, rows)
     if summary.seed_groups:
         keys = [k for k in summary.swept if k != "seed"]
-        lines += ["", "## Over seeds", "",
-                  "Mean ± sample standard deviation over the seeds that completed, "
-                  "best mean validation accuracy first.", ""]  # fmt: skip
-        rows = [[*(_short(g[k]) for k in keys), g["seeds"], str(g["n"]), str(g["failed"]),
-                 _pm(g["val_acc_mean"], g["val_acc_std"]), _pm(g["test_acc_mean"], g["test_acc_std"]),
-                 _duration(g["wall_s_mean"])] for g in summary.seed_groups]  # fmt: skip
+        lines += [
+            "",
+            "## Over seeds",
+            "",
+            "Mean ± sample standard deviation over the seeds that completed, "
+            "best mean validation accuracy first.",
+            "",
+        ]
+        rows = [
+            [
+                *(_short(g[k]) for k in keys),
+                g["seeds"],
+                str(g["n"]),
+                str(g["failed"]),
+                _pm(g["val_acc_mean"], g["val_acc_std"]),
+                _pm(g["test_acc_mean"], g["test_acc_std"]),
+                _duration(g["wall_s_mean"]),
+            ]
+            for g in summary.seed_groups
+        ]
         lines += _table([*keys, "seeds", "n", "failed", "val acc", "test acc", "mean wall time"], rows)
     return "\n".join(lines) + "\n"
 
@@ -409,8 +445,10 @@ def report(summary: Summary) -> str:
 
 def failure_line(summary: Summary) -> str:
     first = summary.failed[0]
-    return (f"{len(summary.failed)} of {len(summary.jobs)} jobs failed (job {first.name}: {first.error}); "
-            f"the others are summarised in {summary.folder / 'summary.md'}")  # fmt: skip
+    return (
+        f"{len(summary.failed)} of {len(summary.jobs)} jobs failed (job {first.name}: {first.error}); "
+        f"the others are summarised in {summary.folder / 'summary.md'}"
+    )
 
 
 class SweepSummary(Callback):
@@ -425,8 +463,11 @@ class SweepSummary(Callback):
         try:
             summary = summarise(folder)
         except (VitCifarError, OSError) as err:
-            print(f"warning: no sweep summary ({one_line(err)}); after fixing it, run "
-                  f"python -m vit_cifar.sweep_summary {folder}", file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: no sweep summary ({one_line(err)}); after fixing it, run "
+                f"python -m vit_cifar.sweep_summary {folder}",
+                file=sys.stderr,
+            )
             return
         print(report(summary))
         if summary.failed:

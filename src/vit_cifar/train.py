@@ -22,10 +22,9 @@ from vit_cifar.evaluate import evaluate_from_train_config
 from vit_cifar.module import ClassifierModule
 from vit_cifar.monitoring import log_final_hparams
 from vit_cifar.resume import check_fits, resolve_ckpt_path
+from vit_cifar.speed import apply_speed_settings, resolve_precision
 from vit_cifar.sweep import validation_accuracy
 from vit_cifar.validate import validate_config
-
-from vit_cifar.speed import apply_speed_settings, resolve_precision
 
 
 def instantiate_all(section: DictConfig | None) -> list:
@@ -36,7 +35,9 @@ def instantiate_all(section: DictConfig | None) -> list:
 
 
 def build_datamodule(cfg: DictConfig) -> CIFARDataModule:
-    return hydra.utils.instantiate(cfg.data, aug=OmegaConf.to_container(cfg.aug, resolve=True), _convert_="all")
+    return hydra.utils.instantiate(
+        cfg.data, aug=OmegaConf.to_container(cfg.aug, resolve=True), _convert_="all"
+    )
 
 
 def build_module(cfg: DictConfig) -> ClassifierModule:
@@ -97,8 +98,12 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0)
-    speed = apply_speed_settings(module.net, trainer.strategy.root_device, cfg.get("compile", "auto"),
-                                 cfg.get("matmul_precision", "high"))  # fmt: skip
+    speed = apply_speed_settings(
+        module.net,
+        trainer.strategy.root_device,
+        cfg.get("compile", "auto"),
+        cfg.get("matmul_precision", "high"),
+    )
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     ckpt_path = selected_checkpoint(trainer)
@@ -144,8 +149,14 @@ def summary_line(m: dict) -> str:
     parts = [f"test_acc={m['test_acc']:.4f}" if "test_acc" in m else "not tested"]
     if "checkpoint_after_epoch" in m:
         parts.append(f"checkpoint after epoch {m['checkpoint_after_epoch']}")
-    parts += [f"{m['epochs']} epochs", f"seed {m['seed']}", m["data"], f"{m['params']:,} params", m["device"],
-              f"{m['wall_s']:.0f} s"]  # fmt: skip
+    parts += [
+        f"{m['epochs']} epochs",
+        f"seed {m['seed']}",
+        m["data"],
+        f"{m['params']:,} params",
+        m["device"],
+        f"{m['wall_s']:.0f} s",
+    ]
     return " | ".join(parts)
 
 

@@ -166,23 +166,39 @@ def _rule(keys: tuple[str, ...], broken: Callable[..., bool], message: str) -> C
 
 # Rules over several keys, checked once each key has passed its own rule. The wording is the constructors'.
 CROSS_RULES = [
-    _rule(("model.embed_dim", "model.num_heads"), lambda dim, heads: dim % heads,
-          "model.embed_dim={} is not divisible by model.num_heads={}: choose heads that divide the width "
-          "(e.g. 192 with 3, 4, 6 or 12 heads)"),
-    _rule(("model.patch_size", "model.img_size"), lambda patch, img: img % patch,
-          "model.patch_size={} does not divide model.img_size={}: choose a patch size that divides the image "
-          "(e.g. 2, 4 or 8 for 32x32)"),
-    _rule(("scheduler.warmup_epochs", "trainer.max_epochs"), lambda warmup, epochs: warmup > epochs,
-          "scheduler.warmup_epochs={} is longer than trainer.max_epochs={}: "
-          "shorten the warmup or train longer"),
-    _rule(("scheduler.min_lr", "optim.lr"), lambda low, peak: low > peak,
-          "scheduler.min_lr={} is above optim.lr={}: the schedule decays from optim.lr down to min_lr"),
-    _rule(("model.num_classes", "data.num_classes"), lambda model, data: model != data,
-          "model.num_classes={} differs from data.num_classes={}: "
-          "set data.num_classes (the model follows it)"),
-    _rule(("model.img_size", "data.image_size"), lambda model, data: model != data,
-          "model.img_size={} differs from data.image_size={}: set data.image_size (the model follows it)"),
-]  # fmt: skip
+    _rule(
+        ("model.embed_dim", "model.num_heads"),
+        lambda dim, heads: dim % heads,
+        "model.embed_dim={} is not divisible by model.num_heads={}: choose heads that divide the width "
+        "(e.g. 192 with 3, 4, 6 or 12 heads)",
+    ),
+    _rule(
+        ("model.patch_size", "model.img_size"),
+        lambda patch, img: img % patch,
+        "model.patch_size={} does not divide model.img_size={}: choose a patch size that divides the image "
+        "(e.g. 2, 4 or 8 for 32x32)",
+    ),
+    _rule(
+        ("scheduler.warmup_epochs", "trainer.max_epochs"),
+        lambda warmup, epochs: warmup > epochs,
+        "scheduler.warmup_epochs={} is longer than trainer.max_epochs={}: shorten the warmup or train longer",
+    ),
+    _rule(
+        ("scheduler.min_lr", "optim.lr"),
+        lambda low, peak: low > peak,
+        "scheduler.min_lr={} is above optim.lr={}: the schedule decays from optim.lr down to min_lr",
+    ),
+    _rule(
+        ("model.num_classes", "data.num_classes"),
+        lambda model, data: model != data,
+        "model.num_classes={} differs from data.num_classes={}: set data.num_classes (the model follows it)",
+    ),
+    _rule(
+        ("model.img_size", "data.image_size"),
+        lambda model, data: model != data,
+        "model.img_size={} differs from data.image_size={}: set data.image_size (the model follows it)",
+    ),
+]
 
 
 def validate_config(cfg: DictConfig) -> None:

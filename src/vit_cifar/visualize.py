@@ -276,12 +276,18 @@ def draw_group(group: Group, ex: Explanation, classes: list[str], folder: Path) 
     picked, drawn = group.picked, []
     for i, name in enumerate(picked.names):
         label = picked.labels[i]
-        d = Drawn(f"{name}.png", picked.sources[i], classes[label] if label is not None else None,
-                  classes[ex.preds[i]], ex.probs[i])  # fmt: skip
+        d = Drawn(
+            f"{name}.png",
+            picked.sources[i],
+            classes[label] if label is not None else None,
+            classes[ex.preds[i]],
+            ex.probs[i],
+        )
         grad = ex.grad_rollout[i] if ex.grad_rollout is not None else None
         grad_title = f"toward {classes[ex.grad_targets[i]]}" if ex.grad_targets else ""
-        fig = attention_figure(picked.images[i], ex.head_maps[i], ex.rollout[i], f"{d.source}: {d.verdict}",
-                               grad, grad_title)  # fmt: skip
+        fig = attention_figure(
+            picked.images[i], ex.head_maps[i], ex.rollout[i], f"{d.source}: {d.verdict}", grad, grad_title
+        )
         save_figure(fig, folder / d.file)
         drawn.append(d)
     short = [d.verdict.replace(" (p", "\n(p") for d in drawn]  # two lines: long names fit narrow panels
@@ -297,8 +303,12 @@ def write_index(folder: Path, header: list[str], sections: list[tuple[Group, lis
         lines += [f"## {group.title}", "", group.note, ""]
         if not drawn:
             continue
-        lines += [f"![{group.title}: rollout overview]({group.overview})", "",
-                  "| # | image | true | predicted | p | figure |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"![{group.title}: rollout overview]({group.overview})",
+            "",
+            "| # | image | true | predicted | p | figure |",
+            "|---|---|---|---|---|---|",
+        ]
         for k, d in enumerate(drawn, 1):
             row = [str(k), d.source, d.true or "-", d.predicted, f"{d.prob:.2f}", f"[{d.file}]({d.file})"]
             lines.append(f"| {' | '.join(row)} |")
@@ -344,15 +354,39 @@ def pick_groups(
     if num_images:
         chosen = [int(i) for i in order[:num_images]]
         note = f"{len(chosen)} test images drawn at random (seed {cfg.seed})."
-        groups.append(Group("Test images", note, "rollout_samples.png",
-                            _picked_from_test(images, labels, chosen, "sample")))  # fmt: skip
+        groups.append(
+            Group(
+                "Test images",
+                note,
+                "rollout_samples.png",
+                _picked_from_test(images, labels, chosen, "sample"),
+            )
+        )
     if num_wrong:
-        wrong = find_misclassified(loaded.net, images, labels, order, num_wrong, normalise, device,
-                                   int(cfg.data.get("eval_batch_size", 512)))  # fmt: skip
-        note = (f"{len(wrong)} misclassified test images drawn at random (seed {cfg.seed}), titled true -> "
-                "predicted." if wrong else f"No test image is misclassified (of {len(labels)}).")  # fmt: skip
-        groups.append(Group("Misclassified test images", note, "rollout_misclassified.png",
-                            _picked_from_test(images, labels, wrong, "misclassified")))  # fmt: skip
+        wrong = find_misclassified(
+            loaded.net,
+            images,
+            labels,
+            order,
+            num_wrong,
+            normalise,
+            device,
+            int(cfg.data.get("eval_batch_size", 512)),
+        )
+        note = (
+            f"{len(wrong)} misclassified test images drawn at random (seed {cfg.seed}), titled true -> "
+            "predicted."
+            if wrong
+            else f"No test image is misclassified (of {len(labels)})."
+        )
+        groups.append(
+            Group(
+                "Misclassified test images",
+                note,
+                "rollout_misclassified.png",
+                _picked_from_test(images, labels, wrong, "misclassified"),
+            )
+        )
     return groups, f"{description}, {len(labels)} test images"
 
 

@@ -14,8 +14,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vit_cifar.data import sources
-from vit_cifar.data.samplers import RepeatedAugSampler
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
+from vit_cifar.data.samplers import RepeatedAugSampler
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
 from vit_cifar.errors import ConfigError, DataError
 
@@ -40,7 +40,9 @@ class ArrayDataset(Dataset):
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val): ``val_size`` images drawn per class in proportion to the class sizes."""
     if not 0 <= val_size < len(labels):
-        raise ConfigError(f"data.val_size={val_size} must be in [0, {len(labels) - 1}] for {len(labels)} images")
+        raise ConfigError(
+            f"data.val_size={val_size} must be in [0, {len(labels) - 1}] for {len(labels)} images"
+        )
     classes, counts = np.unique(labels, return_counts=True)
     quota = _apportion(counts, val_size)
     rng = np.random.default_rng(seed)
@@ -61,7 +63,9 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int, key: str) -> np.nd
     short = per_class > counts
     if short.any():  # hand what small classes lack to the others, largest first
         per_class = _apportion(counts, size)
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, per_class, strict=True)]
+    picked = [
+        rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, per_class, strict=True)
+    ]
     return np.sort(np.concatenate(picked))
 
 
@@ -141,7 +145,9 @@ class CIFARDataModule(L.LightningDataModule):
             if value < 1:
                 raise ConfigError(f"data.{key}={value} must be at least 1")
         if int(repeated_aug) != repeated_aug or repeated_aug < 1:
-            raise ConfigError(f"data.repeated_aug={repeated_aug} must be a whole number >= 1 (1: off; DeiT: 3)")
+            raise ConfigError(
+                f"data.repeated_aug={repeated_aug} must be a whole number >= 1 (1: off; DeiT: 3)"
+            )
         self.root = Path(os.path.expanduser(str(root)))
         self.source = sources.resolve_source(source, self.root, dataset) if source != "synthetic" else source
         self.dataset, self.num_classes, self.download = dataset, num_classes, download
@@ -169,8 +175,10 @@ class CIFARDataModule(L.LightningDataModule):
         self.device_augment = None
         if device_aug:  # the GPU data path: augmentation of whole batches on the device
             if self.repeated_aug != 1:
-                raise ConfigError(f"data.repeated_aug={repeated_aug} has no GPU data path: "
-                                  "set data.repeated_aug=1 or data.device_aug=false")  # fmt: skip
+                raise ConfigError(
+                    f"data.repeated_aug={repeated_aug} has no GPU data path: "
+                    "set data.repeated_aug=1 or data.device_aug=false"
+                )
             self.device_augment = DeviceAugment(self.aug, self.mean, self.std, num_classes)
         self.arrays: sources.ImageArrays | None = None
         self.train_set = self.val_set = self.test_set = None
@@ -185,8 +193,11 @@ class CIFARDataModule(L.LightningDataModule):
         arrays = self.load_arrays()
         train_idx, val_idx = stratified_split(arrays.train_y, self.val_size, self.split_seed)
         if self.train_subset:
-            train_idx = train_idx[balanced_subset(arrays.train_y[train_idx], self.train_subset, self.split_seed,
-                                                  "data.train_subset")]  # fmt: skip
+            train_idx = train_idx[
+                balanced_subset(
+                    arrays.train_y[train_idx], self.train_subset, self.split_seed, "data.train_subset"
+                )
+            ]
         test_idx = np.arange(len(arrays.test_y))
         if self.test_subset:
             test_idx = balanced_subset(arrays.test_y, self.test_subset, self.split_seed, "data.test_subset")
@@ -194,16 +205,30 @@ class CIFARDataModule(L.LightningDataModule):
         test_x, test_y = _to_chw_tensor(arrays.test_x), torch.from_numpy(arrays.test_y)
         train_tf = None if self.device_augment is not None else self.train_tf  # device_aug: uint8 batches
         self.train_set = ArrayDataset(train_x[train_idx], train_y[train_idx], train_tf)
-        self.val_set = ArrayDataset(train_x[val_idx], train_y[val_idx], self.eval_tf) if len(val_idx) else None
+        self.val_set = (
+            ArrayDataset(train_x[val_idx], train_y[val_idx], self.eval_tf) if len(val_idx) else None
+        )
         self.test_set = ArrayDataset(test_x[test_idx], test_y[test_idx], self.eval_tf)
 
     def load_arrays(self) -> sources.ImageArrays:
         """Decode the source once per process; later calls (fit, then test) reuse the arrays."""
         if self.arrays is None:
             if self.source == "synthetic":
-                s = {"train_per_class": 500, "test_per_class": 100, "noise": 60.0, "seed": 0, **self.synthetic}
-                self.arrays = sources.make_synthetic(self.num_classes, s["train_per_class"], s["test_per_class"],
-                                                     self.image_size, s["noise"], s["seed"])  # fmt: skip
+                s = {
+                    "train_per_class": 500,
+                    "test_per_class": 100,
+                    "noise": 60.0,
+                    "seed": 0,
+                    **self.synthetic,
+                }
+                self.arrays = sources.make_synthetic(
+                    self.num_classes,
+                    s["train_per_class"],
+                    s["test_per_class"],
+                    self.image_size,
+                    s["noise"],
+                    s["seed"],
+                )
             elif self.source == "folder":
                 self.arrays = sources.load_image_folder(
                     self.root, self.image_size, self.cache_dir, self.skip_bad, self.sha256
@@ -236,8 +261,14 @@ class CIFARDataModule(L.LightningDataModule):
     def skipped_files(self) -> list[str]:
         return self.load_arrays().skipped
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
-                sampler: Sampler | None = None) -> DataLoader:  # fmt: skip
+    def _loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool = False,
+        sampler: Sampler | None = None,
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -263,8 +294,13 @@ class CIFARDataModule(L.LightningDataModule):
         sampler = self._repeated_aug_sampler()
         size = len(sampler) if sampler is not None else len(self.train_set)
         # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one.
-        return self._loader(self.train_set, self.batch_size, shuffle=sampler is None, sampler=sampler,
-                            drop_last=size > self.batch_size)  # fmt: skip
+        return self._loader(
+            self.train_set,
+            self.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            drop_last=size > self.batch_size,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False) if self.val_set else []
@@ -280,8 +316,15 @@ class CIFARDataModule(L.LightningDataModule):
         images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
         # Shuffled from the training seed (seed_everything), so every rank draws the same permutation.
         drop_last = len(labels) > self.batch_size  # as train_dataloader
-        return DeviceBatches(images, labels, self.batch_size, drop_last=drop_last, seed=torch.initial_seed(),
-                             rank=rank, world_size=world)  # fmt: skip
+        return DeviceBatches(
+            images,
+            labels,
+            self.batch_size,
+            drop_last=drop_last,
+            seed=torch.initial_seed(),
+            rank=rank,
+            world_size=world,
+        )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """MixUp/CutMix on the device, on training batches only: targets become class probabilities. With

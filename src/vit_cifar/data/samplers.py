@@ -33,8 +33,15 @@ class RepeatedAugSampler(DistributedSampler):
         seed: None takes Lightning's global seed (``seed_everything``), the same on every rank.
     """
 
-    def __init__(self, dataset: Sized, repeats: int, group_size: int, num_replicas: int = 1, rank: int = 0,
-                 seed: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: Sized,
+        repeats: int,
+        group_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int | None = None,
+    ) -> None:
         if seed is None:
             seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)

@@ -69,7 +69,9 @@ def _torchvision_class(dataset: str):
     try:
         return {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[dataset]
     except KeyError:
-        raise DataError(f"data.dataset={dataset} is not a torchvision dataset here: use cifar10 or cifar100") from None
+        raise DataError(
+            f"data.dataset={dataset} is not a torchvision dataset here: use cifar10 or cifar100"
+        ) from None
 
 
 def _no_local_copy_hint(root: Path, dataset: str) -> str:
@@ -88,7 +90,9 @@ def download_torchvision(root: Path, dataset: str, download: bool) -> None:
     if probe._check_integrity():
         return
     if not download:
-        raise DataError(f"{dataset} is not in {root} and data.download=false: {_no_local_copy_hint(root, dataset)}")
+        raise DataError(
+            f"{dataset} is not in {root} and data.download=false: {_no_local_copy_hint(root, dataset)}"
+        )
     try:
         cls(str(root), train=True, download=True)
     except Exception as err:  # URLError, socket errors, HTTP errors: all mean the same to the user
@@ -104,7 +108,9 @@ def load_torchvision(root: Path, dataset: str) -> ImageArrays:
     try:
         train, test = cls(str(root), train=True), cls(str(root), train=False)
     except RuntimeError as err:
-        raise DataError(f"{dataset} is missing or corrupt in {root}: {_no_local_copy_hint(root, dataset)}") from err
+        raise DataError(
+            f"{dataset} is missing or corrupt in {root}: {_no_local_copy_hint(root, dataset)}"
+        ) from err
     return ImageArrays(
         train_x=np.asarray(train.data, dtype=np.uint8),
         train_y=np.asarray(train.targets, dtype=np.int64),
@@ -157,7 +163,9 @@ def decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except Exception as err:
-        raise DataError(f"cannot decode image {where} ({type(err).__name__}: {err}): remove or replace the file")
+        raise DataError(
+            f"cannot decode image {where} ({type(err).__name__}: {err}): remove or replace the file"
+        ) from err
 
 
 def _iter_images(root: Path):
@@ -256,21 +264,33 @@ def load_image_folder(
         if cache.exists():
             with np.load(cache) as z:
                 arrays = ImageArrays(
-                    train_x=z["train_x"], train_y=z["train_y"], test_x=z["test_x"], test_y=z["test_y"],
-                    classes=[str(c) for c in z["classes"]], description=f"image folder {root}",
+                    train_x=z["train_x"],
+                    train_y=z["train_y"],
+                    test_x=z["test_x"],
+                    test_y=z["test_y"],
+                    classes=[str(c) for c in z["classes"]],
+                    description=f"image folder {root}",
                     skipped=[str(p) for p in z["skipped"]] if "skipped" in z else [],
-                )  # fmt: skip
+                )
             if arrays.skipped and not skip_bad:  # cached with skip_bad=true: fail as a fresh read would
-                raise DataError(f"cannot decode image {root}/{arrays.skipped[0]} (left out of the cache with "
-                                f"data.skip_bad=true): remove or replace the file{SKIP_HINT}")  # fmt: skip
+                raise DataError(
+                    f"cannot decode image {root}/{arrays.skipped[0]} (left out of the cache with "
+                    f"data.skip_bad=true): remove or replace the file{SKIP_HINT}"
+                )
             return arrays
     arrays = _read_folder(root, image_size, skip_bad)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, train_x=arrays.train_x, train_y=arrays.train_y, test_x=arrays.test_x,
-                 test_y=arrays.test_y, classes=np.array(arrays.classes),
-                 skipped=np.array(arrays.skipped, dtype=str))  # fmt: skip
+        np.savez(
+            tmp,
+            train_x=arrays.train_x,
+            train_y=arrays.train_y,
+            test_x=arrays.test_x,
+            test_y=arrays.test_y,
+            classes=np.array(arrays.classes),
+            skipped=np.array(arrays.skipped, dtype=str),
+        )
         os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
     return arrays
 

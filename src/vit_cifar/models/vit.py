@@ -153,8 +153,11 @@ class VisionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         _check_shape(img_size, patch_size, embed_dim, num_heads, depth, mlp_ratio, num_classes)
-        for name, p in [("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
-                        ("drop_path_rate", drop_path_rate)]:  # fmt: skip
+        for name, p in [
+            ("drop_rate", drop_rate),
+            ("attn_drop_rate", attn_drop_rate),
+            ("drop_path_rate", drop_path_rate),
+        ]:
             if not 0.0 <= p < 1.0:
                 raise ConfigError(f"model.{name}={p} is not a probability in [0, 1)")
         self.num_classes = num_classes
@@ -164,7 +167,8 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
         rates = torch.linspace(0, drop_path_rate, depth).tolist()  # the linear rule
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate) for rate in rates
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate)
+            for rate in rates
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
@@ -199,10 +203,22 @@ class VisionTransformer(nn.Module):
 
 
 def _check_shape(
-    img_size: int, patch_size: int, embed_dim: int, num_heads: int, depth: int, mlp_ratio: float, num_classes: int
+    img_size: int,
+    patch_size: int,
+    embed_dim: int,
+    num_heads: int,
+    depth: int,
+    mlp_ratio: float,
+    num_classes: int,
 ) -> None:
-    for name, value in [("img_size", img_size), ("patch_size", patch_size), ("embed_dim", embed_dim),
-                        ("num_heads", num_heads), ("depth", depth), ("num_classes", num_classes)]:  # fmt: skip
+    for name, value in [
+        ("img_size", img_size),
+        ("patch_size", patch_size),
+        ("embed_dim", embed_dim),
+        ("num_heads", num_heads),
+        ("depth", depth),
+        ("num_classes", num_classes),
+    ]:
         if int(value) != value or value < 1:
             raise ConfigError(f"model.{name}={value} must be a positive integer")
     if mlp_ratio <= 0:
