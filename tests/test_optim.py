@@ -70,6 +70,7 @@ def test_schedule_edge_cases():
     assert warmup_cosine_lr(4, 5, 10, 1.0, 0.0) == 0.0  # warmup clamped to the run: still ends at the floor
     assert warmup_cosine_lr(0, 10, 0, 1.0, 0.0) == 1.0  # no warmup: starts at the peak
     assert warmup_steps_for(total_steps=39_000, max_epochs=100, warmup_epochs=10) == 3_900
+    assert warmup_steps_for(total_steps=4, max_epochs=1, warmup_epochs=10) == 3  # clamped to the run
 
 
 def test_module_schedule_is_sized_from_the_trainers_real_steps(tmp_path):

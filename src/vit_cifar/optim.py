@@ -47,7 +47,7 @@ def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: fl
 
 
 def warmup_steps_for(total_steps: int, max_epochs: int, warmup_epochs: float) -> int:
-    """Warmup length in steps: ``warmup_epochs`` of the trainer's real steps per epoch."""
+    """Warmup length in steps: ``warmup_epochs`` of the trainer's real steps per epoch, never past the run."""
     if max_epochs <= 0:
         return 0
-    return round(total_steps * warmup_epochs / max_epochs)
+    return min(round(total_steps * warmup_epochs / max_epochs), max(total_steps - 1, 0))

@@ -1,7 +1,7 @@
 """Which checkpoint ``ckpt_path`` names, and whether it fits the run that wants to resume from it or test it.
 
 ``ckpt_path=last`` means the ``last.ckpt`` of *this run's* checkpoint folder,
-``callbacks.model_checkpoint.dirpath`` (by default ``<run folder>/checkpoints``). The run folder is
+``callbacks.last_checkpoint.dirpath`` (by default ``<run folder>/checkpoints``). The run folder is
 ``hydra.run.dir``, so a killed run is resumed by repeating its command with
 ``hydra.run.dir=<its folder> ckpt_path=last``.
 """
@@ -19,8 +19,8 @@ from vit_cifar.module import build_network
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
-    """The folder the run's ModelCheckpoint writes to."""
-    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    """The folder the run's last.ckpt is written to (by the ``last_checkpoint`` callback)."""
+    dirpath = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath", default=None)
     return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
 
 
