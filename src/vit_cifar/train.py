@@ -19,6 +19,7 @@ from vit_cifar.cli import hydra_main, run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
 from vit_cifar.evaluate import evaluate_from_train_config
+from vit_cifar.inference import describe_device as describe_device_of
 from vit_cifar.module import ClassifierModule
 from vit_cifar.monitoring import log_final_hparams
 from vit_cifar.resume import check_fits, resolve_ckpt_path
@@ -75,10 +76,9 @@ def selected_checkpoint(trainer: L.Trainer) -> str | None:
 
 
 def describe_device(trainer: L.Trainer) -> str:
-    device = trainer.strategy.root_device
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)}) x{trainer.world_size}"
-    return f"{device.type} ({torch.get_num_threads()} threads)"
+    """The device as reports name it (evaluation's wording), and how many processes trained."""
+    name = describe_device_of(trainer.strategy.root_device)
+    return f"{name} x{trainer.world_size}" if trainer.world_size > 1 else name
 
 
 def train(cfg: DictConfig) -> dict:
