@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vit_cifar.errors import CheckpointError, VitCifarError
+from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError, first_line
 from vit_cifar.module import build_network
 
 
@@ -27,6 +27,15 @@ class LoadedClassifier:
     epoch: int | None = None  # epochs trained when the checkpoint was written (1-based)
 
 
+def required_ckpt_path(cfg) -> str:
+    """``cfg.ckpt_path`` of a command that needs a checkpoint; a one-line error when it is not given."""
+    if not cfg.get("ckpt_path"):
+        raise ConfigError(
+            "ckpt_path=<checkpoint file> is required: the .ckpt written by python -m vit_cifar.train"
+        )
+    return str(cfg.ckpt_path)
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so a file cannot run code."""
     path = Path(path)
@@ -35,9 +44,8 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"checkpoint {path} cannot be read safely ({first[:200]}): it is truncated, corrupt, "
+            f"checkpoint {path} cannot be read safely ({first_line(err)[:200]}): it is truncated, corrupt, "
             "or holds objects other than tensors and plain values"
         ) from err
     if not isinstance(checkpoint, dict):

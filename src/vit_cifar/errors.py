@@ -1,6 +1,13 @@
 """Errors that stop a command with one clear line instead of a traceback."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type's name when it has none), for one-line
+    errors that quote a library's own message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 class VitCifarError(Exception):
     """A problem the user can fix; the message says what was wrong and how to fix it."""
 

@@ -25,7 +25,7 @@ from vit_cifar.analysis import plots
 from vit_cifar.analysis.history import history_csv_for, read_history
 from vit_cifar.analysis.metrics import summarise
 from vit_cifar.analysis.report import render_report
-from vit_cifar.checkpoint import LoadedClassifier, load_classifier
+from vit_cifar.checkpoint import LoadedClassifier, load_classifier, required_ckpt_path
 from vit_cifar.cli import CONFIG_DIR, run_cli
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.inference import (
@@ -275,10 +275,7 @@ def summary_line(m: dict) -> str:
 
 def evaluate(cfg: DictConfig) -> dict:
     """The ``python -m vit_cifar.evaluate`` job: ``configs/eval.yaml`` -> :func:`evaluate_checkpoint`."""
-    if not cfg.get("ckpt_path"):
-        raise ConfigError(
-            "ckpt_path=<checkpoint file> is required: the .ckpt written by python -m vit_cifar.train"
-        )
+    ckpt_path = required_ckpt_path(cfg)
     options = EvalOptions(
         device=cfg.device,
         batch_size=cfg.batch_size,
@@ -289,7 +286,7 @@ def evaluate(cfg: DictConfig) -> dict:
         precision=cfg.precision,
     )
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    return evaluate_checkpoint(cfg.ckpt_path, data_cfg, cfg.output_dir, options)
+    return evaluate_checkpoint(ckpt_path, data_cfg, cfg.output_dir, options)
 
 
 def evaluate_from_train_config(cfg: DictConfig, ckpt_path: str | Path) -> dict:

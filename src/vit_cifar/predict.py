@@ -20,11 +20,12 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from vit_cifar.checkpoint import load_classifier
+from vit_cifar.checkpoint import load_classifier, required_ckpt_path
 from vit_cifar.cli import CONFIG_DIR, run_cli
 from vit_cifar.data.sources import IMAGE_EXTENSIONS, decode_image
 from vit_cifar.data.transforms import eval_transform
-from vit_cifar.errors import ConfigError, DataError, VitCifarError
+from vit_cifar.errors import ConfigError, DataError, VitCifarError, first_line
+from vit_cifar.fileio import write_atomic
 from vit_cifar.inference import InputSpec, input_spec, predict_probs, resolve_device, set_threads
 
 OUTPUT_FORMATS = (".json", ".csv")
@@ -87,8 +88,7 @@ class ImageFiles(Dataset):
             return self.transform(load_image(self.paths[i], self.spec.image_size)), None
         except (DataError, OSError) as err:  # an unreadable file: skip it, saying what the decoder said
             cause = err.__cause__ or err
-            message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-            return None, f"{type(cause).__name__}: {message[:200]}"
+            return None, f"{type(cause).__name__}: {first_line(cause)[:200]}"
 
 
 def predict_files(
@@ -159,17 +159,12 @@ def write_predictions(result: PredictResult, output: Path) -> None:
             writer.writerows([p.path, rank, c, f"{v:.6f}"] for rank, (c, v) in enumerate(p.top, start=1))
         text = buffer.getvalue()
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, output)
+    write_atomic(output, text)
 
 
 def predict(cfg: DictConfig) -> dict:
     """The ``python -m vit_cifar.predict`` job (``configs/predict.yaml``)."""
-    if not cfg.get("ckpt_path"):
-        raise ConfigError(
-            "ckpt_path=<checkpoint file> is required: the .ckpt written by python -m vit_cifar.train"
-        )
+    ckpt_path = required_ckpt_path(cfg)
     if not cfg.get("inputs"):
         raise ConfigError("inputs=<image file, folder, or [a.png,b.jpg]> is required")
     output = Path(cfg.output) if cfg.get("output") else None
@@ -179,7 +174,7 @@ def predict(cfg: DictConfig) -> dict:
         )
     inputs = OmegaConf.to_container(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
     result = predict_files(
-        cfg.ckpt_path,
+        ckpt_path,
         inputs,
         top_k=cfg.top_k,
         device=cfg.device,

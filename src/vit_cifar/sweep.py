@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 import statistics
 import sys
@@ -31,6 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from vit_cifar.errors import VitCifarError
+from vit_cifar.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -421,13 +421,6 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``path`` whole or not at all: a temporary file beside it, then a rename over it."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def report(summary: Summary) -> str:

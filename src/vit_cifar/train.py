@@ -19,6 +19,7 @@ from vit_cifar.cli import hydra_main, run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
 from vit_cifar.evaluate import evaluate_from_train_config
+from vit_cifar.fileio import write_atomic
 from vit_cifar.inference import describe_device as describe_device_of
 from vit_cifar.module import ClassifierModule
 from vit_cifar.monitoring import log_final_hparams
@@ -140,7 +141,7 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         print(summary_line(metrics))
     return metrics
 

@@ -28,7 +28,7 @@ from vit_cifar.analysis.attention import (
     upsample_maps,
 )
 from vit_cifar.analysis.attention_plots import attention_figure, rollout_overview, save_figure
-from vit_cifar.checkpoint import LoadedClassifier, load_classifier
+from vit_cifar.checkpoint import LoadedClassifier, load_classifier, required_ckpt_path
 from vit_cifar.cli import CONFIG_DIR, run_cli
 from vit_cifar.data.sources import IMAGE_EXTENSIONS, decode_image
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_transform
@@ -392,12 +392,11 @@ def pick_groups(
 
 def visualize(cfg: DictConfig) -> dict:
     """Check everything, explain the chosen images, draw into a staging folder, then publish to output_dir."""
-    if not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path is missing: python -m vit_cifar.visualize ckpt_path=<a training .ckpt>")
+    ckpt_path = required_ckpt_path(cfg)
     head_fusion, discard_ratio = str(cfg.head_fusion), float(cfg.discard_ratio)
     check_options(head_fusion, discard_ratio)
     device = resolve_device(str(cfg.device))
-    loaded = load_vit(cfg.ckpt_path)
+    loaded = load_vit(ckpt_path)
     net = loaded.net.to(device)
     depth, heads = len(net.blocks), net.blocks[0].attn.num_heads
     grid = net.patch_embed.grid_size

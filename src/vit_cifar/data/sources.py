@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vit_cifar.errors import DataError
+from vit_cifar.errors import DataError, first_line
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -96,9 +96,8 @@ def download_torchvision(root: Path, dataset: str, download: bool) -> None:
     try:
         cls(str(root), train=True, download=True)
     except Exception as err:  # URLError, socket errors, HTTP errors: all mean the same to the user
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(
-            f"{dataset} is not in {root} and could not be downloaded ({first_line}): "
+            f"{dataset} is not in {root} and could not be downloaded ({first_line(err)}): "
             f"{_no_local_copy_hint(root, dataset)}"
         ) from err
 
