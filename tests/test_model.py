@@ -52,6 +52,8 @@ def test_explicit_attention_path_matches_sdpa():
         ({"img_size": 32, "patch_size": 5}, "does not divide model.img_size=32"),
         ({"depth": 0}, "model.depth=0 must be a positive integer"),
         ({"drop_rate": 1.5}, "model.drop_rate=1.5 is not a probability"),
+        ({"tokenizer": "conv", "img_size": 24, "patch_size": 3}, "must be a power of two"),
+        ({"tokenizer": "hybrid"}, "model.tokenizer=hybrid is unknown: use one of patch, conv"),
     ],
 )
 def test_impossible_shapes_fail_at_construction(kwargs, message):
@@ -76,3 +78,44 @@ def test_dropout_is_where_the_seed_puts_it():
     block = model.blocks[0]
     assert block.mlp.drop1.p == block.mlp.drop2.p == block.attn.proj_drop.p == 0.1
     assert block.attn.attn_drop.p == 0.0
+
+
+@pytest.mark.parametrize(("patch_size", "stages"), [(1, 1), (2, 1), (4, 2), (8, 3)])
+def test_conv_tokenizer_gives_the_patch_grid_from_conv_stages(patch_size, stages):
+    """The CCT-style tokenizer halves the grid once per stage (max-pool stride 2) down to one token per
+    ``patch_size`` pixels, so it gives the same tokens as the patch embedding and attention maps still fit."""
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        embed_dim=32, depth=1, num_heads=2, patch_size=patch_size, tokenizer="conv"
+    ).eval()
+    tokenizer = model.patch_embed
+    convs = [m for m in tokenizer.proj if isinstance(m, torch.nn.Conv2d)]
+    pools = [m for m in tokenizer.proj if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(convs) == stages and len(pools) == (stages if patch_size > 1 else 0)
+    assert convs[0].in_channels == 3 and convs[-1].out_channels == 32
+    assert all(c.kernel_size == (3, 3) and c.bias is None for c in convs)
+    x = torch.randn(2, 3, 32, 32)
+    grid = 32 // patch_size
+    assert tokenizer.grid_size == grid and tokenizer.img_size == 32
+    assert tokenizer(x).shape == (2, grid * grid, 32)
+    with torch.no_grad():
+        logits, attentions = model.forward_with_attention(x)
+        assert torch.allclose(model(x), logits, atol=1e-5)
+    assert attentions[0].shape == (2, 2, grid * grid + 1, grid * grid + 1)
+
+
+def test_conv_tokenizer_sees_neighbouring_pixels_across_token_borders():
+    """Unlike a patch embedding, a conv token depends on pixels outside its own 4x4 square (overlapping
+    receptive fields), and the tokenizer's convolutions start from ReLU-scaled (Kaiming) weights."""
+    torch.manual_seed(0)
+    tokenizer = VisionTransformer(embed_dim=32, depth=1, num_heads=2, tokenizer="conv").patch_embed
+    patch = VisionTransformer(embed_dim=32, depth=1, num_heads=2).patch_embed
+    x = torch.randn(1, 3, 32, 32)
+    moved = x.clone()
+    moved[..., 4, 4] += 10.0  # a pixel of token (1, 1), next to token (0, 0)
+    with torch.no_grad():
+        conv_change = (tokenizer(moved) - tokenizer(x)).abs().sum(-1)[0]
+        patch_change = (patch(moved) - patch(x)).abs().sum(-1)[0]
+    assert conv_change[0] > 0 and patch_change[0] == 0  # token (0, 0): row-major index 0
+    first = tokenizer.proj[0].weight
+    assert first.std().item() == pytest.approx((2 / (3 * 9)) ** 0.5, rel=0.25)

@@ -1,11 +1,12 @@
 import math
+import time
 
 import pytest
 import torch
 from torch import nn
 
 from vit_cifar.models import VisionTransformer
-from vit_cifar.optim import param_groups, warmup_cosine_lr, warmup_steps_for
+from vit_cifar.optim import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
 
 
 def _names(model: nn.Module, params: list) -> set[str]:
@@ -108,3 +109,82 @@ def test_module_schedule_is_sized_from_the_trainers_real_steps(tmp_path):
     groups = trainer.optimizers[0].param_groups
     assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
     assert math.isclose(groups[0]["betas"][1], 0.999)
+
+
+def test_clock_schedule_warms_up_then_decays_to_min_lr_at_the_budget():
+    peak, low = 2e-3, 1e-5
+    assert warmup_cosine_at(0.0, 0.1, peak, low) == pytest.approx(low)  # warmup starts from min_lr
+    assert warmup_cosine_at(0.05, 0.1, peak, low) == pytest.approx(low + (peak - low) / 2)
+    assert warmup_cosine_at(0.1, 0.1, peak, low) == pytest.approx(peak)
+    assert warmup_cosine_at(0.55, 0.1, peak, low) == pytest.approx(
+        (peak + low) / 2
+    )  # half-way down the cosine
+    assert warmup_cosine_at(1.0, 0.1, peak, low) == pytest.approx(low)
+    assert warmup_cosine_at(1.7, 0.1, peak, low) == pytest.approx(low)  # past the budget: stays at the floor
+    assert warmup_cosine_at(0.0, 0.0, peak, low) == pytest.approx(peak)  # no warmup
+    rising = [warmup_cosine_at(p / 100, 0.2, peak, low) for p in range(21)]
+    falling = [warmup_cosine_at(p / 100, 0.2, peak, low) for p in range(20, 101)]
+    assert rising == sorted(rising) and falling == sorted(falling, reverse=True)
+
+
+def test_module_clock_schedule_follows_training_time_and_stops_on_max_time(monkeypatch):
+    """scheduler.by=time: each step's learning rate is the schedule at (training time spent / max_time), and
+    Lightning's Timer ends the run at max_time. A fake clock advances 7 s per step, so nothing sleeps."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Timer
+
+    from vit_cifar.module import ClassifierModule
+
+    clock = {"now": 5000.0}
+    monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
+    module = ClassifierModule(
+        net={"_target_": "vit_cifar.models.VisionTransformer", "embed_dim": 16, "depth": 1, "num_heads": 2},
+        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05},
+        scheduler={"by": "time", "warmup_fraction": 0.2, "min_lr": 1e-5},
+    )
+    data = torch.utils.data.TensorDataset(torch.randn(40, 3, 32, 32), torch.randint(0, 10, (40,)))
+    seen = []
+
+    class Clock(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
+            seen.append((timer.time_elapsed(), trainer.optimizers[0].param_groups[0]["lr"]))
+
+        def on_train_batch_end(self, trainer, *args):
+            clock["now"] += 7.0
+
+    trainer = L.Trainer(
+        max_time={"seconds": 100},
+        max_epochs=1000,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Clock()],
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    elapsed = [e for e, _ in seen]
+    assert elapsed == pytest.approx([7.0 * k for k in range(15)])  # 15 steps: the 15th ends at 105 s >= 100 s
+    assert trainer.current_epoch == 3  # 5 steps an epoch: the clock, not max_epochs, ended the run
+    # Each step's rate was set right after the previous step's update, by the clock at that moment (before the
+    # previous step's end-of-batch callbacks advanced it): 0 s for the first two steps, then 7 s behind.
+    lrs = [lr for _, lr in seen]
+    read_at = [0.0] + [e - 7.0 for e in elapsed[1:]]
+    assert lrs == pytest.approx([warmup_cosine_at(t / 100, 0.2, 1e-3, 1e-5) for t in read_at])
+    assert max(lrs) == pytest.approx(warmup_cosine_at(21 / 100, 0.2, 1e-3, 1e-5))
+    final = trainer.optimizers[0].param_groups[0]["lr"]  # set after the last update, at 98 s of 100
+    assert final == pytest.approx(warmup_cosine_at(0.98, 0.2, 1e-3, 1e-5)) and final < 1.2e-5  # annealed
+
+
+def test_clock_schedule_without_a_time_budget_is_refused(tmp_path):
+    from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config
+    from vit_cifar.errors import ConfigError
+    from vit_cifar.validate import validate_config
+
+    cfg = compose_config(["scheduler.by=time", *TINY_MODEL, *SYNTHETIC_SMALL, *QUIET], tmp_path)
+    with pytest.raises(ConfigError, match=r"scheduler.by=time needs a time budget: set trainer.max_time"):
+        validate_config(cfg)
+    cfg = compose_config(["scheduler.by=clock"], tmp_path)
+    with pytest.raises(ConfigError, match=r"scheduler.by='clock' is unknown: use one of steps, time"):
+        validate_config(cfg)

@@ -271,3 +271,18 @@ def test_resnet18_baseline_runs_as_a_multi_seed_sweep(tmp_path):
         cfg = OmegaConf.load(tmp_path / job / ".hydra" / "config.yaml")
         assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim.nesterov and cfg.optim.lr == 0.1
         assert cfg.trainer.gradient_clip_val is None and cfg.scheduler.warmup_epochs == 0
+
+
+def test_cpu_hour_composes_builds_a_conv_vit_and_trains_a_few_steps(tmp_path):
+    """experiment=cpu_hour through the CLI: the conv-tokenizer ViT, the clock-driven schedule against
+    trainer.max_time, bf16 autocast on CPU and the in-process batch augmentation, for a few steps."""
+    args = ["experiment=cpu_hour", "+trainer.max_steps=3", f"hydra.run.dir={tmp_path}", *FAST_DATA]
+    result = run_module("vit_cifar.train", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["params"] == 878_282 and metrics["precision"] == "bf16-mixed"
+    assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["test_images"] == 20
+    assert "55.0 minutes of training by the clock, 3% of warmup" in result.stdout
+    cfg = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
+    assert cfg.model.tokenizer == "conv" and cfg.scheduler.by == "time" and cfg.data.device_aug
+    assert cfg.data.val_size == 0 and cfg.trainer.max_time == "00:00:55:00"

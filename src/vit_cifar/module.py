@@ -13,7 +13,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_cifar.errors import ConfigError
-from vit_cifar.optim import param_groups, warmup_cosine_lr, warmup_steps_for
+from vit_cifar.monitoring import budget_timer
+from vit_cifar.optim import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
 from vit_cifar.speed import optimizer_kwargs_for
 
 # Checkpoints name the classes they build; only these packages may be named, so a checkpoint cannot run code.
@@ -47,7 +48,9 @@ class ClassifierModule(L.LightningModule):
         net: the network's config (``_target_`` and arguments), kept in every checkpoint to rebuild it.
         optimizer: the optimiser's config: ``_target_`` (a ``torch.optim`` class), ``lr``, ``weight_decay``
             (applied to layer weights only, see :func:`vit_cifar.optim.param_groups`) and its other arguments.
-        scheduler: ``warmup_epochs`` and ``min_lr`` of the per-step warmup-cosine schedule.
+        scheduler: ``warmup_epochs`` and ``min_lr`` of the per-step warmup-cosine schedule; with ``by: time``
+            the same shape is driven by the training time spent against ``trainer.max_time`` (warmup over
+            ``warmup_fraction`` of it), so a run ends on its budget with its schedule complete.
         label_smoothing: label smoothing of the cross-entropy, applied on top of MixUp/CutMix targets.
     """
 
@@ -116,20 +119,45 @@ class ClassifierModule(L.LightningModule):
         groups = param_groups(self.net, weight_decay)
         optimizer = self.optimizer_class(groups, lr=lr, **opt_cfg)
 
-        total = int(self.trainer.estimated_stepping_batches)
-        max_epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = warmup_steps_for(total, max_epochs, float(self.hparams.scheduler.get("warmup_epochs", 0)))
         min_lr = float(self.hparams.scheduler.get("min_lr", 0.0))
-        schedule = partial(
-            warmup_cosine_lr, total_steps=total, warmup_steps=warmup, peak_lr=lr, min_lr=min_lr
-        )
-        scheduler = LambdaLR(optimizer, lambda step: schedule(step) / lr)
+        if self.hparams.scheduler.get("by", "steps") == "time":
+            timer = budget_timer(self.trainer)
+            if timer is None:
+                raise ConfigError(
+                    "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
+                )
+            if self.trainer.world_size > 1:
+                raise ConfigError(
+                    "scheduler.by=time follows one process's clock: use scheduler.by=steps with several processes"
+                )
+            budget_s = timer.time_elapsed() + timer.time_remaining()  # trainer.max_time, in seconds
+            warmup_fraction = float(self.hparams.scheduler.get("warmup_fraction", 0.0))
+
+            def lr_now(step: int) -> float:  # LambdaLR's step is ignored: the clock is the schedule
+                return warmup_cosine_at(timer.time_elapsed() / budget_s, warmup_fraction, lr, min_lr)
+
+            length = f"{budget_s / 60:.1f} minutes of training by the clock, {warmup_fraction:.0%} of warmup"
+        else:
+            total = int(self.trainer.estimated_stepping_batches)
+            max_epochs = max(1, self.trainer.max_epochs or 1)
+            warmup = warmup_steps_for(
+                total, max_epochs, float(self.hparams.scheduler.get("warmup_epochs", 0))
+            )
+            lr_now = partial(
+                warmup_cosine_lr, total_steps=total, warmup_steps=warmup, peak_lr=lr, min_lr=min_lr
+            )
+            length = f"{total} steps, {warmup} of warmup"
+        scheduler = LambdaLR(optimizer, lambda step: lr_now(step) / lr)
         n_decay, n_plain = (sum(p.numel() for p in g["params"]) for g in groups)
         self.print(
-            f"optimiser: {n_decay:,} parameters with weight decay {weight_decay}, {n_plain:,} without; "
-            f"{total} steps, {warmup} of warmup"
+            f"{type(self.net).__name__}: {n_decay + n_plain:,} parameters; optimiser: {n_decay:,} with weight "
+            f"decay {weight_decay}, {n_plain:,} without; {length}"
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # "name": the learning-rate monitor logs train/lr/decay and train/lr/no_decay, beside the other train/ scalars
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What evaluation needs beside the weights: class names and the whole run configuration.

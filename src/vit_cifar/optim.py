@@ -24,9 +24,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 no_decay.append(param)
             else:
                 decay.append(param)
+    # Named, so that the learning-rate monitor logs lr-<optimiser>/decay and /no_decay, not pg1 and pg2.
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
     ]
 
 
@@ -44,6 +45,20 @@ def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: fl
     decay_steps = total_steps - 1 - warmup_steps
     progress = min(1.0, (step - warmup_steps) / decay_steps) if decay_steps > 0 else 1.0
     return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine_at(progress: float, warmup_fraction: float, peak_lr: float, min_lr: float) -> float:
+    """Learning rate at ``progress`` in [0, 1] of a run whose length is not known in steps (a wall-clock budget).
+
+    Linear warmup from ``min_lr`` to ``peak_lr`` over the first ``warmup_fraction`` of the run, then a cosine down
+    to exactly ``min_lr`` at progress 1. Progress past 1 stays at ``min_lr``.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup_fraction:
+        return min_lr + (peak_lr - min_lr) * progress / warmup_fraction
+    rest = 1.0 - warmup_fraction
+    decayed = (progress - warmup_fraction) / rest if rest > 0 else 1.0
+    return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * decayed))
 
 
 def warmup_steps_for(total_steps: int, max_epochs: int, warmup_epochs: float) -> int:

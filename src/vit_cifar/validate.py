@@ -109,6 +109,8 @@ RULES: dict[str, Rule] = {
     "optim.weight_decay": Number(low=0),
     "scheduler.warmup_epochs": Number(low=0),
     "scheduler.min_lr": Number(low=0),
+    "scheduler.by": Choice(("steps", "time")),
+    "scheduler.warmup_fraction": Number(low=0, high=1, high_open=True),
     "trainer.max_epochs": POSITIVE_INT,
     "trainer.num_nodes": POSITIVE_INT,
     "trainer.log_every_n_steps": POSITIVE_INT,
@@ -140,6 +142,7 @@ RULES: dict[str, Rule] = {
     "model.drop_rate": OPEN_PROBABILITY,
     "model.attn_drop_rate": OPEN_PROBABILITY,
     "model.drop_path_rate": OPEN_PROBABILITY,
+    "model.tokenizer": Choice(("patch", "conv")),
     "aug.policy": Choice(POLICIES, optional=True),
     "aug.random_crop_padding": COUNT,
     "aug.hflip_p": PROBABILITY,
@@ -217,6 +220,10 @@ def validate_config(cfg: DictConfig) -> None:
             message = rule(values)
             if message:
                 raise ConfigError(message)
+    if values.get("scheduler.by") == "time" and _select(cfg, "trainer.max_time") in (None, _ABSENT):
+        raise ConfigError(
+            "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
+        )
 
 
 def _select(cfg: DictConfig, key: str) -> Any:

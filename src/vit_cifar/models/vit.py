@@ -6,6 +6,8 @@ bias and the patch embedding ends in a LayerNorm (as in lucidrains' vit-pytorch)
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +20,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
+        self.img_size = img_size
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size**2
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -27,6 +30,39 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)  # (B, D, H/p, W/p)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         return self.norm(x)
+
+
+class ConvTokenizer(nn.Module):
+    """A small convolutional tokenizer (as in Compact Convolutional Transformers, Hassani et al. 2021): each stage
+    is conv 3x3 -> ReLU -> max-pool 3x3 stride 2, halving the grid, until one token covers ``patch_size`` pixels
+    a side; then LayerNorm. The same token grid as :class:`PatchEmbed` (so attention maps and rollout work
+    unchanged), but overlapping receptive fields and locality built in: on short schedules the ViT no longer has
+    to learn them from data.
+    """
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        stages = max(1, int(math.log2(patch_size)))  # patch 1: one conv stage, no pooling
+        widths = [in_chans] + [max(embed_dim // 2 ** (stages - 1 - i), 16) for i in range(stages)]
+        widths[-1] = embed_dim
+        layers: list[nn.Module] = []
+        for i in range(stages):
+            layers += [nn.Conv2d(widths[i], widths[i + 1], 3, padding=1, bias=False), nn.ReLU(inplace=True)]
+            if patch_size > 1:
+                layers.append(nn.MaxPool2d(3, stride=2, padding=1))
+        self.proj = nn.Sequential(*layers)
+        self.img_size = img_size
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # (B, D, H/p, W/p)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+        return self.norm(x)
+
+
+TOKENIZERS = {"patch": PatchEmbed, "conv": ConvTokenizer}
 
 
 class Attention(nn.Module):
@@ -134,6 +170,8 @@ class VisionTransformer(nn.Module):
         drop_rate: dropout inside the MLP and on each residual branch's output.
         attn_drop_rate: dropout on the attention weights.
         drop_path_rate: stochastic depth of the last block; earlier blocks rise linearly from 0.
+        tokenizer: ``patch`` (the seed's linear patch embedding) or ``conv`` (:class:`ConvTokenizer`, CCT-style;
+            ``patch_size`` must then be a power of two).
     """
 
     def __init__(
@@ -150,9 +188,17 @@ class VisionTransformer(nn.Module):
         drop_rate: float = 0.1,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        tokenizer: str = "patch",
     ) -> None:
         super().__init__()
         _check_shape(img_size, patch_size, embed_dim, num_heads, depth, mlp_ratio, num_classes)
+        if tokenizer not in TOKENIZERS:
+            raise ConfigError(f"model.tokenizer={tokenizer} is unknown: use one of {', '.join(TOKENIZERS)}")
+        if tokenizer == "conv" and patch_size & (patch_size - 1):
+            raise ConfigError(
+                f"model.patch_size={patch_size} with model.tokenizer=conv must be a power of two "
+                "(each conv stage halves the grid): e.g. 2, 4 or 8"
+            )
         for name, p in [
             ("drop_rate", drop_rate),
             ("attn_drop_rate", attn_drop_rate),
@@ -161,11 +207,11 @@ class VisionTransformer(nn.Module):
             if not 0.0 <= p < 1.0:
                 raise ConfigError(f"model.{name}={p} is not a probability in [0, 1)")
         self.num_classes = num_classes
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = TOKENIZERS[tokenizer](img_size, patch_size, in_chans, embed_dim)
         num_tokens = self.patch_embed.num_patches + 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()  # the linear rule
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # the linear rule (numbers, not weights)
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate)
             for rate in rates
@@ -237,7 +283,9 @@ def _check_shape(
 
 def _init_weights(module: nn.Module) -> None:
     """Truncated-normal weights and zero biases for linear layers and the patch projection (timm's ViT init)."""
-    if isinstance(module, nn.Linear | nn.Conv2d):
+    if isinstance(module, nn.Conv2d) and module.bias is None:  # the conv tokenizer: followed by ReLU
+        nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    elif isinstance(module, nn.Linear | nn.Conv2d):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
