@@ -132,6 +132,40 @@ def test_no_dataset_and_no_network(tmp_path: Path, monkeypatch, capsys) -> None:
         f"error: cifar10 is not in {empty} and could not be downloaded (<urlopen error [Errno -3] Temporary "
         "failure in name resolution>): point data.root at a local copy: a folder holding "
         "cifar-10-batches-py, an image-folder tree train/<class>/*, test/<class>/*, or a .tar/.tar.gz of one "
-        "(e.g. data.root=../shared/data/cifar10-jpeg.tar.gz)"
+        "(e.g. data.root=/path/to/cifar10-jpeg.tar.gz)"
     )
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_oversized_archive_member_is_refused_unread(tmp_path: Path, monkeypatch) -> None:
+    """Memory stays bounded whatever an archive holds: a member larger than the limit for one image file is
+    reported by name (or skipped with data.skip_bad) from its header's size, before any of it is read."""
+    from vit_cifar.data import sources
+
+    tree = write_image_folder(tmp_path / "images")
+    big = tree / "train" / "cat" / "huge.png"
+    big.write_bytes(b"\0" * 5000)
+    archive = write_archive(tree, tmp_path / "images.tar.gz")
+    monkeypatch.setattr(sources, "MAX_IMAGE_FILE_BYTES", 4096)
+    reads = []
+    real_extract = sources.tarfile.TarFile.extractfile
+
+    def watched(self, member):
+        reads.append(getattr(member, "name", member))
+        return real_extract(self, member)
+
+    monkeypatch.setattr(sources.tarfile.TarFile, "extractfile", watched)
+    with pytest.raises(
+        DataError, match=r"train/cat/huge.png is 5,000 bytes, over the 4,096-byte limit for one"
+    ):
+        sources.load_image_folder(archive, 32, None, skip_bad=False)
+    assert not any(str(name).endswith("huge.png") for name in reads)
+    arrays = sources.load_image_folder(archive, 32, None, skip_bad=True)
+    assert arrays.skipped == ["images/train/cat/huge.png"]
+
+
+def test_half_an_image_folder_says_what_is_missing(tmp_path: Path) -> None:
+    tree = write_image_folder(tmp_path / "images")
+    shutil.rmtree(tree / "test")
+    with pytest.raises(DataError, match=r"has train/ but no test/: an image folder needs both"):
+        CIFARDataModule(root=str(tree), cache_dir=None)

@@ -3,6 +3,7 @@ do not fit."""
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError, first_line
-from vit_cifar.module import build_network
+from vit_cifar.module import NETWORK_PACKAGES, build_network, locate
 
 
 @dataclass
@@ -34,6 +35,13 @@ def required_ckpt_path(cfg) -> str:
             "ckpt_path=<checkpoint file> is required: the .ckpt written by python -m vit_cifar.train"
         )
     return str(cfg.ckpt_path)
+
+
+def beside_run(ckpt_path: str | Path, name: str) -> Path:
+    """``<run>/<name>`` for a checkpoint in a training run's ``<run>/checkpoints/`` folder; for a checkpoint
+    elsewhere, ``<name>`` in the checkpoint's own folder. Where a command writes when not told."""
+    folder = Path(ckpt_path).resolve().parent
+    return (folder.parent if folder.name == "checkpoints" else folder) / name
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -96,20 +104,26 @@ def load_classifier(path: str | Path, expect: dict | None = None) -> LoadedClass
                 f"checkpoint {path} is a {_name(net_config)} with {key}={net_config.get(key)}, but {wanted} "
                 f"is needed here: use a checkpoint trained with model.{key}={wanted}"
             )
-    try:
-        net = build_network(net_config)
-    except VitCifarError as err:
-        raise CheckpointError(f"checkpoint {path} names a network that cannot be built: {err}") from err
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    mismatch = describe_mismatch(net, state)
+    # Built first on the meta device (shapes, no memory) and checked against the file's tensors: a small file
+    # that declares a huge network is refused before anything is allocated.
+    with torch.device("meta"):
+        shape_only = _build(net_config, path)
+    mismatch = describe_mismatch(shape_only, state)
     if mismatch:
         raise CheckpointError(
             f"checkpoint {path} does not fit the {_name(net_config)} it describes: {mismatch}"
         )
+    net = _build(net_config, path)  # now as large as the tensors the file holds, and no larger
     net.load_state_dict(state)
     net.eval()
     num_classes = getattr(net, "num_classes", None)
     classes = checkpoint.get("classes") or [str(i) for i in range(num_classes or 0)]
+    if num_classes is not None and len(classes) != num_classes:
+        raise CheckpointError(
+            f"checkpoint {path} names {len(classes)} classes but its network has {num_classes} outputs: "
+            "it was not written by python -m vit_cifar.train, or was edited"
+        )
     epoch = checkpoint.get("epoch")
     return LoadedClassifier(
         net=net,
@@ -119,6 +133,25 @@ def load_classifier(path: str | Path, expect: dict | None = None) -> LoadedClass
         path=path,
         epoch=int(epoch) + 1 if epoch is not None else None,
     )
+
+
+def _build(net_config: dict, path: Path) -> nn.Module:
+    """The network of a checkpoint's config; one line naming the file for arguments it cannot take."""
+    try:
+        target = locate(net_config.get("_target_"), NETWORK_PACKAGES, "model")
+    except VitCifarError as err:
+        raise CheckpointError(f"checkpoint {path} names a network that cannot be built: {err}") from err
+    accepted = inspect.signature(target).parameters
+    unknown = sorted(k for k in net_config if not k.startswith("_") and k not in accepted)
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint {path} gives its {_name(net_config)} arguments it does not take ({', '.join(unknown)}): "
+            "it was written by another version of vit-cifar, or edited"
+        )
+    try:
+        return build_network(net_config)
+    except (VitCifarError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} names a network that cannot be built: {err}") from err
 
 
 def _name(net_config: dict) -> str:

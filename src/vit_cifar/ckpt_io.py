@@ -2,42 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from vit_cifar.checkpoint import read_checkpoint
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file so that readers, and a process killed halfway, only ever see the old file or the new one.
-
-    The bytes go to a hidden ``.<name>.partial`` beside ``path`` (same filesystem, so the rename is atomic),
-    are fsynced, then replace ``path`` in one ``os.replace``; the folder is fsynced so the rename survives a
-    crash.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with open(partial, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # directories cannot be opened for fsync on Windows
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+from vit_cifar.fileio import atomic_write
 
 
 def _is_remote(path: str | Path) -> bool:

@@ -21,6 +21,9 @@ from vit_cifar.errors import DataError, first_line
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 SPLITS = ("train", "test")
+# No image file of a dataset is read past this size (an archive member declares its size before it is read):
+# memory stays bounded whatever an archive holds. CIFAR's files are about 2 KB; a 24-megapixel photo is ~10 MB.
+MAX_IMAGE_FILE_BYTES = 64 * 2**20
 TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 SKIP_HINT = ", or set data.skip_bad=true to leave out unreadable files"
 
@@ -52,6 +55,16 @@ def resolve_source(source: str, root: Path, dataset: str) -> str:
         return source
     if is_archive(root) or is_image_folder(root):
         return "folder"
+    if root.name.lower().endswith(ARCHIVE_SUFFIXES) and not root.exists():
+        raise DataError(f"data.root={root}: no such file: check the path to the archive")
+    present = [split for split in SPLITS if (root / split).is_dir()]
+    if present:  # half an image folder: say what is missing rather than take it for torchvision's folder
+        missing = [split for split in SPLITS if split not in present]
+        raise DataError(
+            f"data.root={root} has {', '.join(f'{p}/' for p in present)} but no "
+            f"{', '.join(f'{m}/' for m in missing)}: an image folder needs both train/<class>/* and "
+            "test/<class>/*"
+        )
     if root.is_file():
         raise DataError(
             f"data.root={root} is a file but not a .tar/.tar.gz/.tgz archive: "
@@ -78,7 +91,7 @@ def _no_local_copy_hint(root: Path, dataset: str) -> str:
     return (
         f"point data.root at a local copy: a folder holding {TORCHVISION_FOLDERS.get(dataset, dataset)}, "
         "an image-folder tree train/<class>/*, test/<class>/*, or a .tar/.tar.gz of one "
-        "(e.g. data.root=../shared/data/cifar10-jpeg.tar.gz)"
+        "(e.g. data.root=/path/to/cifar10-jpeg.tar.gz)"
     )
 
 
@@ -160,7 +173,9 @@ def decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
             img = to_rgb(img)
             if img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            return np.array(
+                img, dtype=np.uint8
+            )  # a writable copy: torch.from_numpy warns on read-only arrays
     except Exception as err:
         raise DataError(
             f"cannot decode image {where} ({type(err).__name__}: {err}): remove or replace the file"
@@ -168,18 +183,21 @@ def decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
 
 
 def _iter_images(root: Path):
-    """(split, class, relative path, bytes) of every image of a tree or a tar archive."""
+    """(split, class, relative path, bytes) of every image of a tree or a tar archive; for a file larger than
+    :data:`MAX_IMAGE_FILE_BYTES`, its size (an int) instead of its bytes: nothing of it is read."""
     if root.is_dir():
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             relative = path.relative_to(root).as_posix()
             if key := _split_class_of(relative):
-                yield *key, relative, path.read_bytes()
+                small = path.stat().st_size <= MAX_IMAGE_FILE_BYTES
+                yield *key, relative, path.read_bytes() if small else path.stat().st_size
         return
     try:
         with tarfile.open(root, "r:*") as tar:
             for member in tar:
                 if member.isfile() and (key := _split_class_of(member.name)):
-                    yield *key, member.name, tar.extractfile(member).read()
+                    small = member.size <= MAX_IMAGE_FILE_BYTES  # the header's size: checked before reading
+                    yield *key, member.name, tar.extractfile(member).read() if small else member.size
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise DataError(f"cannot read archive {root} ({err}): is it a complete .tar/.tar.gz?") from err
 
@@ -189,6 +207,11 @@ def _read_folder(root: Path, image_size: int, skip_bad: bool) -> ImageArrays:
     skipped = []
     for split, cls, relative, data in _iter_images(root):
         try:
+            if isinstance(data, int):
+                raise DataError(
+                    f"image {root}/{relative} is {data:,} bytes, over the {MAX_IMAGE_FILE_BYTES:,}-byte limit "
+                    "for one image file: remove or replace the file"
+                )
             found[split].append((cls, relative, decode_image(data, image_size, f"{root}/{relative}")))
         except DataError as err:
             if not skip_bad:

@@ -1,0 +1,75 @@
+"""One training per run folder: a lock file that a second training into the same folder meets and stops at.
+
+Two trainings in one folder (the same ``hydra.run.dir``, or ``ckpt_path=last`` started twice) would overwrite
+each other's checkpoints, logs and ``metrics.json``. The first holds an exclusive ``flock`` on
+``<run>/.run.lock`` while it trains (the system releases it when the process ends, even by a kill, so a
+crashed run never leaves the folder locked); a second is refused in one line before Hydra writes anything
+into the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from vit_cifar.errors import ConfigError
+
+LOCK_NAME = ".run.lock"
+
+
+def _is_launcher() -> bool:
+    """Whether this process is rank 0 (or alone): the other ranks of a DDP run share its folder and lock."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _busy(folder: Path, pid: str) -> ConfigError:
+    who = f" (process {pid})" if pid else ""
+    return ConfigError(
+        f"run folder {folder} is in use by another training{who}: wait for it to end, or choose another "
+        "folder with hydra.run.dir=<folder>"
+    )
+
+
+def check_run_folder_free(folder: str | Path) -> None:
+    """Raise unless no live process holds ``folder``'s lock (a pre-flight check: takes nothing)."""
+    if os.name != "posix" or not _is_launcher():
+        return
+    import fcntl
+
+    lock = Path(folder).resolve() / LOCK_NAME
+    if not lock.is_file():
+        return
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(lock.parent, lock.read_text().strip()) from None
+    finally:
+        os.close(fd)  # closing drops the shared lock taken just to look
+
+
+@contextmanager
+def run_folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder``'s lock while the block runs, or raise naming the process that holds it."""
+    if os.name != "posix" or not _is_launcher():
+        yield
+        return
+    import fcntl
+
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(folder, os.pread(fd, 32, 0).decode(errors="replace").strip()) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
