@@ -10,7 +10,7 @@ turns chunk by chunk (1,000 images each) through the 10,000 images: each variant
 and all met the same load; each chunk's speed is kept too (best, median). Hardware, threads, load average
 and the git SHA are saved beside the numbers in ``benchmarks/results/<date>-cpu-<cores>cores.json``.
 
-    python scripts/benchmark_eval.py [--data ../shared/data/cifar10-jpeg.tar.gz] [--ckpt <file.ckpt>]
+    python scripts/benchmark_eval.py [--data /path/to/cifar10-jpeg.tar.gz] [--ckpt <file.ckpt>]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 # $OUT/results.json.
 #
 #   scripts/reproduce.sh [more overrides for vit_cifar.train ...]
-#   DATA=../shared/data/cifar10-jpeg.tar.gz scripts/reproduce.sh
+#   DATA=/path/to/cifar10-jpeg.tar.gz scripts/reproduce.sh
 #   EPOCHS=2 scripts/reproduce.sh              # measure first: the time of an epoch on this machine
 #
 # Environment (all optional):

@@ -17,7 +17,13 @@ from omegaconf import DictConfig, open_dict
 from vit_cifar.cli import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-JPEG_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# The JPEG copy of CIFAR-10 for the tests that use real data (they skip without it): $VIT_CIFAR_DATA when it is
+# that archive, else the one beside the checkout.
+JPEG_ARCHIVE = (
+    Path(os.environ["VIT_CIFAR_DATA"])
+    if os.environ.get("VIT_CIFAR_DATA", "").endswith(".tar.gz")
+    else ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+)
 
 # A ViT small enough that a CPU step takes milliseconds; everything else is the real pipeline.
 TINY_MODEL = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.drop_rate=0.0"]
@@ -30,6 +36,12 @@ SYNTHETIC_SMALL = [
     "data.val_size=100",
     "data.batch_size=32",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _default_data_root(monkeypatch):
+    """Every test sees the configs' own default data root, whatever the developer's $VIT_CIFAR_DATA says."""
+    monkeypatch.delenv("VIT_CIFAR_DATA", raising=False)
 
 
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:

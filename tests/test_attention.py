@@ -24,6 +24,7 @@ from vit_cifar.analysis.attention import (
 )
 from vit_cifar.checkpoint import load_classifier
 from vit_cifar.cli import run_cli
+from vit_cifar.data.datamodule import interleaved_order
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.models.vit import Attention, Mlp, VisionTransformer
 from vit_cifar.visualize import visualize
@@ -249,11 +250,14 @@ def test_misclassified_are_the_first_errors_in_the_seeded_order(attention_ckpt, 
     from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_transform
 
     arrays = make_synthetic(10, 40, 10, 32, 60.0, 0)
-    x = eval_transform(CIFAR10_MEAN, CIFAR10_STD)(torch.from_numpy(arrays.test_x).permute(0, 3, 1, 2))
+    kept = interleaved_order(arrays.test_y, 0)  # the DataModule's evaluation order (data.split_seed=0)
+    test_x, test_y = arrays.test_x[kept], arrays.test_y[kept]
+    x = eval_transform(CIFAR10_MEAN, CIFAR10_STD)(torch.from_numpy(test_x).permute(0, 3, 1, 2))
     with torch.no_grad():
-        wrong = load_classifier(attention_ckpt).net(x).argmax(1).numpy() != arrays.test_y
-    order = np.random.default_rng(42).permutation(len(arrays.test_y))
-    expected = [int(i) for i in order if wrong[i]][:3]
+        wrong = load_classifier(attention_ckpt).net(x).argmax(1).numpy() != test_y
+    order = np.random.default_rng(42).permutation(len(test_y))
+    # The first errors after the two sampled images, so that no image is in both sections.
+    expected = [int(i) for i in order[2:] if wrong[i]][:3]
     test_index = lambda row: int(row[1].removeprefix("test image "))
     rows = index_rows(index, "Misclassified test images")
     assert [test_index(r) for r in rows] == expected
@@ -343,3 +347,37 @@ def test_bad_settings_name_the_key_and_write_nothing(attention_ckpt, tmp_path, o
     with pytest.raises(ConfigError, match=re.escape(message)):
         visualize(cfg)
     assert not out.exists() and not list(tmp_path.glob(".attention.*"))
+
+
+def test_an_unreadable_input_is_skipped_and_reported_while_the_others_are_explained(attention_ckpt, tmp_path):
+    """As predict does: the readable images are explained and published, the broken file is named on stderr
+    and in the index, and the exit code (3) says that something was skipped."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(folder / "good.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    out = tmp_path / "attention"
+    result = run_module(
+        "vit_cifar.visualize", [f"ckpt_path={attention_ckpt}", f"inputs={folder}", f"output_dir={out}"]
+    )
+    assert result.returncode == 3, result.stderr
+    assert f"skipped {folder / 'broken.jpg'}" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 inputs skipped")
+    assert (out / "input_01_good.png").is_file() and not list(out.glob("input_*broken*"))
+    index = (out / "index.md").read_text()
+    assert "Skipped as unreadable" in index and "broken.jpg" in index
+
+
+def test_maps_carry_a_colour_bar():
+    """Every attention figure says what its colours mean: one colour bar from weakest to strongest."""
+    from vit_cifar.analysis.attention_plots import attention_figure, rollout_overview
+
+    image = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    maps = {0: torch.rand(2, 8, 8)}
+    for fig in (
+        attention_figure(image, maps, torch.rand(8, 8), "x"),
+        rollout_overview(image[None].repeat(2, 1, 1, 1), torch.rand(2, 8, 8), ["a", "b"], "y"),
+    ):
+        bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+        assert len(bars) == 1
+        assert [t.get_text() for t in bars[0].get_yticklabels()] == ["weakest", "", "strongest"]

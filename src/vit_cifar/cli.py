@@ -17,7 +17,9 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from vit_cifar.console import quiet_library_noise
 from vit_cifar.errors import ConfigError, VitCifarError
+from vit_cifar.runlock import check_run_folder_free
 from vit_cifar.sweep import in_sweep, run_sweep_job
 
 # configs/ sits at the top of the checkout, beside src/ (the package is installed in editable mode).
@@ -29,6 +31,7 @@ PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/submitit_slur
 def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     """Run ``job``; a user error ends the process with one line on stderr and the error's exit code.
     In a ``-m`` sweep a failed job is recorded in its folder instead, and the sweep goes on (``sweep.py``)."""
+    quiet_library_noise()
     if in_sweep():
         return run_sweep_job(job, cfg)
     try:
@@ -82,6 +85,8 @@ def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], N
             check(cfg)
             if not args.multirun:
                 _check_ckpt_path(cfg)
+                if config_name == "train":  # one training per run folder (vit_cifar.runlock)
+                    check_run_folder_free(cfg.hydra.run.dir)
     except VitCifarError as err:
         _exit(str(err), ConfigError.exit_code)
     except (hydra.errors.HydraException, OmegaConfBaseException) as err:

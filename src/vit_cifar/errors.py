@@ -30,3 +30,9 @@ class CheckpointError(VitCifarError):
 
 class TrainingError(VitCifarError):
     """Training that cannot go on, e.g. a loss that is no longer a finite number."""
+
+
+class SkippedInputsError(VitCifarError):
+    """Some input files could not be read; the others were processed and their results written."""
+
+    exit_code = 3

@@ -25,7 +25,7 @@ from vit_cifar.analysis import plots
 from vit_cifar.analysis.history import history_csv_for, read_history
 from vit_cifar.analysis.metrics import summarise
 from vit_cifar.analysis.report import render_report
-from vit_cifar.checkpoint import LoadedClassifier, load_classifier, required_ckpt_path
+from vit_cifar.checkpoint import LoadedClassifier, beside_run, load_classifier, required_ckpt_path
 from vit_cifar.cli import CONFIG_DIR, run_cli
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.inference import (
@@ -114,6 +114,7 @@ def evaluate_checkpoint(
     images = datamodule.test_set.images.permute(0, 2, 3, 1).numpy()  # (N, 3, H, W) -> (N, H, W, 3) uint8
     write_outputs(Path(output_dir), metrics, probs, targets, images, history_csv, start)
     print(summary_line(metrics))
+    print(f"wrote the figures, metrics.json and report.md to {output_dir}")
     return metrics
 
 
@@ -286,7 +287,8 @@ def evaluate(cfg: DictConfig) -> dict:
         precision=cfg.precision,
     )
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    return evaluate_checkpoint(ckpt_path, data_cfg, cfg.output_dir, options)
+    output_dir = cfg.output_dir or beside_run(ckpt_path, "evaluation")
+    return evaluate_checkpoint(ckpt_path, data_cfg, output_dir, options)
 
 
 def evaluate_from_train_config(cfg: DictConfig, ckpt_path: str | Path) -> dict:

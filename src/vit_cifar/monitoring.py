@@ -2,7 +2,7 @@
 of validation predictions every few epochs, and the hparams table with the run's final metrics.
 
 What is where (``tensorboard --logdir outputs/``; docs/sweeps.md):
-  train/loss_step, lr-AdamW/pg1 (LearningRateMonitor), train/grad_norm    every trainer.log_every_n_steps
+  train/loss_step, train/lr/decay and /no_decay (LearningRateMonitor), train/grad_norm   every log_every_n_steps
   train/loss_epoch, train/acc, val/loss, val/acc                           every epoch
   val/confusion_matrix, val/predictions (IMAGES)          every callbacks.tensorboard_figures.every_n_epochs
   HPARAMS: the run's settings beside final/val_acc_best, final/test_acc, ...      once, when the run ends
@@ -10,14 +10,167 @@ What is where (``tensorboard --logdir outputs/``; docs/sweeps.md):
 
 from __future__ import annotations
 
+import logging
+import time
+import warnings
+from datetime import datetime, timedelta
+from pathlib import Path
+
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from vit_cifar.errors import ConfigError
+
+log = logging.getLogger("vit_cifar.train")
+
+# A run on a CPU estimated to take longer than this gets a warning and a pointer to the CPU recipes.
+LONG_CPU_RUN_S = 3 * 3600
+# Steps timed before that estimate: the first few are slower (allocation, oneDNN kernel selection).
+WARMUP_STEPS, TIMED_STEPS = 5, 20
+
+
+def duration(seconds: float) -> str:
+    """0:07:05, 13:20:00: hours, minutes and seconds, for people."""
+    return str(timedelta(seconds=round(max(seconds, 0.0))))
+
+
+class EpochLog(L.Callback):
+    """One line per epoch through Python logging, so it reaches ``train.log``, a redirected stdout, nohup and
+    SLURM logs, where the progress bar does not::
+
+        epoch 3/100 | train loss 1.532 acc 0.447 | val loss 1.404 acc 0.497 | lr 3.0e-04 | 0:06:12 elapsed,
+        ETA 3:20:10 for the run (at 14:31)
+
+    The ETA is for the whole run: the mean epoch time so far times the epochs left, or the time budget left
+    (``trainer.max_time``) when that comes first. On a CPU, a run estimated to take more than three hours says so
+    after its first steps, with the recipes made for a CPU. Rank 0 only; one host read of the metrics per epoch.
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._first_epoch = 0
+        self._timed: list[float] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._first_epoch, self._timed = time.monotonic(), trainer.current_epoch, []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or len(self._timed) > TIMED_STEPS:
+            return
+        self._timed.append(time.monotonic())
+        if len(self._timed) == TIMED_STEPS + 1 and trainer.strategy.root_device.type == "cpu":
+            self._warn_if_long(trainer)
+
+    def _warn_if_long(self, trainer: L.Trainer) -> None:
+        per_step = (self._timed[-1] - self._timed[WARMUP_STEPS]) / (TIMED_STEPS - WARMUP_STEPS)
+        total = per_step * float(trainer.estimated_stepping_batches)
+        budget = _time_budget(trainer)
+        if budget is not None:
+            total = min(total, budget)
+        if total > LONG_CPU_RUN_S:
+            log.warning(
+                f"this run is sized for a GPU: on this CPU it would take about {duration(total)} "
+                f"({per_step:.2f} s a step). For a CPU run experiment=cpu_hour (the best ViT in one hour) or "
+                "experiment=smoke (a few minutes); on a GPU, trainer=gpu"
+            )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self._start is None:
+            return
+        epoch = trainer.current_epoch + 1  # 1-based, as everywhere a person reads it
+        elapsed = time.monotonic() - self._start
+        # "of N" only when the epochs end the run; a time budget (trainer.max_time) ends it before max_epochs
+        of_all = (trainer.max_epochs or 0) > 0 and budget_timer(trainer) is None
+        parts = [f"epoch {epoch}/{trainer.max_epochs}" if of_all else f"epoch {epoch}"]
+        metrics = trainer.callback_metrics
+        for stage in ("train", "val"):
+            values = [
+                f"{name} {float(metrics[key]):.{digits}f}"
+                for name, key, digits in (
+                    ("loss", f"{stage}/loss_epoch" if stage == "train" else f"{stage}/loss", 3),
+                    ("acc", f"{stage}/acc", 4),
+                )
+                if key in metrics
+            ]
+            if stage == "train" and "train/loss_epoch" not in metrics and "train/loss" in metrics:
+                values.insert(0, f"loss {float(metrics['train/loss']):.3f}")
+            if values:
+                parts.append(f"{stage} {' '.join(values)}")
+        if trainer.optimizers:
+            parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.1e}")
+        remaining = _remaining(trainer, elapsed, epoch - self._first_epoch)
+        eta = ""
+        if remaining is not None:
+            end = datetime.now() + timedelta(seconds=remaining)
+            eta = f", ETA {duration(remaining)} for the run (at {end:%H:%M})"
+        parts.append(f"{duration(elapsed)} elapsed{eta}")
+        log.info(" | ".join(parts))
+
+
+def budget_timer(trainer: L.Trainer) -> Timer | None:
+    """Lightning's Timer that ``trainer.max_time`` installs (the clock of a time budget), or None."""
+    return next(
+        (c for c in trainer.callbacks if isinstance(c, Timer) and c.time_remaining() is not None), None
+    )
+
+
+def _time_budget(trainer: L.Trainer) -> float | None:
+    """Seconds of training that ``trainer.max_time`` allows; None without a budget."""
+    timer = budget_timer(trainer)
+    return None if timer is None else timer.time_elapsed() + timer.time_remaining()
+
+
+def _remaining(trainer: L.Trainer, elapsed: float, epochs_done: int) -> float | None:
+    """Seconds left in the run: by the mean epoch so far, or by the time budget when that ends it first."""
+    left = []
+    max_epochs = trainer.max_epochs or 0
+    if max_epochs > 0 and epochs_done > 0:
+        left.append(elapsed / epochs_done * max(max_epochs - trainer.current_epoch - 1, 0))
+    timer = budget_timer(trainer)
+    if timer is not None:
+        left.append(max(timer.time_remaining(), 0.0))
+    return min(left) if left else None
+
+
+class TensorBoard(TensorBoardLogger):
+    """Lightning's TensorBoard logger without the ``epoch`` scalar that Lightning adds to every logged step: a
+    staircase that sorted first among the scalars and told nothing the step axis does not."""
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+
+class CSVLog(CSVLogger):
+    """Lightning's CSVLogger that keeps the rows of the run it resumes (``keep_previous=True``, which ``train``
+    sets when it resumes): Lightning's starts ``metrics.csv`` afresh, losing the epochs before the stop, and with
+    them the first part of the history that ``evaluate`` plots."""
+
+    def __init__(self, *args, keep_previous: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_previous = keep_previous
+        self._restored = False
+
+    @property
+    def experiment(self):
+        path = Path(self.log_dir) / "metrics.csv"
+        previous = None
+        if self.keep_previous and not self._restored and rank_zero_only.rank == 0 and path.is_file():
+            previous = path.read_text()  # a few hundred rows of numbers
+        with warnings.catch_warnings():
+            if previous is not None:  # its "previous log files will be deleted" is not true here
+                warnings.filterwarnings("ignore", message="Experiment logs directory")
+            writer = CSVLogger.experiment.fget(self)  # creates the writer, which deletes metrics.csv
+        if previous is not None and writer is not None:
+            path.write_text(previous)  # back, and later rows are appended below it under one header
+            header = previous.splitlines()[0] if previous.strip() else ""
+            writer.metrics_keys = sorted(set(writer.metrics_keys) | {k for k in header.split(",") if k})
+        self._restored = True
+        return writer
 
 
 def tensorboard_of(trainer: L.Trainer) -> TensorBoardLogger | None:
@@ -182,37 +335,50 @@ def _figure(width: float, height: float, layout: str | None = "constrained"):
     return fig
 
 
-# Keys of the run's config that are not settings of the experiment (where files go, how data is loaded).
-HPARAMS_SKIP = (
-    *("data.root", "data.cache_dir", "data.num_workers", "data.pin_memory", "data.persistent_workers"),
-    *("data.mean", "data.std", "trainer.default_root_dir", "trainer.enable_progress_bar"),
+# The settings that tell runs apart, in TensorBoard's hparams table; every key given on the command line (so
+# every swept key) is added to them. "model" and "optim" name the classes.
+HPARAMS_KEYS = (
+    *("experiment", "seed", "model", "model.tokenizer", "model.embed_dim", "model.depth", "model.patch_size"),
+    *("model.drop_rate", "model.drop_path_rate", "optim", "optim.lr", "optim.weight_decay"),
+    *("scheduler.warmup_epochs", "aug.policy", "aug.mixup_alpha", "aug.cutmix_alpha", "aug.label_smoothing"),
+    *("data.root", "data.train_subset", "data.batch_size", "trainer.max_epochs", "trainer.precision"),
 )
-HPARAMS_GROUPS = ("model", "optim", "scheduler", "aug", "data", "trainer")
 FINAL_METRICS = ("val_acc_best", "val_acc_last_epoch", "test_acc", "test_loss")
 
 
+def command_line_keys() -> list[str]:
+    """The config keys set on this run's command line (a sweep job's swept values among them), in order."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # no Hydra run: nothing was given on a command line
+        return []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    return [k for k in keys if not k.startswith(("hydra.", "paths.", "callbacks.", "logger."))]
+
+
 def flat_hparams(cfg: DictConfig) -> dict[str, str | int | float | bool]:
-    """The settings that define a run, as ``group.key`` -> value, for TensorBoard's hparams table:
-    seed, task name and every value of the model, optimiser, schedule, augmentation, data and trainer groups
-    except paths and loader plumbing; ``model`` and ``optim`` name their classes."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    flat: dict[str, str | int | float | bool] = {
-        "seed": config.get("seed"),
-        "task_name": config.get("task_name"),
-    }
+    """The run's settings that matter, as ``key`` -> value with its real type (numbers stay numbers, booleans
+    booleans; lists become text; unset values are left out): :data:`HPARAMS_KEYS` and the command line's."""
+    from hydra.core.hydra_config import HydraConfig
 
-    def walk(prefix: str, node) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "_target_" and prefix in ("model", "optim"):  # which network, which optimiser
-                    flat[prefix] = str(value).rsplit(".", 1)[-1]
-                elif not str(key).startswith("_"):
-                    walk(f"{prefix}.{key}", value)
-        elif prefix not in HPARAMS_SKIP:
-            flat[prefix] = node if isinstance(node, bool | int | float | str) else str(node)
-
-    for group in HPARAMS_GROUPS:
-        walk(group, config.get(group) or {})
+    try:
+        choices = dict(HydraConfig.get().runtime.choices)  # config group -> the option chosen
+    except ValueError:
+        choices = {}
+    flat: dict[str, str | int | float | bool] = {}
+    for key in dict.fromkeys([*HPARAMS_KEYS, *command_line_keys()]):
+        if key in ("model", "optim"):
+            value = str(OmegaConf.select(cfg, f"{key}._target_", default="")).rsplit(".", 1)[-1] or None
+        else:
+            value = OmegaConf.select(cfg, key, default=None) if key != "experiment" else None
+            if value is None or isinstance(value, DictConfig):  # a config group: the option chosen
+                value = choices.get(key)
+        if isinstance(value, ListConfig):
+            value = str(OmegaConf.to_container(value, resolve=True))
+        if value is not None:
+            flat[key] = value if isinstance(value, bool | int | float | str) else str(value)
     return flat
 
 

@@ -24,17 +24,11 @@ from vit_cifar.checkpoint import load_classifier, required_ckpt_path
 from vit_cifar.cli import CONFIG_DIR, run_cli
 from vit_cifar.data.sources import IMAGE_EXTENSIONS, decode_image
 from vit_cifar.data.transforms import eval_transform
-from vit_cifar.errors import ConfigError, DataError, VitCifarError, first_line
+from vit_cifar.errors import ConfigError, DataError, SkippedInputsError, first_line
 from vit_cifar.fileio import write_atomic
 from vit_cifar.inference import InputSpec, input_spec, predict_probs, resolve_device, set_threads
 
 OUTPUT_FORMATS = (".json", ".csv")
-
-
-class SkippedInputsError(VitCifarError):
-    """Some inputs could not be read; the others were predicted and written."""
-
-    exit_code = 3
 
 
 @dataclass

@@ -380,7 +380,8 @@ def plot_png(summary: Summary) -> bytes:
     done = [job for job in summary.jobs if job.status == OK and job.val_acc is not None]
     cols = min(3, max(1, len(knobs)))
     rows = max(1, math.ceil(len(knobs) / cols))
-    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
+    # At least 7 inches wide, so that the title fits even above one panel (it was clipped at 4.2).
+    fig = Figure(figsize=(max(7.0, 4.2 * cols), 3.8 * rows + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     if not done or not knobs:
@@ -409,7 +410,7 @@ def plot_png(summary: Summary) -> bytes:
     for ax in axes[len(knobs) if done else 1 :]:
         ax.set_axis_off()
     where = f"{summary.folder.parent.name}/{summary.folder.name}"
-    fig.suptitle(f"{where}: {len(done)} of {len(summary.jobs)} jobs completed, accuracy by knob")
+    fig.suptitle(f"{where}: accuracy by swept value\n{len(done)} of {len(summary.jobs)} jobs completed")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()

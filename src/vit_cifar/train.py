@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_cifar.ckpt_io import SafeCheckpointIO
 from vit_cifar.cli import hydra_main, run_cli
@@ -24,6 +24,7 @@ from vit_cifar.inference import describe_device as describe_device_of
 from vit_cifar.module import ClassifierModule
 from vit_cifar.monitoring import log_final_hparams
 from vit_cifar.resume import check_fits, resolve_ckpt_path
+from vit_cifar.runlock import run_folder_lock
 from vit_cifar.speed import apply_speed_settings, resolve_precision
 from vit_cifar.sweep import validation_accuracy
 from vit_cifar.validate import validate_config
@@ -95,6 +96,9 @@ def train(cfg: DictConfig) -> dict:
     if ckpt_path is not None:
         check_fits(ckpt_path, cfg, resume=True)  # one clear error before any work
         ckpt_path = str(ckpt_path)
+        if OmegaConf.select(cfg, "logger.csv") is not None:  # the resumed run's CSV keeps the rows before
+            with open_dict(cfg):
+                cfg.logger.csv.keep_previous = True
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
@@ -118,6 +122,8 @@ def train(cfg: DictConfig) -> dict:
         "device": describe_device(trainer),
         "precision": str(trainer.precision),
         **speed,
+        "pipeline_check": pipeline_check(cfg),
+        "run_folder": str(Path(cfg.paths.output_dir).resolve()),
     }
     if "val/acc" in trainer.callback_metrics:
         metrics["val_acc_last_epoch"] = float(trainer.callback_metrics["val/acc"])
@@ -127,7 +133,10 @@ def train(cfg: DictConfig) -> dict:
     if cfg.test:
         if not ckpt_path:
             print("no checkpoint was saved (fast_dev_run?): testing the weights in memory")
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path or None, weights_only=True)
+        # verbose=False: the summary line below reports the result, rounded; Lightning's table printed 9 digits
+        results = trainer.test(
+            module, datamodule=datamodule, ckpt_path=ckpt_path or None, weights_only=True, verbose=False
+        )
         metrics["test_acc"] = float(results[0]["test/acc"])
         metrics["test_loss"] = float(results[0]["test/loss"])
         metrics["test_images"] = len(datamodule.test_set)
@@ -146,8 +155,24 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
+# Trainer settings that make a run a check of the pipeline rather than a result.
+LIMITING_KEYS = ("fast_dev_run", "overfit_batches", "limit_train_batches", "limit_val_batches", "limit_test_batches")
+
+
+def pipeline_check(cfg: DictConfig) -> bool:
+    """Whether the trainer only runs part of the data (debug=fdr|limit|overfit, limit_*_batches < all)."""
+    trainer = cfg.trainer
+    return bool(trainer.get("fast_dev_run")) or bool(trainer.get("overfit_batches")) or any(
+        trainer.get(key) not in (None, 1.0) for key in LIMITING_KEYS[2:]
+    )
+
+
 def summary_line(m: dict) -> str:
-    parts = [f"test_acc={m['test_acc']:.4f}" if "test_acc" in m else "not tested"]
+    if m.get("pipeline_check"):  # a few batches: an accuracy here would be mistaken for a result
+        tested = f", {m['test_images']:,} test images" if "test_images" in m else ""
+        parts = [f"pipeline check, not a result (limited batches{tested})"]
+    else:
+        parts = [f"test_acc={m['test_acc']:.4f}" if "test_acc" in m else "not tested"]
     if "checkpoint_after_epoch" in m:
         parts.append(f"checkpoint after epoch {m['checkpoint_after_epoch']}")
     parts += [
@@ -158,12 +183,20 @@ def summary_line(m: dict) -> str:
         m["device"],
         f"{m['wall_s']:.0f} s",
     ]
+    if m.get("run_folder"):
+        parts.append(f"run folder {m['run_folder']}")
     return " | ".join(parts)
+
+
+def train_in_locked_folder(cfg: DictConfig) -> dict:
+    """:func:`train`, holding the run folder's lock: a second training into the same folder is refused."""
+    with run_folder_lock(cfg.paths.output_dir):
+        return train(cfg)
 
 
 @hydra_main("train", check=validate_config)
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_cli(train, cfg)
+    metrics = run_cli(train_in_locked_folder, cfg)
     return validation_accuracy(metrics)  # what a Hydra sweeper maximises: never the test accuracy
 
 

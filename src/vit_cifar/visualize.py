@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -28,11 +29,11 @@ from vit_cifar.analysis.attention import (
     upsample_maps,
 )
 from vit_cifar.analysis.attention_plots import attention_figure, rollout_overview, save_figure
-from vit_cifar.checkpoint import LoadedClassifier, load_classifier, required_ckpt_path
+from vit_cifar.checkpoint import LoadedClassifier, beside_run, load_classifier, required_ckpt_path
 from vit_cifar.cli import CONFIG_DIR, run_cli
 from vit_cifar.data.sources import IMAGE_EXTENSIONS, decode_image
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_transform
-from vit_cifar.errors import CheckpointError, ConfigError, DataError
+from vit_cifar.errors import CheckpointError, ConfigError, DataError, SkippedInputsError, first_line
 from vit_cifar.inference import resolve_device
 
 # What this command writes; a new run replaces exactly these in output_dir, and nothing else there.
@@ -49,6 +50,7 @@ class Picked:
     names: list[str]  # file stems for the figures
     sources: list[str]  # "test image 1234" or the file path
     labels: list[int | None]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of unreadable inputs
 
 
 def load_vit(path: str | Path) -> LoadedClassifier:
@@ -132,11 +134,25 @@ def pick_inputs(inputs, limit: int, image_size: int) -> Picked:
     if len(files) > limit:
         print(f"inputs: explaining the first {limit} of {len(files)} images (raise num_images for more)")
         files = files[:limit]
-    # The data sources' decoder: RGB, resized to the model's input, one clear error for a broken file.
-    arrays = [decode_image(f.read_bytes(), image_size, str(f)) for f in files]  # (S, S, 3) uint8 each
+    # The data sources' decoder: RGB, resized to the model's input. As predict does, an unreadable file is
+    # skipped and reported, and the others are still explained.
+    arrays, readable, skipped = [], [], []
+    for f in files:
+        try:
+            arrays.append(decode_image(f.read_bytes(), image_size, str(f)))  # (S, S, 3) uint8
+            readable.append(f)
+        except (DataError, OSError) as err:
+            skipped.append((str(f), first_line(err)))
+    if not readable:
+        raise DataError(
+            f"none of the {len(files)} inputs could be read (first: {skipped[0][0]}: {skipped[0][1]}): "
+            "pass image files (png, jpg, ...)"
+        )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (K, 3, S, S)
-    names = [f"input_{i + 1:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', f.stem)[:40]}" for i, f in enumerate(files)]
-    return Picked(images, names, [str(f) for f in files], [None] * len(files))
+    names = [
+        f"input_{i + 1:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', f.stem)[:40]}" for i, f in enumerate(readable)
+    ]
+    return Picked(images, names, [str(f) for f in readable], [None] * len(readable), skipped)
 
 
 def load_test_set(
@@ -344,6 +360,8 @@ def pick_groups(
             raise ConfigError("num_images=0 leaves none of the inputs to explain: set it to 1 or more")
         picked = pick_inputs(cfg.inputs, num_images, image_size)
         note = f"{len(picked.names)} images given by inputs, titled with their paths."
+        if picked.skipped:
+            note += f" Skipped as unreadable: {', '.join(path for path, _ in picked.skipped)}."
         return [Group("Your images", note, "rollout_inputs.png", picked)], note
     if num_images + num_wrong == 0:
         raise ConfigError("num_images=0 and num_misclassified=0 leave nothing to explain: set one above 0")
@@ -363,11 +381,12 @@ def pick_groups(
             )
         )
     if num_wrong:
+        # Drawn after the samples in the same permutation, so that no image appears in both sections.
         wrong = find_misclassified(
             loaded.net,
             images,
             labels,
-            order,
+            order[num_images:],
             num_wrong,
             normalise,
             device,
@@ -400,14 +419,14 @@ def visualize(cfg: DictConfig) -> dict:
     net = loaded.net.to(device)
     depth, heads = len(net.blocks), net.blocks[0].attn.num_heads
     grid = net.patch_embed.grid_size
-    image_size = grid * net.patch_embed.proj.kernel_size[0]  # the model's input size, from its patch grid
+    image_size = net.patch_embed.img_size  # the model's input size
     layers = resolve_layers(cfg.layers, depth)
     grad_class = resolve_class(cfg.grad_rollout_class, loaded.classes)
     trained_data = loaded.run_config.get("data") or {}
     normalise = eval_transform(trained_data.get("mean", CIFAR10_MEAN), trained_data.get("std", CIFAR10_STD))
     groups, data_note = pick_groups(cfg, loaded, image_size, normalise, device)
 
-    output_dir = Path(cfg.output_dir)
+    output_dir = Path(cfg.output_dir or beside_run(ckpt_path, "attention"))
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # Drawn beside output_dir first, so that a failure leaves output_dir as it was.
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
@@ -441,6 +460,15 @@ def visualize(cfg: DictConfig) -> dict:
     figures = [p for p in written if p.suffix == ".png"]
     counts = ", ".join(f"{len(g.picked.names)} {g.title.lower()}" for g in groups)
     print(f"wrote {len(figures)} figures and index.md to {output_dir} ({counts})")
+    skipped = [s for g in groups for s in g.picked.skipped]
+    for path, why in skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    if skipped:
+        explained = sum(len(g.picked.names) for g in groups)
+        raise SkippedInputsError(
+            f"{len(skipped)} of {len(skipped) + explained} inputs skipped (unreadable, listed above); "
+            f"the other {explained} were explained in {output_dir}"
+        )
     return {"output_dir": str(output_dir), "files": [str(p) for p in written]}
 
 

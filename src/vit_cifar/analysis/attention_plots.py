@@ -6,12 +6,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 CMAP = "jet"  # the usual choice for attention heat maps: weak -> blue, strong -> red
 ALPHA = 0.5  # heat map opacity over the image
 PANEL_INCHES = 1.6
 SCALE_NOTE = "each map scaled to its own min..max"
+
+
+def _colour_bar(fig: Figure, axes) -> None:
+    """The heat maps' scale: each map runs from its own weakest (0) to its strongest (1) attention."""
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=CMAP), ax=axes, shrink=0.7, aspect=25)
+    bar.set_label("attention, scaled per map", fontsize=8)
+    bar.set_ticks([0.0, 0.5, 1.0], labels=["weakest", "", "strongest"])
+    bar.ax.tick_params(labelsize=7)
 
 
 def _to_hwc(image: torch.Tensor) -> np.ndarray:
@@ -56,6 +66,7 @@ def attention_figure(
     _overlay(axes[-1, 1], picture, rollout, "rollout")
     if grad_rollout is not None:
         _overlay(axes[-1, 2], picture, grad_rollout, grad_title)
+    _colour_bar(fig, axes)
     fig.suptitle(f"{title}\nCLS attention to the patches; {SCALE_NOTE}", fontsize=9)
     return fig
 
@@ -69,6 +80,7 @@ def rollout_overview(images: torch.Tensor, rollouts: torch.Tensor, titles: list[
         picture = _to_hwc(images[i])
         _overlay(axes[0, i], picture, None, titles[i])
         _overlay(axes[1, i], picture, rollouts[i], "rollout")
+    _colour_bar(fig, axes)
     fig.suptitle(f"{heading}\n{SCALE_NOTE}", fontsize=9)
     return fig
 

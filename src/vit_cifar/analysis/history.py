@@ -27,7 +27,8 @@ def read_history(path: Path) -> dict[str, list[tuple[float, float]]]:
         rows = list(csv.DictReader(f))
     per_epoch: dict[str, dict[int, float]] = {name: {} for name in EPOCH_COLUMNS.values()}
     lr: dict[int, float] = {}
-    lr_columns = sorted(c for c in (rows[0].keys() if rows else []) if c.startswith("lr-"))
+    # train/lr/decay (the weights' group) first; runs logged before the groups had names: lr-<optimiser>/pg1
+    lr_columns = sorted(c for c in (rows[0].keys() if rows else []) if c.startswith(("train/lr", "lr-")))
     for row in rows:
         epoch = _number(row.get("epoch"))
         for column, name in EPOCH_COLUMNS.items():

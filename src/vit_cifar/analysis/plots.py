@@ -17,38 +17,63 @@ DPI = 110
 GREEN, ORANGE, RED, BLUE, GREY = "#2ca02c", "#ff7f0e", "#d62728", "#1f77b4", "#7f7f7f"
 
 
-def accuracy_colour(accuracy: float) -> str:
-    """The seed's bands: green above 90%, orange from 80% to 90%, red below 80%."""
-    return GREEN if accuracy > 0.9 else ORANGE if accuracy >= 0.8 else RED
+# A class is "near" the model's overall accuracy within this many points; beyond, it is above or below it.
+NEAR_OVERALL = 0.05
 
 
-def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=DPI, format="png")
+def accuracy_colour(accuracy: float, overall: float) -> str:
+    """A class's colour relative to the model's own overall accuracy (not fixed bands, which would paint every
+    bar of a weak model red and every bar of a strong one green): green above, red below, blue near it."""
+    if accuracy > overall + NEAR_OVERALL:
+        return GREEN
+    return RED if accuracy < overall - NEAR_OVERALL else BLUE
+
+
+def _save(fig: Figure, path: Path) -> Figure:
+    # bbox_inches="tight": nothing clipped at the edges (the confusion matrix lost its y label and "automobile")
+    fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight", pad_inches=0.15)
+    return fig  # for the tests, which read the drawn texts
 
 
 def per_class_accuracy(
     classes: Sequence[str], accuracies: Sequence[float], overall: float, path: Path
-) -> None:
+) -> Figure:
     fig = Figure(figsize=(max(8, 0.8 * len(classes)), 5), layout="constrained")
     ax = fig.subplots()
     values = [100 * a for a in accuracies]
-    bars = ax.bar(
-        classes, values, color=[accuracy_colour(a) for a in accuracies], edgecolor="black", linewidth=0.5
-    )
-    ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=2, fontsize=8)
-    ax.axhline(100 * overall, color="black", linestyle="--", linewidth=1)
-    ax.set_ylim(0, 109)
+    colours = [accuracy_colour(a, overall) for a in accuracies]
+    # The overall line sits behind the bars and each value inside its bar's top, so the line never crosses
+    # a value; a bar too short to hold its value gets it just above.
+    ax.axhline(100 * overall, color="black", linestyle="--", linewidth=1, zorder=0)
+    bars = ax.bar(classes, values, color=colours, edgecolor="black", linewidth=0.5, zorder=1)
+    for bar, value in zip(bars, values, strict=True):
+        inside = value >= 12
+        ax.text(
+            bar.get_x() + bar.get_width() / 2,
+            value - 1.5 if inside else value + 1,
+            f"{value:.1f}",
+            ha="center",
+            va="top" if inside else "bottom",
+            fontsize=8,
+            color="white" if inside else "black",
+            zorder=2,
+        )
+    ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Per-class test accuracy")
     ax.tick_params(axis="x", labelrotation=45 if len(classes) > 6 else 0)
+    points = round(100 * NEAR_OVERALL)
+    meaning = {
+        GREEN: f"more than {points} points above overall",
+        BLUE: f"within {points} points of overall",
+        RED: f"more than {points} points below overall",
+    }
     handles = [
-        Patch(color=GREEN, label="> 90%"),
-        Patch(color=ORANGE, label="80-90%"),
-        Patch(color=RED, label="< 80%"),
-        Line2D([], [], color="black", linestyle="--", label=f"overall {100 * overall:.2f}%"),
-    ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
-    _save(fig, path)
+        Patch(color=c, label=meaning[c]) for c in (GREEN, BLUE, RED) if c in colours
+    ]  # only those drawn
+    handles.append(Line2D([], [], color="black", linestyle="--", label=f"overall {100 * overall:.2f}%"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    return _save(fig, path)
 
 
 def confusion_matrix(counts: np.ndarray, classes: Sequence[str], path: Path) -> None:
@@ -201,10 +226,12 @@ def reliability_diagram(
         bins=edges,
         color=[GREEN, RED],
         label=["right", "wrong"],
-        stacked=True,
-    )
+    )  # side by side in each bin, not stacked: each bar is its own count
     ax_hist.set(
-        xlim=(0, 1), xlabel="confidence", ylabel="images", title="Confidence of right and wrong predictions"
+        xlim=(0, 1),
+        xlabel="confidence",
+        ylabel="images",
+        title="Confidence: right and wrong predictions (counts)",
     )
     ax_hist.legend()
 
@@ -221,8 +248,10 @@ def reliability_diagram(
     ax_cls.set_xticks(
         x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center"
     )
-    ax_cls.set(ylim=(0, 1.2), ylabel="fraction", title="Per class: accuracy and mean confidence")
-    ax_cls.legend(fontsize=8, loc="upper center", ncol=3)  # above the bars, which end at 1
+    ax_cls.set(ylim=(0, 1), ylabel="fraction")
+    ax_cls.set_title("Per class: accuracy, mean confidence when right and when wrong", pad=22)
+    # Between the title and the bars, so that it covers none of them.
+    ax_cls.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     _save(fig, path)
 
 

@@ -55,8 +55,8 @@ def render_report(m: dict, figures: dict[str, str | None], notes: dict[str, str]
         f"The weakest classes ({WEAKEST}, or more when tied) are in bold.",
         "",
         *_figure(figures, notes, "per_class_accuracy", "Per-Class Accuracy"),
-        "*Green bars exceed 90%, orange bars fall between 80-90%, and red bars fall below 80%; the dashed "
-        "line is the overall accuracy.*",
+        "*Bars are coloured against this model's overall accuracy (the dashed line): green more than 5 points "
+        "above it, blue within 5 points, red more than 5 points below.*",
         "",
         "### Top Misclassification Pairs",
         "",

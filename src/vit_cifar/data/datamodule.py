@@ -69,6 +69,21 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int, key: str) -> np.nd
     return np.sort(np.concatenate(picked))
 
 
+def interleaved_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded order of ``labels``' positions in which the classes take turns (each class's images shuffled):
+    every prefix is as class-balanced as it can be. Evaluation sets are kept in this order, so a limited run
+    (``limit_val_batches``, ``limit_test_batches``) or the first images shown in TensorBoard sample every
+    class, not the first class of a class-sorted folder."""
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(len(labels))
+    classes = labels[shuffled]
+    turn = np.empty(len(labels), dtype=np.int64)  # the image's place within its class, after shuffling
+    for c in np.unique(classes):
+        members = np.flatnonzero(classes == c)
+        turn[members] = np.arange(len(members))
+    return shuffled[np.lexsort((classes, turn))]  # by turn, then class: c0, c1, ..., c9, c0, c1, ...
+
+
 def _apportion(counts: np.ndarray, total: int) -> np.ndarray:
     """Split ``total`` across classes in proportion to ``counts`` (largest remainders), never above a count."""
     exact = counts * total / counts.sum()
@@ -201,6 +216,9 @@ class CIFARDataModule(L.LightningDataModule):
         test_idx = np.arange(len(arrays.test_y))
         if self.test_subset:
             test_idx = balanced_subset(arrays.test_y, self.test_subset, self.split_seed, "data.test_subset")
+        # Classes take turns in the evaluation sets, so any first batches sample every class.
+        val_idx = val_idx[interleaved_order(arrays.train_y[val_idx], self.split_seed)]
+        test_idx = test_idx[interleaved_order(arrays.test_y[test_idx], self.split_seed)]
         train_x, train_y = _to_chw_tensor(arrays.train_x), torch.from_numpy(arrays.train_y)
         test_x, test_y = _to_chw_tensor(arrays.test_x), torch.from_numpy(arrays.test_y)
         train_tf = None if self.device_augment is not None else self.train_tf  # device_aug: uint8 batches
