@@ -285,4 +285,5 @@ def test_cpu_hour_composes_builds_a_conv_vit_and_trains_a_few_steps(tmp_path):
     assert "55.0 minutes of training by the clock, 3% of warmup" in result.stdout
     cfg = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
     assert cfg.model.tokenizer == "conv" and cfg.scheduler.by == "time" and cfg.data.device_aug
-    assert cfg.data.val_size == 0 and cfg.trainer.max_time == "00:00:55:00"
+    recipe = compose_config(["experiment=cpu_hour"], tmp_path)  # as a user runs it: all images, final step
+    assert recipe.data.val_size == 0 and recipe.trainer.max_time == "00:00:55:00" and recipe.test

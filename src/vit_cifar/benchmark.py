@@ -405,6 +405,8 @@ def timm_vit(model_cfg: dict) -> tuple[nn.Module | None, str]:
         from timm.models.vision_transformer import VisionTransformer
     except ImportError:
         return None, "timm is not installed (pip install -e '.[bench]'): comparison skipped"
+    if model_cfg.get("tokenizer", "patch") != "patch":
+        return None, "timm's ViT has no convolutional tokenizer: comparison skipped"
     shape = (
         "img_size",
         "patch_size",
