@@ -32,7 +32,8 @@ def test_one_log_line_per_epoch_reaches_the_log_with_the_runs_eta(tmp_path, capl
     from vit_cifar.train import train
 
     short = ["aug=none", "trainer=cpu", "trainer.max_epochs=3", "scheduler.warmup_epochs=1", "test=false"]
-    cfg = compose_config([*TINY_MODEL, *QUIET, *SYNTHETIC_SMALL, *short, "~logger", "callbacks.lr_monitor=null"], tmp_path)
+    no_logs = ["~logger", "callbacks.lr_monitor=null"]
+    cfg = compose_config([*TINY_MODEL, *QUIET, *SYNTHETIC_SMALL, *short, *no_logs], tmp_path)
     with caplog.at_level(logging.INFO, logger="vit_cifar.train"):
         train(cfg)
     lines = [r.getMessage() for r in caplog.records if r.name == "vit_cifar.train"]

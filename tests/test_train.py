@@ -113,7 +113,9 @@ def test_every_experiment_runs_through_the_cli(tmp_path, overrides):
     last = result.stdout.strip().splitlines()[-1]
     # A few batches: the summary calls it what it is, with the true number of test images, not a test_acc
     assert metrics["pipeline_check"] and metrics["test_images"] <= 100
-    assert last.startswith(f"pipeline check, not a result (limited batches, {metrics['test_images']} test images)")
+    assert last.startswith(
+        f"pipeline check, not a result (limited batches, {metrics['test_images']} test images)"
+    )
     assert "test_acc" not in last and "seed 42" in last and last.endswith(f"run folder {tmp_path.resolve()}")
 
 

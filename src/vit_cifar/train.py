@@ -156,14 +156,22 @@ def train(cfg: DictConfig) -> dict:
 
 
 # Trainer settings that make a run a check of the pipeline rather than a result.
-LIMITING_KEYS = ("fast_dev_run", "overfit_batches", "limit_train_batches", "limit_val_batches", "limit_test_batches")
+LIMITING_KEYS = (
+    "fast_dev_run",
+    "overfit_batches",
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+)
 
 
 def pipeline_check(cfg: DictConfig) -> bool:
     """Whether the trainer only runs part of the data (debug=fdr|limit|overfit, limit_*_batches < all)."""
     trainer = cfg.trainer
-    return bool(trainer.get("fast_dev_run")) or bool(trainer.get("overfit_batches")) or any(
-        trainer.get(key) not in (None, 1.0) for key in LIMITING_KEYS[2:]
+    return (
+        bool(trainer.get("fast_dev_run"))
+        or bool(trainer.get("overfit_batches"))
+        or any(trainer.get(key) not in (None, 1.0) for key in LIMITING_KEYS[2:])
     )
 
 

@@ -211,7 +211,8 @@ class VisionTransformer(nn.Module):
         num_tokens = self.patch_embed.num_patches + 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # the linear rule (numbers, not weights)
+        # The linear rule; numbers, not weights: on the CPU even when the network is built on the meta device
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate)
             for rate in rates
