@@ -32,6 +32,11 @@ class GradNormMonitor(L.Callback):
     ``torch.nn.utils.get_total_norm`` is the function clipping itself uses; unlike Lightning's ``grad_norm``
     it does not copy every parameter's norm to the host. Under DDP the gradients are already averaged over
     the ranks here, and only rank 0's loggers write.
+
+    Under 16-mixed, Lightning unscales the gradients before this hook, except for a fused optimiser, whose
+    kernel unscales them inside its step (``ClassifierModule.configure_gradient_clipping`` unscales them after
+    this hook, before clipping): then the norm read here is divided by the GradScaler's scale, so that the
+    logged norm is the true one in every precision.
     """
 
     def on_before_optimizer_step(
@@ -43,6 +48,9 @@ class GradNormMonitor(L.Callback):
         if not grads:
             return
         norm = float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+        if scaler is not None and any(group.get("fused") for group in optimizer.param_groups):
+            norm /= scaler.get_scale()  # still scaled: see the class's docstring
         for logger in trainer.loggers:
             logger.log_metrics({"train/grad_norm": norm}, step=trainer.global_step)
 
