@@ -177,7 +177,10 @@ def apply_speed_settings(
 
 
 def has_fused_kernel(optimizer_class: type) -> bool:
-    return "fused" in inspect.signature(optimizer_class).parameters
+    """Whether the optimiser takes ``fused`` (a constructor taking ``**kwargs`` is given the benefit of the
+    doubt: its base class decides)."""
+    parameters = inspect.signature(optimizer_class).parameters
+    return "fused" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def optimizer_kwargs_for(
