@@ -31,7 +31,9 @@ def test_the_switches_are_config_values(tmp_path):
 
 def test_compile_auto_compiles_on_cuda_only():
     assert resolve_compile("auto", CPU) is False and resolve_compile("auto", CUDA) is True
-    assert resolve_compile("auto", DeviceSpec.cuda(9, 0, triton=False)) is False  # Inductor needs Triton there
+    assert (
+        resolve_compile("auto", DeviceSpec.cuda(9, 0, triton=False)) is False
+    )  # Inductor needs Triton there
     assert resolve_compile(True, CPU) is True and resolve_compile(False, CUDA) is False
     with pytest.raises(ConfigError, match="compile='maybe'"):
         resolve_compile("maybe", CPU)

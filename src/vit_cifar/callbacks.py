@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, RichProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -231,3 +231,50 @@ class EMA(EMAWeightAveraging):
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
             # once per run: whether the restored average has started
             self._started = self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, reading the logged values (loss, accuracy) every
+    ``metrics_every_n_steps`` training steps rather than at every one.
+
+    Lightning 2.6 reads them at the end of every batch, converting each value logged with ``prog_bar=True``
+    to a Python number: on a GPU a wait for the device, every step (the bar's ``refresh_rate`` is redraws per
+    second and does not limit that). So the module logs its step loss without ``prog_bar``, and this bar adds
+    the step values (``train/loss_step`` as ``train/loss``) when it reads. Between reads it shows the values
+    of the last read; the step counter moves at every step, and validation and the epoch's end read as before.
+
+    Args:
+        metrics_every_n_steps: steps between reads; None takes ``trainer.log_every_n_steps`` (the steps at
+            which the loggers read the values anyway).
+        **kwargs: ``RichProgressBar``'s own (``refresh_rate``, ``leave``, ``theme``, ``console_kwargs``).
+    """
+
+    def __init__(self, metrics_every_n_steps: int | None = None, **kwargs: Any) -> None:
+        if metrics_every_n_steps is not None and metrics_every_n_steps < 1:
+            raise ConfigError(
+                f"callbacks.progress_bar.metrics_every_n_steps={metrics_every_n_steps} must be at least 1 "
+                "(or null)"
+            )
+        super().__init__(**kwargs)
+        self.metrics_every_n_steps = metrics_every_n_steps
+        self._shown: dict | None = None
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        every = self.metrics_every_n_steps or trainer.log_every_n_steps
+        if trainer.training and self._shown is not None and trainer.global_step % every:
+            return self._shown
+        shown = super().get_metrics(trainer, pl_module)
+        if trainer.training:  # the step values (train/loss), which the module logs without prog_bar
+            for name, value in trainer.callback_metrics.items():
+                if name.endswith("_step") and name[: -len("_step")] not in shown:
+                    shown[name[: -len("_step")]] = float(value)
+        self._shown = shown
+        return shown
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._shown = None  # the epoch's values are read at its end
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._shown = None
+        super().on_validation_end(trainer, pl_module)

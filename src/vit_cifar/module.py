@@ -103,7 +103,12 @@ class ClassifierModule(L.LightningModule):
             getattr(self, f"{stage}_images").update(n)
             self.log(f"{stage}/images", getattr(self, f"{stage}_images"), on_step=False, on_epoch=True)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", mean_loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n)
+        # Not prog_bar for the step value: Lightning converts every step value shown in the progress bar to a
+        # Python number at every batch (a wait for the GPU); vit_cifar.callbacks.ProgressBar shows it instead,
+        # read every log_every_n_steps steps.
+        self.log(
+            f"{stage}/loss", mean_loss, on_step=on_step, on_epoch=True, prog_bar=not on_step, batch_size=n
+        )
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         return loss, logits
 
