@@ -10,14 +10,18 @@ What is where (``tensorboard --logdir outputs/``; docs/sweeps.md):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from vit_cifar.errors import ConfigError
+
+if TYPE_CHECKING:  # omegaconf is imported where it is used: the benchmark runs without Hydra
+    from omegaconf import DictConfig
 
 
 def tensorboard_of(trainer: L.Trainer) -> TensorBoardLogger | None:
@@ -203,6 +207,8 @@ def flat_hparams(cfg: DictConfig) -> dict[str, str | int | float | bool]:
     """The settings that define a run, as ``group.key`` -> value, for TensorBoard's hparams table:
     seed, task name and every value of the model, optimiser, schedule, augmentation, data and trainer groups
     except paths and loader plumbing; ``model`` and ``optim`` name their classes."""
+    from omegaconf import OmegaConf
+
     config = OmegaConf.to_container(cfg, resolve=True)
     flat: dict[str, str | int | float | bool] = {
         "seed": config.get("seed"),

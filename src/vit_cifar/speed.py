@@ -206,3 +206,15 @@ def optimizer_kwargs_for(
     if fused is not None:
         kwargs["fused"] = fused
     return kwargs
+
+
+def precision_for_trainer(precision: str, device_type: str) -> tuple[str | None, list]:
+    """Lightning's ``Trainer(precision=..., plugins=...)`` for a resolved precision on ``device_type``.
+
+    16-mixed gets the plugin Lightning builds for it on CUDA (float16 autocast and a GradScaler), built here so
+    that it is the same on CPU, where Lightning would silently train in bf16-mixed instead."""
+    if precision == "16-mixed":
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        return None, [MixedPrecision("16-mixed", device="cuda" if device_type == "cuda" else "cpu")]
+    return precision, []

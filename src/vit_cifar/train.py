@@ -12,7 +12,6 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import DictConfig, OmegaConf
 
 from vit_cifar.ckpt_io import SafeCheckpointIO
@@ -25,7 +24,13 @@ from vit_cifar.inference import describe_device as describe_device_of
 from vit_cifar.module import ClassifierModule
 from vit_cifar.monitoring import log_final_hparams
 from vit_cifar.resume import check_fits, resolve_ckpt_path
-from vit_cifar.speed import DeviceSpec, apply_speed_settings, local_device, resolve_precision
+from vit_cifar.speed import (
+    DeviceSpec,
+    apply_speed_settings,
+    local_device,
+    precision_for_trainer,
+    resolve_precision,
+)
 from vit_cifar.sweep import validation_accuracy
 from vit_cifar.validate import validate_config
 
@@ -65,12 +70,8 @@ def build_trainer(cfg: DictConfig, has_validation: bool, device: DeviceSpec | No
         ckpt_cfg.filename = "epoch{epoch:03d}"
     runs_on = local_device(cfg.trainer.accelerator)
     precision = resolve_precision(cfg.trainer.precision, device or runs_on)
-    plugins: list = [SafeCheckpointIO()]  # atomic checkpoint writes, weights_only loads
-    if precision == "16-mixed":
-        # The plugin Lightning builds for 16-mixed on CUDA (autocast to float16 and a GradScaler), built here
-        # so that it is the same on CPU, where Lightning would silently train in bf16-mixed instead.
-        plugins.append(MixedPrecision("16-mixed", device="cuda" if runs_on.type == "cuda" else "cpu"))
-        precision = None
+    precision, precision_plugins = precision_for_trainer(precision, runs_on.type)
+    plugins = [SafeCheckpointIO(), *precision_plugins]  # atomic checkpoint writes, weights_only loads
     return hydra.utils.instantiate(
         cfg.trainer,
         callbacks=instantiate_all(callbacks_cfg),
