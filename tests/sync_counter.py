@@ -29,7 +29,12 @@ SYNCING_CALLS = [
     (torch, "nonzero"),
     (torch, "masked_select"),
     (torch, "bincount"),
+    # host data copied to a device tensor (torch.tensor(3, device="cuda")): a blocking copy, which waits for
+    # the queue; counted when a device is named and the data is not already a tensor
+    (torch, "tensor"),
+    (torch, "as_tensor"),
 ]
+CREATORS = ("torch.tensor", "torch.as_tensor")
 
 
 class SyncCounter(L.Callback):
@@ -57,6 +62,8 @@ class SyncCounter(L.Callback):
 
     def _counting(self, label: str, original):
         def counted(*args, **kwargs):
+            if label in CREATORS and (kwargs.get("device") is None or isinstance(args[0], torch.Tensor)):
+                return original(*args, **kwargs)  # not a copy of host data to a device
             if self._saved:
                 self.calls[label] += 1
                 frames = traceback.extract_stack(limit=12)[:-1]

@@ -270,9 +270,17 @@ def test_the_sync_counter_counts(tmp_path):
         bool(torch.isfinite(loss).all())
         torch.unique(torch.tensor([1, 2, 2]))
         loss.item()
+        torch.as_tensor(32.0, device=loss.device)  # a scalar copied to the device (torchmetrics' weight=32)
+        torch.as_tensor(loss, device=loss.device)  # already a tensor: no copy, not counted
+        torch.tensor([1.0])  # no device named: host data staying on the host
     finally:
         counter._remove()
-    assert dict(counter.calls) == {"Tensor.__bool__": 1, "torch.unique": 1, "Tensor.item": 1}
+    assert dict(counter.calls) == {
+        "Tensor.__bool__": 1,
+        "torch.unique": 1,
+        "Tensor.item": 1,
+        "torch.as_tensor": 1,
+    }
     SyncCounter.instances.remove(counter)
 
 

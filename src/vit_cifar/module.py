@@ -94,13 +94,16 @@ class ClassifierModule(L.LightningModule):
         hard = target.argmax(dim=1) if target.ndim == 2 else target
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         n = len(x)
+        # The batch size as a device tensor made by a fill kernel: given a Python number, torchmetrics would copy
+        # it from the host (torch.as_tensor(..., device=...)), which waits for the GPU.
+        weight = torch.full_like(loss, n, dtype=torch.float32)
         if stage == "train":  # the step's own values for the step logs, the epoch's mean at its end
             accuracy(logits, hard)
-            mean_loss(loss.detach(), n)
+            mean_loss(loss.detach(), weight)
         else:  # epoch values only
             accuracy.update(logits, hard)
-            mean_loss.update(loss.detach(), n)
-            getattr(self, f"{stage}_images").update(n)
+            mean_loss.update(loss.detach(), weight)
+            getattr(self, f"{stage}_images").update(weight)
             self.log(f"{stage}/images", getattr(self, f"{stage}_images"), on_step=False, on_epoch=True)
         on_step = stage == "train"
         # Not prog_bar for the step value: Lightning converts every step value shown in the progress bar to a
