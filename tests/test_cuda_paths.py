@@ -412,3 +412,72 @@ def test_ddp_with_the_gpu_data_path_counts_every_image_once(tmp_path):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):  # as validated: 16-mixed
         accuracy = MulticlassAccuracy(10, average="micro")(net(val_x), datamodule.val_set.labels)
     assert metrics["val_acc_last_epoch"] == pytest.approx(float(accuracy), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ the other branches
+# Every other `cuda` / `is_available` / `device.type` branch of the code, driven with torch.cuda's functions
+# replaced by stand-ins that describe a GPU.
+
+
+def test_checkpoints_keep_and_restore_the_cuda_generator(monkeypatch):
+    from vit_cifar import callbacks
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7, 8], dtype=torch.uint8)
+    )
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state.tolist())
+    )
+    states = callbacks.capture_rng_states()
+    assert states["cuda"].tolist() == [7, 8]
+    callbacks.restore_rng_states(states)
+    assert restored == [[7, 8]]
+
+
+def test_the_benchmark_on_a_gpu_synchronises_at_window_edges_and_names_the_gpu(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from vit_cifar import benchmark
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    watch = benchmark.Stopwatch(torch.device("cuda"))
+    watch.start()
+    watch.stop()
+    assert len(synced) == 2  # the two edges, nothing inside
+    props = SimpleNamespace(name="NVIDIA H200", total_memory=141 * 2**30, major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    info = benchmark.device_info(torch.device("cuda"))
+    assert info["capability"] == "9.0" and info["name"] == "NVIDIA H200"
+    assert benchmark.result_path(tmp_path, info, tiny=False).name.endswith("-cuda-nvidia-h200.json")
+    # precision auto on a T4, through the benchmark's settings; 16-mixed keeps its GradScaler
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    settings = benchmark.settings_from(benchmark.parse_args(["--tiny", "--device", "cuda"]))
+    assert settings["precision"] == "16-mixed" and settings["device_spec"].capability == (7, 5)
+    assert benchmark.autocast_for("16-mixed", torch.device("cpu"))[1] is True
+    assert benchmark.autocast_for("bf16-mixed", torch.device("cpu"))[1] is False
+
+
+def test_evaluation_names_the_gpu_and_picks_it_for_auto(monkeypatch):
+    from vit_cifar import inference
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert inference.resolve_device("auto") == torch.device("cuda")
+    assert inference.resolve_device("gpu") == torch.device("cuda")
+    assert inference.describe_device(torch.device("cuda")) == "cuda (NVIDIA H200)"
+
+
+def test_a_finished_sweep_job_frees_the_gpu_and_the_compiled_graphs(monkeypatch):
+    from vit_cifar import sweep
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    monkeypatch.setattr(torch.compiler, "reset", lambda: calls.append("compiler.reset"))
+    sweep._release_memory()
+    assert calls == ["compiler.reset", "empty_cache"]
