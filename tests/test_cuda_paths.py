@@ -394,12 +394,13 @@ def test_ddp_with_the_gpu_data_path_counts_every_image_once(tmp_path):
     result = train_cli([*args, f"hydra.run.dir={run}"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["test_images"] == 100 and metrics["device"].endswith("x3")
+    assert metrics["test_images"] == 100 and metrics["val_images"] == 100 and metrics["device"].endswith("x3")
     records = [json.loads((tmp_path / "aug" / f"aug-rank{r}.json").read_text()) for r in range(3)]
     for r, record in enumerate(records):
         assert record["seeds"] == {str(e): augmentation_seed(42, e, r) for e in (0, 1)}
 
-    # validation counted once: the logged accuracy is that of one process over the whole split
+    # and the logged accuracy is that of one process over the whole split (float16 sums may round differently
+    # in batches of 34 than of 100: one image at most)
     from torchmetrics.classification import MulticlassAccuracy
 
     from vit_cifar.checkpoint import load_classifier
@@ -411,7 +412,7 @@ def test_ddp_with_the_gpu_data_path_counts_every_image_once(tmp_path):
     net = load_classifier(run / "checkpoints" / "last.ckpt").net
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):  # as validated: 16-mixed
         accuracy = MulticlassAccuracy(10, average="micro")(net(val_x), datamodule.val_set.labels)
-    assert metrics["val_acc_last_epoch"] == pytest.approx(float(accuracy), abs=1e-6)
+    assert metrics["val_acc_last_epoch"] == pytest.approx(float(accuracy), abs=0.0101)
 
 
 # ------------------------------------------------------------------------------------------ the other branches

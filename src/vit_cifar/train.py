@@ -146,6 +146,7 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
     }
     if "val/acc" in trainer.callback_metrics:
         metrics["val_acc_last_epoch"] = float(trainer.callback_metrics["val/acc"])
+        metrics["val_images"] = int(trainer.callback_metrics["val/images"])  # counted over all ranks
     callback = trainer.checkpoint_callback
     if callback is not None and callback.monitor == "val/acc" and callback.best_model_score is not None:
         metrics["val_acc_best"] = float(callback.best_model_score)
