@@ -266,7 +266,7 @@ def _check_device_choices(cfg: DictConfig, device: DeviceSpec | None) -> None:
         module_name, _, name = target.rpartition(".")
         try:
             optimizer = getattr(importlib.import_module(module_name), name, None)
-        except ImportError:
+        except (ImportError, ValueError):
             optimizer = None  # the run names the bad target itself
         if optimizer is not None and not has_fused_kernel(optimizer):
             raise ConfigError(
