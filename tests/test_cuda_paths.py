@@ -482,3 +482,53 @@ def test_a_finished_sweep_job_frees_the_gpu_and_the_compiled_graphs(monkeypatch)
     monkeypatch.setattr(torch.compiler, "reset", lambda: calls.append("compiler.reset"))
     sweep._release_memory()
     assert calls == ["compiler.reset", "empty_cache"]
+
+
+# ------------------------------------------------------------------------------------------ the device check
+
+
+def test_the_gpu_check_is_prepared(tmp_path):
+    """scripts/gpu_check.sh --dry-run: the inputs it needs, each training run's config check (as
+    python -m vit_cifar.train does first), and every command with its time limit, which fit 8 minutes."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def dry_run(device_dir: Path) -> subprocess.CompletedProcess:
+        env = {
+            **os.environ,
+            "DEVICE_DIR": str(device_dir),
+            "OUT": str(tmp_path / "out"),
+            "PYTHON": sys.executable,
+        }
+        script = ROOT / "scripts" / "gpu_check.sh"
+        return subprocess.run(
+            ["bash", str(script), "--dry-run"], env=env, capture_output=True, text=True, timeout=300
+        )
+
+    missing = dry_run(tmp_path / "nothing")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "is missing" in missing.stderr
+    device = tmp_path / "device"
+    (device / "wheels").mkdir(parents=True)
+    (device / "wheels" / "hydra_core-1.3.8-py3-none-any.whl").touch()
+    (device / "cifar10-jpeg.tar.gz").touch()
+    result = dry_run(device)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("pip install -q --no-index --no-deps --target /tmp/site")
+    assert lines[0].endswith("&& export PYTHONPATH=/tmp/site:src")
+    steps = dict(re.findall(r"^\[(\S+), at most (\d+)s\]", result.stdout, flags=re.M))
+    assert list(steps) == [
+        "environment",
+        "cuda_tests",
+        "seed_16-mixed",
+        "seed_bf16-mixed",
+        "benchmark",
+        "fast",
+    ]
+    assert sum(map(int, steps.values())) <= 8 * 60 - 10  # the wheels' install and the summary fit too
+    assert "tests/test_cuda_device.py --json" in result.stdout
+    assert "trainer.precision=16-mixed" in result.stdout and "trainer.precision=bf16-mixed" in result.stdout
