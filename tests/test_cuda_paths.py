@@ -320,8 +320,9 @@ def test_compiled_training_is_one_static_graph_and_reported_as_it_ran(tmp_path, 
     overrides += ["compile=true", "compile_backend=vit_cifar_test_counting"]
     metrics = train(compose_config(overrides, tmp_path))
     assert graphs and not any(symbolic for _, symbolic in graphs)
-    images = [shape for shapes, _ in graphs for shape in shapes]
+    images = [shape for shapes, _ in graphs for shape in shapes if shape[1:] == (3, 32, 32)]  # not weights
     assert sorted(set(images)) == [(32, 3, 32, 32), (100, 3, 32, 32)]  # training, and validation/test
+    assert images.count((32, 3, 32, 32)) == 1  # one training graph for the whole run
     assert metrics["compile"] is True and metrics["eager_calls"] == 0
 
 
