@@ -298,11 +298,12 @@ def test_compiled_training_is_one_static_graph_and_reported_as_it_ran(tmp_path, 
     @register_backend(name="vit_cifar_test_counting")
     def counting(gm, example_inputs):
         shapes = tuple(tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor) and t.ndim == 4)
+        # A dynamic graph's placeholders carry symbolic sizes (the inputs themselves are concrete tensors).
+        values = [node.meta.get("example_value") for node in gm.graph.nodes if node.op == "placeholder"]
         symbolic = any(
-            isinstance(s, torch.SymInt)
-            for t in example_inputs
-            if isinstance(t, torch.Tensor)
-            for s in t.shape
+            isinstance(v, torch.SymInt)
+            or (isinstance(v, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in v.shape))
+            for v in values
         )
         graphs.append((shapes, symbolic))
         return gm.forward
