@@ -53,3 +53,24 @@ class RecordSeenImages(L.Callback):
         sampler = type(trainer.train_dataloader.sampler).__name__
         record = {"world_size": trainer.world_size, "sampler": sampler, "train": self.train, "val": self.val}
         (self.out_dir / f"seen-rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class RecordAugmentationSeeds(L.Callback):
+    """Writes ``aug-rank<r>.json`` into ``out_dir``: per epoch, the seed of this rank's augmentation generator
+    (``data.device_aug``) and a hash of its first augmented training batch."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.seeds: dict[int, int] = {}
+        self.first_batch: dict[int, str] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        epoch = trainer.current_epoch
+        if epoch not in self.seeds:
+            self.seeds[epoch] = trainer.datamodule.device_batches.generator.initial_seed()
+            self.first_batch[epoch] = image_hashes(batch[0][:1])[0]
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = {"rank": trainer.global_rank, "seeds": self.seeds, "first_batch": self.first_batch}
+        (self.out_dir / f"aug-rank{trainer.global_rank}.json").write_text(json.dumps(record))

@@ -46,6 +46,8 @@ def test_tiny_benchmark_writes_a_complete_results_file(tmp_path, capsys):
         assert _is_summary(infer["timm"], 2) and infer["params"]["timm"] == infer["params"]["ours"]
     for key in ("cpu_pipeline_per_worker", "uint8_index_per_worker", "device_batches", "device_augment"):
         assert _is_summary(saved["augmentation"][key], 2), key
+    optimizer = saved["optimizer"]  # fused AdamW against foreach: the evidence for optim.fused's choice
+    assert _is_summary(optimizer["fused"], 2) and _is_summary(optimizer["foreach"], 2)
     assert saved["load_average"]["before"] and saved["load_average"]["after"]
     printed = capsys.readouterr().out
     assert "Lightning overhead" in printed and "written:" in printed

@@ -6,11 +6,11 @@ import torch
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config
 from vit_cifar.errors import ConfigError
 from vit_cifar.models import VisionTransformer
-from vit_cifar.speed import apply_speed_settings, optimizer_kwargs_for, resolve_compile
+from vit_cifar.speed import DeviceSpec, apply_speed_settings, optimizer_kwargs_for, resolve_compile
 from vit_cifar.train import train
 from vit_cifar.validate import validate_config
 
-CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+CPU, CUDA = DeviceSpec("cpu"), DeviceSpec.cuda(9, 0)
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,10 @@ def test_the_switches_are_config_values(tmp_path):
 
 
 def test_compile_auto_compiles_on_cuda_only():
-    assert resolve_compile("auto", CPU) is False
+    assert resolve_compile("auto", CPU) is False and resolve_compile("auto", CUDA) is True
+    assert (
+        resolve_compile("auto", DeviceSpec.cuda(9, 0, triton=False)) is False
+    )  # Inductor needs Triton there
     assert resolve_compile(True, CPU) is True and resolve_compile(False, CUDA) is False
     with pytest.raises(ConfigError, match="compile='maybe'"):
         resolve_compile("maybe", CPU)
@@ -40,7 +43,9 @@ def test_speed_settings_compile_in_place_and_set_the_matmul_precision():
     net = VisionTransformer(embed_dim=32, depth=1, num_heads=2)
     names = [n for n, _ in net.named_parameters()]
     applied = apply_speed_settings(net, CPU, compile=True, matmul_precision="medium")
-    assert applied == {"compile": True, "matmul_precision": "medium"}
+    counter = applied.pop("counter")
+    assert applied == {"compile": True, "matmul_precision": "medium", "compile_backend": "inductor"}
+    assert counter.report() == {"compile": False, "eager_calls": 0}  # nothing has run yet
     assert torch.get_float32_matmul_precision() == "medium"
     assert net._compiled_call_impl is not None  # compiled lazily: nothing is built before the first forward
     assert [n for n, _ in net.named_parameters()] == names  # checkpoints keep the eager names
@@ -62,9 +67,13 @@ def test_fused_adamw_defaults_to_the_fused_kernel_on_cuda_only():
 
 def test_compile_and_fused_reach_training(tmp_path, monkeypatch):
     compiled, fused = [], []
-    monkeypatch.setattr(
-        torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__)
-    )
+    real_compile = torch.nn.Module.compile
+
+    def spy_compile(self, *args, **kwargs):
+        compiled.append((type(self).__name__, kwargs))
+        real_compile(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", spy_compile)
 
     class SpyAdamW(torch.optim.AdamW):
         def __init__(self, *args, **kwargs):
@@ -80,13 +89,18 @@ def test_compile_and_fused_reach_training(tmp_path, monkeypatch):
             "trainer=cpu",
             "debug=fdr",
             "compile=true",
+            "compile_backend=eager",  # Dynamo's capture without code generation: seconds on CPU
             "optim.fused=true",
         ],
         tmp_path,
     )
     metrics = train(cfg)
-    assert compiled == ["VisionTransformer"] and fused == [True]  # fused AdamW runs on CPU too (torch >= 2.4)
-    assert metrics["compile"] is True and metrics["matmul_precision"] == "high"
+    # static shapes, so that a shorter batch gets a graph of its own instead of making the training graph dynamic
+    assert compiled == [("VisionTransformer", {"backend": "eager", "dynamic": False})]
+    assert fused == [True]  # fused AdamW runs on CPU too (torch >= 2.4)
+    # what ran, not what was asked: every forward call (train, validation, test) ran compiled
+    assert metrics["compile"] is True and metrics["eager_calls"] == 0
+    assert metrics["matmul_precision"] == "high"
 
 
 def test_the_config_check_knows_the_switches(tmp_path):

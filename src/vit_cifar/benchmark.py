@@ -63,12 +63,21 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import default_collate
 
+from vit_cifar.callbacks import FiniteLossGuard, ProgressBar
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.data.gpu_aug import DeviceBatches
 from vit_cifar.errors import ConfigError, VitCifarError
 from vit_cifar.module import ClassifierModule, build_network
+from vit_cifar.monitoring import GradNormMonitor
 from vit_cifar.optim import param_groups, warmup_cosine_lr, warmup_steps_for
-from vit_cifar.speed import apply_speed_settings, optimizer_kwargs_for, resolve_precision
+from vit_cifar.speed import (
+    CPU,
+    apply_speed_settings,
+    local_device,
+    optimizer_kwargs_for,
+    precision_for_trainer,
+    resolve_precision,
+)
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: configs/ and benchmarks/ sit here
 CONFIG_DIR = ROOT / "configs"
@@ -145,9 +154,11 @@ def settings_from(args: argparse.Namespace) -> dict:
     for key, value in [*((k, s[k]) for k in least), ("batch-size", batch)]:
         if value < least.get(key, 1):
             raise ConfigError(f"--{key}={value} must be at least {least.get(key, 1)}")
+    spec = local_device("cuda") if cuda else CPU
     return {
         "device": device,
-        "precision": resolve_precision(args.precision, device.type),
+        "device_spec": spec,
+        "precision": resolve_precision(args.precision, spec),
         "batch_size": batch,
         "eval_batch_size": 32 if args.tiny else recipe["data"]["eval_batch_size"],
         **s,
@@ -205,8 +216,8 @@ def autocast_for(precision: str, device: torch.device):
     """The autocast Lightning's precision plugin uses for ``precision``; whether a GradScaler goes with it."""
     if precision.startswith("bf16") and "mixed" in precision:
         return torch.autocast(device.type, dtype=torch.bfloat16), False
-    if precision.startswith("16") and "mixed" in precision:
-        return torch.autocast(device.type, dtype=torch.float16), device.type == "cuda"
+    if precision.startswith("16") and "mixed" in precision:  # with a GradScaler, on CPU too (as training)
+        return torch.autocast(device.type, dtype=torch.float16), True
     return contextlib.nullcontext(), False
 
 
@@ -264,29 +275,43 @@ def make_module(s: dict) -> ClassifierModule:
         scheduler=recipe["scheduler"],
         label_smoothing=float(recipe["aug"]["label_smoothing"]),
     )
-    apply_speed_settings(module.net, s["device"], compile=s["compile"], matmul_precision="high")
+    module.device_spec = s["device_spec"]
+    apply_speed_settings(module.net, s["device_spec"], compile=s["compile"], matmul_precision="high")
     return module
 
 
+# Steps between the reads of device values on the host, in both loops: Lightning's default log_every_n_steps,
+# which training keeps; the finite-loss guard, grad-norm monitor, progress bar and loggers read then.
+READ_EVERY = 50
+
+
 def lightning_window(s: dict, dm: CIFARDataModule, module: ClassifierModule, initial: dict) -> Stopwatch:
-    """The time of ``steps`` training steps of ``Trainer.fit``, as a training run does them: with the
-    learning-rate monitor and a CSV logger (training also writes TensorBoard events, every 50 steps), without
-    checkpoints (written at epoch ends, outside the window) and without a progress bar (see
-    docs/performance.md: it reads the loss at every refresh)."""
+    """The time of ``steps`` training steps of ``Trainer.fit``, as a training run does them: with the callbacks
+    that act during steps (the finite-loss guard, the grad-norm monitor, the progress bar and the learning-rate
+    monitor) and a CSV logger (training also writes TensorBoard events, every 50 steps), without checkpoints
+    (written at epoch ends, outside the window)."""
     module.net.load_state_dict(initial)
     timer = WindowTimer(s["warmup"], s["steps"], s["device"])
+    precision, plugins = precision_for_trainer(s["precision"], s["device"].type)
     with tempfile.TemporaryDirectory() as logs:
         trainer = L.Trainer(
             accelerator=s["device"].type,
             devices=1,
-            precision=s["precision"],
+            precision=precision,
+            plugins=plugins,
             max_steps=s["warmup"] + s["steps"],
             gradient_clip_val=s["recipe"]["gradient_clip_val"],
             gradient_clip_algorithm="norm",
-            callbacks=[timer, LearningRateMonitor(logging_interval="step")],
+            log_every_n_steps=READ_EVERY,
+            callbacks=[
+                timer,
+                LearningRateMonitor(logging_interval="step"),
+                FiniteLossGuard(),
+                GradNormMonitor(),
+                ProgressBar(leave=False),
+            ],
             logger=CSVLogger(logs, name="csv", version=""),
             enable_checkpointing=False,
-            enable_progress_bar=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
             limit_val_batches=0,
@@ -297,14 +322,16 @@ def lightning_window(s: dict, dm: CIFARDataModule, module: ClassifierModule, ini
 
 def plain_window(s: dict, dm: CIFARDataModule, net: nn.Module, initial: dict) -> Stopwatch:
     """The same steps as :func:`lightning_window` in a plain loop: same network object, batches, augmentation
-    on the device, AdamW groups, per-step schedule, clipping and precision."""
+    on the device, AdamW groups, per-step schedule, clipping and precision, and the same work of its callbacks:
+    a finite-loss record on the device, and every ``READ_EVERY`` steps a read of it, of the loss (progress bar
+    and logger) and of the gradient norm before clipping."""
     device, recipe = s["device"], s["recipe"]
     net.to(device).load_state_dict(initial)
     net.train()
     opt_cfg = {k: v for k, v in recipe["optim"].items() if not k.startswith("_")}
     lr, weight_decay = float(opt_cfg.pop("lr")), float(opt_cfg.pop("weight_decay"))
     opt_cfg["betas"] = tuple(opt_cfg["betas"])
-    opt_cfg = optimizer_kwargs_for(torch.optim.AdamW, opt_cfg, device)
+    opt_cfg = optimizer_kwargs_for(torch.optim.AdamW, opt_cfg, s["device_spec"])
     optimizer = torch.optim.AdamW(param_groups(net, weight_decay), lr=lr, **opt_cfg)
     total = s["warmup"] + s["steps"]
     # As in a Lightning run stopped by max_steps (max_epochs -1, counted as 1).
@@ -324,23 +351,31 @@ def plain_window(s: dict, dm: CIFARDataModule, net: nn.Module, initial: dict) ->
     if dm.device_augment is not None:
         images, labels = dm.train_set.images.to(device), dm.train_set.labels.to(device)
         batches = DeviceBatches(images, labels, s["batch_size"])
-        augment = dm.device_augment
+        augment = partial(dm.device_augment, generator=batches.generator)
     else:
         batches = dm.train_dataloader()
         augment = dm.mix if dm.mix is not None else (lambda x, y: (x, y))
     watch = Stopwatch(device)
     if s["warmup"] == 0:
         watch.start()
+    bad = torch.zeros((), dtype=torch.bool, device=device)
     for step, (x, y) in enumerate(batches, start=1):
         x, y = augment(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
         with autocast:
             loss = loss_fn(net(x), y)
+        read = (step - 1) % READ_EVERY == 0  # Lightning's global_step is step - 1 here
+        bad |= ~torch.isfinite(loss.detach())
+        if read and bool(bad):
+            raise RuntimeError(f"non-finite loss by step {step}")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
         else:
             loss.backward()
+        if read:
+            grads = [p.grad for p in net.parameters() if p.grad is not None]
+            _ = float(torch.nn.utils.get_total_norm(grads)), float(loss)  # grad-norm monitor, logger and bar
         nn.utils.clip_grad_norm_(net.parameters(), recipe["gradient_clip_val"])
         if scaler is not None:
             scaler.step(optimizer)
@@ -393,6 +428,42 @@ def measure_training(s: dict, log) -> dict:
     if "per_cpu_second" in lightning:
         cpu_lightning, cpu_plain = lightning["per_cpu_second"]["mean"], plain["per_cpu_second"]["mean"]
         result["lightning_overhead_cpu_time"] = cpu_plain / cpu_lightning - 1.0
+    return result
+
+
+# ------------------------------------------------------------------------------------------ optimiser
+
+
+def measure_optimizer(s: dict, log) -> dict:
+    """AdamW steps alone over the network's parameter groups with fixed gradients: the fused kernel against
+    the foreach implementation (PyTorch's default on CUDA), the evidence for ``optim.fused: null``'s choice.
+    Steps per second; each window synchronises the device at its edges only."""
+    device, recipe = s["device"], s["recipe"]
+    net = build_network(recipe["model"]).to(device)
+    for p in net.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    steps = max(s["steps"], 10)
+    watches: dict[str, list[Stopwatch]] = {"fused": [], "foreach": []}
+    for r in range(s["repeats"]):
+        for name in watches:
+            optimizer = torch.optim.AdamW(
+                param_groups(net, 0.05),
+                lr=1e-3,
+                **({"fused": True} if name == "fused" else {"foreach": True}),
+            )
+            optimizer.step()  # warm: the state is allocated
+            watch = Stopwatch(device)
+            watch.start()
+            for _ in range(steps):
+                optimizer.step()
+            watches[name].append(watch.stop())
+        log(
+            f"  optimiser repeat {r + 1}/{s['repeats']}: "
+            + ", ".join(f"{n} {steps / w[-1].wall:,.1f} steps/s" for n, w in watches.items())
+        )
+    result = {"unit": "AdamW steps/s over the network's parameters"}
+    result |= {name: rates(w, steps) for name, w in watches.items()}
+    result["fused_over_foreach"] = result["fused"]["mean"] / result["foreach"]["mean"]
     return result
 
 
@@ -630,6 +701,9 @@ def table(report: dict) -> str:
     ]
     if "ours_over_timm" in i:
         lines.append(f"{'  ours / timm (goal >= 1)':<50} {i['ours_over_timm']:>12.2f}")
+    o = report.get("optimizer")
+    if o:
+        lines += [row("AdamW steps/s, fused", o["fused"]), row("AdamW steps/s, foreach", o["foreach"])]
     lines += [row(f"augmentation, {k.replace('_', ' ')}", v) for k, v in a.items() if isinstance(v, dict)]
     return "\n".join(lines)
 
@@ -648,9 +722,10 @@ def run(argv: list[str] | None = None) -> dict:
         "device": device_info(s["device"]),
         "versions": versions(),
         "git": git_state(),
-        "config": {k: str(v) if k == "device" else v for k, v in s.items()},
+        "config": {k: str(v) if k in ("device", "device_spec") else v for k, v in s.items()},
         "training": measure_training(s, log),
         "inference": measure_inference(s, log),
+        "optimizer": measure_optimizer(s, log),
         "augmentation": measure_augmentation(s),
     }
     report["load_average"] = {

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import random
+from itertools import chain
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, RichProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from vit_cifar.errors import ConfigError, TrainingError
 
@@ -65,21 +67,82 @@ class RNGStateCheckpoint(L.Callback):
 
 
 class FiniteLossGuard(L.Callback):
-    """Stops training at the first non-finite loss, before its backward pass and optimiser step, so the
-    weights in memory and every checkpoint on disk stay the last good ones. All ranks stop together (DDP)."""
+    """Stops training at the first non-finite loss, naming its step, so that no checkpoint with its updates is
+    ever written and the last good one stays the newest. All ranks stop together (DDP).
+
+    Reading the loss on the host would make the CPU wait for the GPU at every step. Instead, each step records
+    on the device whether its loss is finite, and the step and value of the first one that is not (a few tiny
+    kernels, no wait). The record is read every ``check_every_n_steps`` steps (default: the trainer's
+    ``log_every_n_steps``, when the logger reads the loss anyway), and always before validation and at the end
+    of each training epoch, that is before any checkpoint is written. A check at step s covers step s's own
+    loss before its update. With ``check_every_n_steps=1`` every step is checked before its update (one wait
+    per step): the weights in memory then stay the last good ones too.
+
+    Args:
+        check_every_n_steps: steps between checks; None takes ``trainer.log_every_n_steps``.
+    """
+
+    def __init__(self, check_every_n_steps: int | None = None) -> None:
+        if check_every_n_steps is not None and check_every_n_steps < 1:
+            raise ConfigError(
+                f"callbacks.finite_loss.check_every_n_steps={check_every_n_steps} must be at least 1 (or null)"
+            )
+        self.check_every_n_steps = check_every_n_steps
+        # On the device: the step (-1: none yet), epoch and value of the first non-finite loss.
+        self._bad_step = self._bad_epoch = self._bad_loss = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._bad_step = self._bad_epoch = self._bad_loss = None
 
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
     ) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())  # one host sync per step: cheap next to a step
+        loss = loss.detach().float()
+        if self._bad_step is None:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_epoch = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_loss = torch.zeros((), device=loss.device)
+        # All on the device, no host sync; Python numbers enter as kernel arguments, not as copies.
+        first = ~torch.isfinite(loss) & (self._bad_step < 0)
+        self._bad_step = torch.where(first, trainer.global_step, self._bad_step)
+        self._bad_epoch = torch.where(first, trainer.current_epoch, self._bad_epoch)
+        self._bad_loss = torch.where(first, loss, self._bad_loss)
+        every = self.check_every_n_steps or trainer.log_every_n_steps
+        if trainer.global_step % every == 0:
+            self._check(trainer, every)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._check(trainer, self.check_every_n_steps or trainer.log_every_n_steps)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer, self.check_every_n_steps or trainer.log_every_n_steps)
+
+    def _check(self, trainer: L.Trainer, every: int) -> None:
+        """Read the record (a host sync, and under DDP one collective) and stop when any rank saw a bad loss."""
+        if self._bad_step is None:
+            return
+        step, epoch = int(self._bad_step), int(self._bad_epoch)
+        bad = step >= 0
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):
             return
         kept = latest_checkpoint(trainer) or "none written yet"
+        if not bad:
+            where = (
+                f"non-finite on another rank by step {trainer.global_step} (epoch {trainer.current_epoch})"
+            )
+            stopped = "stopped"
+        else:
+            where = f"{float(self._bad_loss)} at step {step} (epoch {epoch})"
+            stopped = (
+                "stopped before that step's update"
+                if step == trainer.global_step and trainer.training
+                else f"stopped at step {trainer.global_step} (the loss is read every {every} steps, "
+                "callbacks.finite_loss.check_every_n_steps)"
+            )
         raise TrainingError(
-            f"the training loss is {loss.item() if bad else 'non-finite on another rank'} at step "
-            f"{trainer.global_step} (epoch {trainer.current_epoch}): stopped before that step's update; "
-            f"last good checkpoint: {kept}; lower optim.lr, keep trainer.gradient_clip_val, "
-            "or train in trainer.precision=32-true or bf16-mixed"
+            f"the training loss is {where}: {stopped}; last good checkpoint: {kept}; lower optim.lr, keep "
+            "trainer.gradient_clip_val, or train in trainer.precision=32-true or bf16-mixed"
         )
 
 
@@ -121,9 +184,97 @@ class EMA(EMAWeightAveraging):
             update_starting_at_step=update_starting_at_step,
             update_every_n_steps=update_every_n_steps,
         )
+        self.decay = decay
+        self._ema_update = get_ema_multi_avg_fn(decay)  # torch's own: one foreach lerp over all tensors
+        self._started = False  # whether the average holds weights yet (else the first update copies them)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._started = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        """As Lightning's, except for the update: ``AveragedModel.update_parameters`` with an ``avg_fn`` updates
+        tensor by tensor and reads its step count on the host twice (``bool`` of a device tensor), waiting for
+        the GPU at every step; this is one foreach update and no wait."""
+        step_idx = trainer.global_step - 1
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
+            self._update_average(pl_module)
+            self._latest_update_step = trainer.global_step
+
+    @torch.no_grad()
+    def _update_average(self, pl_module: L.LightningModule) -> None:
+        average = self._average_model
+        pairs = list(
+            zip(
+                chain(average.module.parameters(), average.module.buffers()),
+                chain(pl_module.parameters(), pl_module.buffers()),
+                strict=True,
+            )
+        )
+        floats = [(a, m) for a, m in pairs if a.is_floating_point()]
+        if not self._started:  # the first update copies the weights, as AveragedModel's does
+            for a, m in pairs:
+                a.copy_(m)
+            self._started = True
+        elif floats:
+            self._ema_update([a for a, _ in floats], [m for _, m in floats], None)
+        for a, m in pairs:  # integer buffers (BatchNorm's num_batches_tracked) are copied, not averaged
+            if not a.is_floating_point():
+                a.copy_(m)
+        average.n_averaged += 1  # on the device: no wait
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         if trainer.state.fn == TrainerFn.FITTING:  # resuming: restore the average and the raw weights
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+            # once per run: whether the restored average has started
+            self._started = self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, reading the logged values (loss, accuracy) every
+    ``metrics_every_n_steps`` training steps rather than at every one.
+
+    Lightning 2.6 reads them at the end of every batch, converting each value logged with ``prog_bar=True``
+    to a Python number: on a GPU a wait for the device, every step (the bar's ``refresh_rate`` is redraws per
+    second and does not limit that). So the module logs its step loss without ``prog_bar``, and this bar adds
+    the step values (``train/loss_step`` as ``train/loss``) when it reads. Between reads it shows the values
+    of the last read; the step counter moves at every step, and validation and the epoch's end read as before.
+
+    Args:
+        metrics_every_n_steps: steps between reads; None takes ``trainer.log_every_n_steps`` (the steps at
+            which the loggers read the values anyway).
+        **kwargs: ``RichProgressBar``'s own (``refresh_rate``, ``leave``, ``theme``, ``console_kwargs``).
+    """
+
+    def __init__(self, metrics_every_n_steps: int | None = None, **kwargs: Any) -> None:
+        if metrics_every_n_steps is not None and metrics_every_n_steps < 1:
+            raise ConfigError(
+                f"callbacks.progress_bar.metrics_every_n_steps={metrics_every_n_steps} must be at least 1 "
+                "(or null)"
+            )
+        super().__init__(**kwargs)
+        self.metrics_every_n_steps = metrics_every_n_steps
+        self._shown: dict | None = None
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        every = self.metrics_every_n_steps or trainer.log_every_n_steps
+        if trainer.training and self._shown is not None and trainer.global_step % every:
+            return self._shown
+        shown = super().get_metrics(trainer, pl_module)
+        if trainer.training:  # the step values (train/loss), which the module logs without prog_bar
+            for name, value in trainer.callback_metrics.items():
+                if name.endswith("_step") and name[: -len("_step")] not in shown:
+                    shown[name[: -len("_step")]] = float(value)
+        self._shown = shown
+        return shown
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._shown = None  # the epoch's values are read at its end
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._shown = None
+        super().on_validation_end(trainer, pl_module)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_cifar.errors import ConfigError
@@ -64,46 +65,67 @@ class ClassifierModule(L.LightningModule):
         num_classes = self.net.num_classes
         # Takes hard labels (N,) or MixUp/CutMix class probabilities (N, C); smoothing applies to both.
         self.loss_fn = partial(F.cross_entropy, label_smoothing=label_smoothing)
-        # One metric object per stage, so their states never mix.
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # One metric object per stage, so their states never mix. Metric objects (not tensors) for the loss
+        # too: their epoch values are sums over every image of every rank, reduced once at the epoch's end, so
+        # under DDP each image counts once, whatever share each rank had. No argument validation (its
+        # torch.unique on the targets waits for the GPU every step) and no NaN check on the loss (another wait;
+        # vit_cifar.callbacks.FiniteLossGuard watches the loss): the inputs are ours.
+        self.train_acc, self.val_acc, self.test_acc = (_accuracy(num_classes) for _ in range(3))
+        self.train_loss, self.val_loss, self.test_loss = (
+            MeanMetric(nan_strategy="disable") for _ in range(3)
+        )
+        self.val_images, self.test_images = (
+            SumMetric(nan_strategy="disable"),
+            SumMetric(nan_strategy="disable"),
+        )
         self.classes: list[str] | None = None
         self.run_config: dict | None = None
+        # The device the device-dependent choices (fused AdamW) are made for; None: the one the module is on.
+        # A test sets a CUDA description to run CUDA's choices on CPU (vit_cifar.speed.DeviceSpec).
+        self.device_spec = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _step(self, batch, stage: str, metric: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss and the logits of a batch; logs the stage's loss and accuracy."""
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and the logits of a batch; logs the stage's loss and accuracy (and, for validation and
+        test, how many images were counted)."""
         x, target = batch
         logits = self(x)
         loss = self.loss_fn(logits, target)
         # Under MixUp/CutMix the target is a mixture; accuracy counts the class with the largest share.
         hard = target.argmax(dim=1) if target.ndim == 2 else target
-        metric(logits, hard)
+        accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
+        n = len(x)
+        # The batch size as a device tensor made by a fill kernel: given a Python number, torchmetrics would copy
+        # it from the host (torch.as_tensor(..., device=...)), which waits for the GPU.
+        weight = torch.full_like(loss, n, dtype=torch.float32)
+        if stage == "train":  # the step's own values for the step logs, the epoch's mean at its end
+            accuracy(logits, hard)
+            mean_loss(loss.detach(), weight)
+        else:  # epoch values only
+            accuracy.update(logits, hard)
+            mean_loss.update(loss.detach(), weight)
+            getattr(self, f"{stage}_images").update(weight)
+            self.log(f"{stage}/images", getattr(self, f"{stage}_images"), on_step=False, on_epoch=True)
         on_step = stage == "train"
-        # sync_dist: under DDP the logged loss is the mean over all ranks (one scalar all-reduce per step).
+        # Not prog_bar for the step value: Lightning converts every step value shown in the progress bar to a
+        # Python number at every batch (a wait for the GPU); vit_cifar.callbacks.ProgressBar shows it instead,
+        # read every log_every_n_steps steps.
         self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=len(x),
+            f"{stage}/loss", mean_loss, on_step=on_step, on_epoch=True, prog_bar=not on_step, batch_size=n
         )
-        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         return loss, logits
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_acc)[0]
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val", self.val_acc)[1]  # the logits, for callbacks (monitoring's figures)
+        return self._step(batch, "val")[1]  # the logits, for callbacks (monitoring's figures)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test", self.test_acc)
+        self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, list | tuple) else batch
@@ -115,7 +137,7 @@ class ClassifierModule(L.LightningModule):
         weight_decay = float(opt_cfg.pop("weight_decay", 0.0))
         if "betas" in opt_cfg:
             opt_cfg["betas"] = tuple(opt_cfg["betas"])
-        opt_cfg = optimizer_kwargs_for(self.optimizer_class, opt_cfg, self.device)  # fused: null -> on CUDA
+        opt_cfg = optimizer_kwargs_for(self.optimizer_class, opt_cfg, self.device_spec or self.device)
         groups = param_groups(self.net, weight_decay)
         optimizer = self.optimizer_class(groups, lr=lr, **opt_cfg)
 
@@ -159,6 +181,31 @@ class ClassifierModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
         }
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip the true gradients, in every precision and with fused optimisers too.
+
+        Lightning clips through its precision plugin, whose mixed-precision plugin refuses any optimiser that
+        unscales inside its step (fused AdamW), in bf16-mixed as well as 16-mixed, because under 16-mixed it
+        leaves such an optimiser's gradients scaled. For those this unscales them first (16-mixed:
+        ``GradScaler.unscale_``, which also records whether any is infinite) and clips them here;
+        ``GradScaler.step`` then hands the fused kernel that record and no scale, and the kernel skips an
+        overflowing step on the device: no host synchronisation. Other optimisers go through Lightning."""
+        if not gradient_clip_val:
+            return
+        if not is_fused(optimizer):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if str(gradient_clip_algorithm) == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What evaluation needs beside the weights: class names and the whole run configuration.
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -170,3 +217,12 @@ class ClassifierModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.classes = checkpoint.get("classes")
         self.run_config = checkpoint.get("config")
+
+
+def _accuracy(num_classes: int) -> MulticlassAccuracy:
+    return MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+
+
+def is_fused(optimizer) -> bool:
+    """Whether ``optimizer`` runs a fused kernel (which unscales 16-mixed gradients inside its step)."""
+    return any(group.get("fused") for group in optimizer.param_groups)

@@ -15,13 +15,13 @@ import time
 import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from vit_cifar.errors import ConfigError
@@ -173,6 +173,10 @@ class CSVLog(CSVLogger):
         return writer
 
 
+if TYPE_CHECKING:  # omegaconf is imported where it is used: the benchmark runs without Hydra
+    from omegaconf import DictConfig
+
+
 def tensorboard_of(trainer: L.Trainer) -> TensorBoardLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
@@ -185,6 +189,11 @@ class GradNormMonitor(L.Callback):
     ``torch.nn.utils.get_total_norm`` is the function clipping itself uses; unlike Lightning's ``grad_norm``
     it does not copy every parameter's norm to the host. Under DDP the gradients are already averaged over
     the ranks here, and only rank 0's loggers write.
+
+    Under 16-mixed, Lightning unscales the gradients before this hook, except for a fused optimiser, whose
+    kernel unscales them inside its step (``ClassifierModule.configure_gradient_clipping`` unscales them after
+    this hook, before clipping): then the norm read here is divided by the GradScaler's scale, so that the
+    logged norm is the true one in every precision.
     """
 
     def on_before_optimizer_step(
@@ -196,6 +205,9 @@ class GradNormMonitor(L.Callback):
         if not grads:
             return
         norm = float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+        if scaler is not None and any(group.get("fused") for group in optimizer.param_groups):
+            norm /= scaler.get_scale()  # still scaled: see the class's docstring
         for logger in trainer.loggers:
             logger.log_metrics({"train/grad_norm": norm}, step=trainer.global_step)
 
@@ -362,6 +374,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, str | int | float | bool]:
     """The run's settings that matter, as ``key`` -> value with its real type (numbers stay numbers, booleans
     booleans; lists become text; unset values are left out): :data:`HPARAMS_KEYS` and the command line's."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
     try:
         choices = dict(HydraConfig.get().runtime.choices)  # config group -> the option chosen

@@ -90,10 +90,14 @@ def one_line(err: BaseException) -> str:
 
 
 def _release_memory() -> None:
-    """Free what a finished job left behind (e.g. after CUDA ran out of memory) before the next job starts."""
+    """Free what a finished job left behind (e.g. after CUDA ran out of memory) before the next job starts,
+    compiled graphs included: the next job compiles from a clean state (and ``train`` resets it again)."""
     gc.collect()
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
+    if torch is None:
+        return
+    torch.compiler.reset()
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 

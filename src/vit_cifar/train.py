@@ -25,7 +25,13 @@ from vit_cifar.module import ClassifierModule
 from vit_cifar.monitoring import log_final_hparams
 from vit_cifar.resume import check_fits, resolve_ckpt_path
 from vit_cifar.runlock import run_folder_lock
-from vit_cifar.speed import apply_speed_settings, resolve_precision
+from vit_cifar.speed import (
+    DeviceSpec,
+    apply_speed_settings,
+    local_device,
+    precision_for_trainer,
+    resolve_precision,
+)
 from vit_cifar.sweep import validation_accuracy
 from vit_cifar.validate import validate_config
 
@@ -54,20 +60,25 @@ def build_module(cfg: DictConfig) -> ClassifierModule:
     return module
 
 
-def build_trainer(cfg: DictConfig, has_validation: bool) -> L.Trainer:
+def build_trainer(cfg: DictConfig, has_validation: bool, device: DeviceSpec | None = None) -> L.Trainer:
+    """The Trainer of ``cfg.trainer``, its precision resolved for ``device`` (default: the device
+    ``trainer.accelerator`` selects here; a test passes a CUDA description to run CUDA's choice on CPU)."""
     callbacks_cfg = cfg.get("callbacks") or {}
     ckpt_cfg = callbacks_cfg.get("model_checkpoint")
     if ckpt_cfg is not None and not has_validation:
         # No validation split to select on: keep the last epoch (the seed's final-epoch protocol).
         ckpt_cfg.monitor = None
         ckpt_cfg.filename = "epoch{epoch:03d}"
-    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    runs_on = local_device(cfg.trainer.accelerator)
+    precision = resolve_precision(cfg.trainer.precision, device or runs_on)
+    precision, precision_plugins = precision_for_trainer(precision, runs_on.type)
+    plugins = [SafeCheckpointIO(), *precision_plugins]  # atomic checkpoint writes, weights_only loads
     return hydra.utils.instantiate(
         cfg.trainer,
         callbacks=instantiate_all(callbacks_cfg),
         logger=instantiate_all(cfg.get("logger")) or False,
         precision=precision,
-        plugins=[SafeCheckpointIO()],  # atomic checkpoint writes, weights_only loads
+        plugins=plugins,
     )
 
 
@@ -83,10 +94,20 @@ def describe_device(trainer: L.Trainer) -> str:
     return f"{name} x{trainer.world_size}" if trainer.world_size > 1 else name
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit, test the selected checkpoint, write ``metrics.json`` in the run folder and return the metrics."""
+def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
+    """Fit, test the selected checkpoint, write ``metrics.json`` in the run folder and return the metrics.
+
+    ``device``: the device that the device-dependent choices (precision ``auto``, ``optim.fused: null``,
+    ``compile: auto``) are made for; default the one ``trainer.accelerator`` selects. The tests pass a CUDA
+    description to train with CUDA's choices on CPU."""
     start = time.perf_counter()
-    validate_config(cfg)
+    validate_config(cfg, device=device)
+    accelerator = str(cfg.trainer.get("accelerator", "auto")).lower()
+    if device is None and accelerator in ("gpu", "cuda") and local_device(accelerator).type != "cuda":
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here: "
+            "use trainer=cpu (or trainer.accelerator=cpu) on this machine"
+        )
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path=last: this run folder's last.ckpt
     if not cfg.train:
         if ckpt_path is None:
@@ -102,13 +123,17 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
-    trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0)
+    trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0, device=device)
+    choices_for = device or local_device(cfg.trainer.accelerator)
+    module.device_spec = choices_for
     speed = apply_speed_settings(
         module.net,
-        trainer.strategy.root_device,
+        choices_for,
         cfg.get("compile", "auto"),
         cfg.get("matmul_precision", "high"),
+        backend=cfg.get("compile_backend", "inductor"),
     )
+    compile_counter = speed.pop("counter", None)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     ckpt_path = selected_checkpoint(trainer)
@@ -127,6 +152,7 @@ def train(cfg: DictConfig) -> dict:
     }
     if "val/acc" in trainer.callback_metrics:
         metrics["val_acc_last_epoch"] = float(trainer.callback_metrics["val/acc"])
+        metrics["val_images"] = int(trainer.callback_metrics["val/images"])  # counted over all ranks
     callback = trainer.checkpoint_callback
     if callback is not None and callback.monitor == "val/acc" and callback.best_model_score is not None:
         metrics["val_acc_best"] = float(callback.best_model_score)
@@ -139,11 +165,13 @@ def train(cfg: DictConfig) -> dict:
         )
         metrics["test_acc"] = float(results[0]["test/acc"])
         metrics["test_loss"] = float(results[0]["test/loss"])
-        metrics["test_images"] = len(datamodule.test_set)
+        metrics["test_images"] = int(results[0]["test/images"])  # counted, once each, over all ranks
         metrics["checkpoint"] = ckpt_path
         if ckpt_path:  # 1-based, like "epochs": the checkpoint holds the weights after this many epochs
             saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             metrics["checkpoint_after_epoch"] = int(saved["epoch"]) + 1
+    if compile_counter is not None:  # what really ran compiled, not what was asked for
+        metrics.update(compile_counter.report())
     metrics["wall_s"] = round(time.perf_counter() - start, 1)
     log_final_hparams(trainer, cfg, metrics)  # TensorBoard's hparams table: settings beside final metrics
 

@@ -8,6 +8,7 @@ callers that skip the config; their ranges are the same as here.
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from collections.abc import Callable
@@ -19,7 +20,17 @@ from omegaconf import DictConfig, OmegaConf
 from vit_cifar.data.datamodule import SOURCES
 from vit_cifar.data.transforms import POLICIES
 from vit_cifar.errors import ConfigError
-from vit_cifar.speed import MATMUL_PRECISIONS
+from vit_cifar.speed import (
+    MATMUL_PRECISIONS,
+    NATIVE_BF16_CAPABILITY,
+    PRECISION_ALIASES,
+    PRECISIONS,
+    DeviceSpec,
+    has_fused_kernel,
+    local_device,
+    resolve_compile,
+    resolve_precision,
+)
 
 _ABSENT = object()
 
@@ -67,7 +78,7 @@ class Choice:
         return None if (value is None and self.optional) or value in self.options else "is unknown"
 
     def describe(self) -> str:
-        return f"one of {', '.join(self.options)}"
+        return f"one of {', '.join(o if isinstance(o, str) else _show(o) for o in self.options)}"
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,10 @@ RULES: dict[str, Rule] = {
     "trainer.num_nodes": POSITIVE_INT,
     "trainer.log_every_n_steps": POSITIVE_INT,
     "trainer.gradient_clip_val": Number(low=0, optional=True),
+    "trainer.gradient_clip_algorithm": Choice(("norm", "value"), optional=True),
+    "trainer.precision": Choice(tuple(PRECISIONS) + tuple(PRECISION_ALIASES)),
+    "optim.fused": Choice((True, False), optional=True),
+    "callbacks.finite_loss.check_every_n_steps": Number(low=1, integer=True, optional=True),
     "data.source": Choice(SOURCES),
     "data.num_classes": Number(low=2, integer=True),
     "data.image_size": POSITIVE_INT,
@@ -204,8 +219,9 @@ CROSS_RULES = [
 ]
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first value outside its allowed range, or broken cross-key rule."""
+def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
+    """Raise :class:`ConfigError` for the first value outside its allowed range, or broken cross-key rule, or a
+    combination that cannot train on ``device`` (default: the device ``trainer.accelerator`` selects here)."""
     values: dict[str, Any] = {}
     for key, rule in RULES.items():
         value = _select(cfg, key)
@@ -224,6 +240,51 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
         )
+    _check_device_choices(cfg, device)
+
+
+def _check_device_choices(cfg: DictConfig, device: DeviceSpec | None) -> None:
+    """The choices that depend on the device, resolved as the run will resolve them, and what cannot work."""
+    if "compile" in cfg:
+        device = device or local_device(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+        compiled = resolve_compile(cfg.compile, device)  # the same one-line error as at the start of a run
+        backend = cfg.get("compile_backend", "inductor")
+        if compiled and backend not in _compile_backends():
+            raise ConfigError(
+                f"compile_backend={_show(backend)} is unknown: use one of {', '.join(_compile_backends())}"
+            )
+        precision = OmegaConf.select(cfg, "trainer.precision", default=None)
+        if precision is not None and device.type == "cuda" and device.capability is not None:
+            resolved = resolve_precision(precision, device)
+            if (
+                compiled
+                and backend == "inductor"
+                and resolved.startswith("bf16")
+                and tuple(device.capability) < NATIVE_BF16_CAPABILITY
+            ):
+                major, minor = device.capability
+                raise ConfigError(
+                    f"trainer.precision={resolved} with compile on a GPU of compute capability {major}.{minor}: "
+                    "it has no bf16 units and Inductor does not compile bf16 for it; use "
+                    "trainer.precision=16-mixed (or auto), or compile=false"
+                )
+    target = OmegaConf.select(cfg, "optim._target_", default=None)
+    if OmegaConf.select(cfg, "optim.fused", default=None) is True and isinstance(target, str):
+        module_name, _, name = target.rpartition(".")
+        try:
+            optimizer = getattr(importlib.import_module(module_name), name, None)
+        except (ImportError, ValueError):
+            optimizer = None  # the run names the bad target itself
+        if optimizer is not None and not has_fused_kernel(optimizer):
+            raise ConfigError(
+                f"optim.fused=true but {target} has no fused kernel: set optim.fused=null or false"
+            )
+
+
+def _compile_backends() -> list[str]:
+    import torch
+
+    return sorted(set(torch.compiler.list_backends(exclude_tags=())) | {"inductor"})
 
 
 def _select(cfg: DictConfig, key: str) -> Any:

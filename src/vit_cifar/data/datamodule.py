@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -113,7 +114,7 @@ class CIFARDataModule(L.LightningDataModule):
         train_subset, test_subset: optional class-balanced subset sizes for quick runs.
         batch_size, eval_batch_size: per-device batch sizes.
         num_workers: DataLoader workers; None picks min(8, CPUs - 1).
-        pin_memory: None pins when CUDA is available.
+        pin_memory: None pins when the trainer runs on CUDA.
         persistent_workers: keep workers alive between epochs.
         repeated_aug: copies of each training image per epoch, each augmented anew (see
             :class:`~vit_cifar.data.samplers.RepeatedAugSampler`); 1 switches it off.
@@ -171,7 +172,7 @@ class CIFARDataModule(L.LightningDataModule):
         self.train_subset, self.test_subset = train_subset, test_subset
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if num_workers is None else num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.pin_memory = pin_memory  # None: resolved by the trainer's device (resolve_pin_memory)
         self.persistent_workers = persistent_workers and self.num_workers > 0
         self.repeated_aug = int(repeated_aug)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -197,6 +198,9 @@ class CIFARDataModule(L.LightningDataModule):
             self.device_augment = DeviceAugment(self.aug, self.mean, self.std, num_classes)
         self.arrays: sources.ImageArrays | None = None
         self.train_set = self.val_set = self.test_set = None
+        self.device_batches: DeviceBatches | None = (
+            None  # device_aug: this epoch's batches and random generator
+        )
 
     # -- Lightning hooks -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -287,6 +291,7 @@ class CIFARDataModule(L.LightningDataModule):
         drop_last: bool = False,
         sampler: Sampler | None = None,
     ) -> DataLoader:
+        device = self.trainer.strategy.root_device.type if self.trainer is not None else "cpu"
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -294,9 +299,24 @@ class CIFARDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=resolve_pin_memory(self.pin_memory, device),
             persistent_workers=self.persistent_workers,
         )
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        """Validation and test: under DDP each rank takes every world_size-th image and no image twice.
+
+        Lightning's default, a ``DistributedSampler``, pads the last round with repeated images so that every
+        rank has as many; with 3, 6 or 7 GPUs some of the 10,000 test images would then count twice. Without
+        padding, ranks may run one batch fewer than others, which evaluation allows: nothing is synchronised
+        per batch (the metrics are reduced once, at the epoch's end)."""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        if world == 1:
+            return self._loader(dataset, self.eval_batch_size, shuffle=False)
+        if len(dataset) < world:
+            raise ConfigError(f"{len(dataset)} evaluation images cannot be shared out over {world} processes")
+        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        return self._loader(dataset, self.eval_batch_size, shuffle=False, sampler=sampler)
 
     def _repeated_aug_sampler(self) -> RepeatedAugSampler | None:
         """This rank's share of each image ``repeated_aug`` times per epoch; None when it is off."""
@@ -321,10 +341,10 @@ class CIFARDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False) if self.val_set else []
+        return self._eval_loader(self.val_set) if self.val_set else []
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._eval_loader(self.test_set)
 
     def _device_batches(self) -> DeviceBatches:
         """The training images moved once to this process's device, batched there (see ``device_aug``)."""
@@ -332,9 +352,10 @@ class CIFARDataModule(L.LightningDataModule):
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
-        # Shuffled from the training seed (seed_everything), so every rank draws the same permutation.
+        # Shuffled from the training seed (seed_everything), so every rank draws the same permutation; each
+        # rank's augmentation draws come from a generator of its own, seeded from (seed, epoch, rank).
         drop_last = len(labels) > self.batch_size  # as train_dataloader
-        return DeviceBatches(
+        self.device_batches = DeviceBatches(
             images,
             labels,
             self.batch_size,
@@ -343,13 +364,20 @@ class CIFARDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
         )
+        return self.device_batches
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """MixUp/CutMix on the device, on training batches only: targets become class probabilities. With
         ``device_aug`` the whole augmentation runs here, on the uint8 batch."""
         if self.trainer is not None and self.trainer.training:
             if self.device_augment is not None:
-                return self.device_augment(*batch)
+                generator = self.device_batches.generator if self.device_batches is not None else None
+                return self.device_augment(*batch, generator=generator)
             if self.mix is not None:
                 batch = self.mix(*batch)
         return batch
+
+
+def resolve_pin_memory(pin_memory: bool | None, device_type: str) -> bool:
+    """``data.pin_memory``: null pins host memory when the batches go to a CUDA device (faster copies)."""
+    return device_type == "cuda" if pin_memory is None else bool(pin_memory)

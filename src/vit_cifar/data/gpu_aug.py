@@ -313,17 +313,22 @@ class DeviceAugment:
         self.mean, self.std = tuple(mean), tuple(std)
         self.mix = batch_mix(aug, num_classes)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment a batch; the per-image draws come from ``generator`` (on the batch's device; None: torch's
+        default generator). MixUp/CutMix draw their one value per batch from torch's default generator."""
+        g = generator
         if self.crop_padding:
-            images = random_crop(images, self.crop_padding)
+            images = random_crop(images, self.crop_padding, generator=g)
         if self.hflip_p:
-            images = random_hflip(images, self.hflip_p)
+            images = random_hflip(images, self.hflip_p, generator=g)
         if self.trivial_augment:
-            images = trivial_augment_wide(images)
+            images = trivial_augment_wide(images, generator=g)
         mean, std = _normalisation(self.mean, self.std, images.device)
         x = (images.float() / 255.0 - mean) / std
         if self.erasing_p:
-            x = random_erasing(x, self.erasing_p)
+            x = random_erasing(x, self.erasing_p, generator=g)
         return self.mix(x, labels) if self.mix is not None else (x, labels)
 
 
@@ -337,7 +342,12 @@ def _normalisation(mean: tuple, std: tuple, device: torch.device) -> tuple[torch
 class DeviceBatches:
     """Shuffled training batches sliced from uint8 tensors held on the accelerator: no workers, no collation,
     no host-to-device copies. Each rank takes its own share of one permutation drawn from ``seed`` and the
-    epoch; Lightning sets the epoch through ``sampler.set_epoch``, as for a DistributedSampler."""
+    epoch; Lightning sets the epoch through ``sampler.set_epoch``, as for a DistributedSampler.
+
+    ``generator``, on the images' device, is reseeded at the start of each epoch from (seed, epoch, rank): the
+    augmentation's per-image draws (``DeviceAugment(..., generator=batches.generator)``) then differ between
+    ranks and between epochs, and a run (or a run resumed at an epoch's start) draws them again from ``seed``.
+    """
 
     def __init__(
         self,
@@ -355,6 +365,8 @@ class DeviceBatches:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
         self.sampler = self  # where Lightning looks for set_epoch
+        self.generator = torch.Generator(device=images.device)
+        self.generator.manual_seed(augmentation_seed(seed, 0, rank))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -367,6 +379,7 @@ class DeviceBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
+        self.generator.manual_seed(augmentation_seed(self.seed, self.epoch, self.rank))
         n = len(self.labels)
         if self.shuffle:  # drawn on the CPU from (seed, epoch): the same on every rank and every device
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) % 2**63)
@@ -377,3 +390,10 @@ class DeviceBatches:
         for batch in range(len(self)):
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             yield self.images.index_select(0, index), self.labels.index_select(0, index)
+
+
+def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of a rank's augmentation generator for an epoch: distinct for each (seed, epoch, rank), and
+    distinct from the shuffle's seed, ``hash((seed, epoch))``. Python hashes tuples of ints the same way in
+    every process (PYTHONHASHSEED only changes str and bytes hashes)."""
+    return hash((seed, epoch, rank, 1)) % 2**63
