@@ -333,7 +333,6 @@ def test_each_run_starts_from_a_clean_compile_state(tmp_path, monkeypatch):
     were kept; each run resets Dynamo, and a run that did fall back says so in its metrics."""
     import torch._dynamo
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     base = [
         *TINY_MODEL,
         *QUIET,
@@ -346,12 +345,15 @@ def test_each_run_starts_from_a_clean_compile_state(tmp_path, monkeypatch):
         "test=false",
     ]
     base += ["compile=true", "compile_backend=eager"]
-    for batch in (32, 16):
-        metrics = train(compose_config([*base, f"data.batch_size={batch}"], tmp_path / str(batch)))
-        assert metrics["compile"] is True and metrics["eager_calls"] == 0
-    monkeypatch.setattr(torch.compiler, "reset", lambda: None)  # as before: the graphs of the last run stay
-    metrics = train(compose_config([*base, "data.batch_size=8", "data.eval_batch_size=64"], tmp_path / "8"))
-    assert metrics["compile"] is False and metrics["eager_calls"] > 0
+    with torch._dynamo.config.patch(recompile_limit=2):  # torch's own way to change it for a while
+        for batch in (32, 16):
+            metrics = train(compose_config([*base, f"data.batch_size={batch}"], tmp_path / str(batch)))
+            assert metrics["compile"] is True and metrics["eager_calls"] == 0
+        monkeypatch.setattr(torch.compiler, "reset", lambda: None)  # as before: the last run's graphs stay
+        metrics = train(
+            compose_config([*base, "data.batch_size=8", "data.eval_batch_size=64"], tmp_path / "8")
+        )
+        assert metrics["compile"] is False and metrics["eager_calls"] > 0
 
 
 # ------------------------------------------------------------------------------------------ the GPU data path
