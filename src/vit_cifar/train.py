@@ -115,7 +115,6 @@ def train(cfg: DictConfig) -> dict:
         "seed": cfg.seed,
         "data": datamodule.description,
         "skipped_files": len(datamodule.skipped_files),  # unreadable images left out with data.skip_bad=true
-        "device": describe_device(trainer),
         "precision": str(trainer.precision),
         **speed,
     }
@@ -135,6 +134,9 @@ def train(cfg: DictConfig) -> dict:
         if ckpt_path:  # 1-based, like "epochs": the checkpoint holds the weights after this many epochs
             saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             metrics["checkpoint_after_epoch"] = int(saved["epoch"]) + 1
+    # Named after testing: naming a GPU initialises CUDA in this process, after which the ddp_notebook strategy
+    # (DDP inside a notebook, notebooks/train_kaggle_colab.ipynb) could not fork its processes for the test.
+    metrics["device"] = describe_device(trainer)
     metrics["wall_s"] = round(time.perf_counter() - start, 1)
     log_final_hparams(trainer, cfg, metrics)  # TensorBoard's hparams table: settings beside final metrics
 
