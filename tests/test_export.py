@@ -137,20 +137,27 @@ def test_timm_loads_the_export_exactly_and_gives_our_outputs(ckpt, tmp_path):
     timm = pytest.importorskip("timm")
     from safetensors.torch import load_file
 
+    from vit_cifar.interop import exact_norm_args
+
     folder = tmp_path / "tiny-timm"
     report = export_checkpoint(ckpt, "timm", output=folder, data_cfg=DATA, images=100)
     assert report["check"]["max_abs_diff_probs"] <= TIMM_TOLERANCE and report["check"]["top1_agreement"] == 1.0
     config = json.loads((folder / "config.json").read_text())
-    # only the stated arguments, as a timm user would load it
-    theirs = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
+    assert config["label_names"] == load_classifier(ckpt).classes and config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    # the stated arguments, as a timm user loads it (docs/deploy.md): JSON's, plus our LayerNorm epsilon
+    args = {**config["model_args"], **exact_norm_args()}
+    theirs = timm.create_model(config["architecture"], num_classes=config["num_classes"], **args)
     missing, unexpected = theirs.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
     assert not missing and not unexpected
+    # timm's own loader of a local folder reads the same config.json and weights
+    from_folder = timm.create_model(f"local-dir:{folder}", pretrained=True, **exact_norm_args())
     ours = load_classifier(ckpt).net
     assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
     x = torch.randn(16, 3, 32, 32)
     with torch.no_grad():
-        p_ours, p_theirs = ours(x).softmax(1), theirs.eval()(x).softmax(1)
-    assert (p_ours - p_theirs).abs().max() <= TIMM_TOLERANCE and torch.equal(p_ours.argmax(1), p_theirs.argmax(1))
+        logits = ours(x)
+        for model in (theirs.eval(), from_folder.eval()):
+            assert torch.allclose(model(x), logits, atol=1e-5, rtol=0)
 
 
 def test_the_seed_vit_maps_onto_timm_with_the_same_parameter_count():
