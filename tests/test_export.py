@@ -46,7 +46,10 @@ def onnx_file(ckpt: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     report = export_checkpoint(ckpt, "onnx", output=out, data_cfg=DATA, images=100)
     assert report["check"]["max_abs_diff_probs"] <= ONNX_TOLERANCE
-    assert report["check"]["top1_agreement"] == 1.0 and "100 test images of synthetic" in report["check"]["images"]
+    assert (
+        report["check"]["top1_agreement"] == 1.0
+        and "100 test images of synthetic" in report["check"]["images"]
+    )
     return out
 
 
@@ -72,7 +75,9 @@ def test_onnx_export_is_checked_on_real_test_images(jpeg_archive, ckpt, tmp_path
     data = {**DATA, "source": "auto", "root": str(jpeg_archive), "cache_dir": ".cache/vit_cifar"}
     report = export_checkpoint(ckpt, "onnx", output=tmp_path / "real.onnx", data_cfg=data, images=256)
     assert "256 test images of image folder" in report["check"]["images"]
-    assert report["check"]["max_abs_diff_probs"] <= ONNX_TOLERANCE and report["check"]["top1_agreement"] == 1.0
+    assert (
+        report["check"]["max_abs_diff_probs"] <= ONNX_TOLERANCE and report["check"]["top1_agreement"] == 1.0
+    )
 
 
 def test_evaluate_and_predict_with_runtime_onnx_give_pytorch_top1(onnx_file, ckpt, tmp_path):
@@ -141,9 +146,12 @@ def test_timm_loads_the_export_exactly_and_gives_our_outputs(ckpt, tmp_path):
 
     folder = tmp_path / "tiny-timm"
     report = export_checkpoint(ckpt, "timm", output=folder, data_cfg=DATA, images=100)
-    assert report["check"]["max_abs_diff_probs"] <= TIMM_TOLERANCE and report["check"]["top1_agreement"] == 1.0
+    assert (
+        report["check"]["max_abs_diff_probs"] <= TIMM_TOLERANCE and report["check"]["top1_agreement"] == 1.0
+    )
     config = json.loads((folder / "config.json").read_text())
-    assert config["label_names"] == load_classifier(ckpt).classes and config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert config["label_names"] == load_classifier(ckpt).classes
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     # the stated arguments, as a timm user loads it (docs/deploy.md): JSON's, plus our LayerNorm epsilon
     args = {**config["model_args"], **exact_norm_args()}
     theirs = timm.create_model(config["architecture"], num_classes=config["num_classes"], **args)
@@ -178,10 +186,16 @@ def test_timm_cannot_hold_a_resnet_or_a_conv_tokenizer(tmp_path):
     with pytest.raises(ConfigError, match="tokenizer=conv"):
         timm_model_args({"_target_": "vit_cifar.models.VisionTransformer", "tokenizer": "conv"})
     ckpt = resnet_checkpoint(tmp_path / "resnet.ckpt")
-    result = run_module("vit_cifar.export", [f"ckpt_path={ckpt}", "format=timm", f"output={tmp_path / 'out'}"])
+    result = run_module(
+        "vit_cifar.export", [f"ckpt_path={ckpt}", "format=timm", f"output={tmp_path / 'out'}"]
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "format=timm holds our VisionTransformer only" in lines[0] and "ResNet18" in lines[0]
+    assert (
+        len(lines) == 1
+        and "format=timm holds our VisionTransformer only" in lines[0]
+        and "ResNet18" in lines[0]
+    )
     assert not (tmp_path / "out").exists()
     result = run_module("vit_cifar.export", [f"ckpt_path={ckpt}", "format=tflite"])
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
@@ -216,7 +230,9 @@ def resnet_checkpoint(path: Path) -> Path:
     net = ResNet18(num_classes=10).eval()
     torch.save(
         {
-            "hyper_parameters": {"net": {"_target_": "vit_cifar.models.ResNet18", "num_classes": 10, "in_chans": 3}},
+            "hyper_parameters": {
+                "net": {"_target_": "vit_cifar.models.ResNet18", "num_classes": 10, "in_chans": 3}
+            },
             "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
             "classes": [f"class{i}" for i in range(10)],
         },

@@ -15,7 +15,12 @@ from vit_cifar.errors import ConfigError
 def test_tiny_inference_benchmark_compares_every_variant_on_the_same_images(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("timm")
-    variants = ["ours_eager", "timm_eager", "ours_onnx", "ours_onnx_int8"]  # torch.compile: too slow for a test
+    variants = [
+        "ours_eager",
+        "timm_eager",
+        "ours_onnx",
+        "ours_onnx_int8",
+    ]  # torch.compile: too slow for a test
     report = benchmark.run(
         ["--inference", "--tiny", "--images", "40", "--variants", *variants, "--out", str(tmp_path)]
     )

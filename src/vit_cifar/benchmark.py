@@ -123,7 +123,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="tiny model, a few steps: checks that everything runs")
     # CPU inference side by side (issue #16): vit_cifar/inference_bench.py; --batch-size is then the eval batch
     p.add_argument("--inference", action="store_true", help="only CPU inference: eager, compile, ONNX, timm")
-    p.add_argument("--ckpt", help="--inference: a trained checkpoint (default: the recipe's ViT, random init)")
+    p.add_argument(
+        "--ckpt", help="--inference: a trained checkpoint (default: the recipe's ViT, random init)"
+    )
     p.add_argument("--images", type=int, help="--inference: test images to classify (default: all of --data)")
     p.add_argument("--latency-images", type=int, help="--inference: images timed one by one (default 100)")
     p.add_argument("--variants", nargs="+", help="--inference: variants to run (default: all of them)")

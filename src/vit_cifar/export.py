@@ -71,7 +71,9 @@ def check_output(output: Path, fmt: str) -> None:
     if wanted and output.suffix.lower() != wanted:
         raise ConfigError(f"output={output} must end in {wanted} for format={fmt}")
     if fmt == "timm" and output.exists() and not output.is_dir():
-        raise ConfigError(f"output={output} is a file: format=timm writes a folder (model.safetensors, config.json)")
+        raise ConfigError(
+            f"output={output} is a file: format=timm writes a folder (model.safetensors, config.json)"
+        )
 
 
 # ------------------------------------------------------------------------------------------ the formats
@@ -97,7 +99,9 @@ def onnx_model(net: torch.nn.Module, card: dict, opset: int):
             verbose=False,
         )
     except Exception as err:  # torch.export / onnxscript: name the network and the exporter's own first line
-        raise VitCifarError(f"torch.onnx.export failed for this {type(net).__name__}: {first_line(err)[:300]}") from err
+        raise VitCifarError(
+            f"torch.onnx.export failed for this {type(net).__name__}: {first_line(err)[:300]}"
+        ) from err
     model = program.model_proto
     onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: json.dumps(card)})
     model.doc_string = f"vit-cifar {type(net).__name__}: {card['input']} -> {card['output']}"
@@ -167,7 +171,10 @@ def load_back(fmt: str, staged: Path, written) -> torch.nn.Module:
     from safetensors.torch import load_file
 
     config = json.loads((staged / "config.json").read_text())
-    args = {**config["model_args"], **exact_norm_args()}  # the stated arguments, our LayerNorm epsilon included
+    args = {
+        **config["model_args"],
+        **exact_norm_args(),
+    }  # the stated arguments, our LayerNorm epsilon included
     theirs = timm.create_model(config["architecture"], num_classes=config["num_classes"], **args)
     theirs.load_state_dict(load_file(str(staged / "model.safetensors")))  # strict: every tensor, no other
     return theirs.eval()

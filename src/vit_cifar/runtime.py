@@ -95,7 +95,9 @@ def load_safetensors(path: str | Path) -> LoadedClassifier:
     try:
         card = json.loads(meta.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{meta} cannot be read as JSON ({first_line(err)}): export the model again") from err
+        raise CheckpointError(
+            f"{meta} cannot be read as JSON ({first_line(err)}): export the model again"
+        ) from err
     card = _check_card(card, str(meta))
     try:
         net = build_network(card["network"])
@@ -162,7 +164,9 @@ def load_onnx(path: str | Path, threads: int | None = None) -> LoadedClassifier:
     onnx = require("onnx", "onnx")
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: export one with python -m vit_cifar.export format=onnx")
+        raise CheckpointError(
+            f"{path} does not exist: export one with python -m vit_cifar.export format=onnx"
+        )
     try:
         model = onnx.load(str(path))
         card = read_onnx_card(model)
@@ -178,7 +182,9 @@ def load_onnx(path: str | Path, threads: int | None = None) -> LoadedClassifier:
 # ------------------------------------------------------------------------------------------ any of them
 
 
-def load_for_inference(path: str | Path, runtime: str = "torch", threads: int | None = None) -> LoadedClassifier:
+def load_for_inference(
+    path: str | Path, runtime: str = "torch", threads: int | None = None
+) -> LoadedClassifier:
     """The classifier ``path`` holds, to be run by ``runtime``: ``torch`` for a training checkpoint (``.ckpt``)
     or an exported ``.safetensors``; ``onnx`` for an exported ``.onnx``."""
     runtime = str(runtime)
@@ -225,4 +231,3 @@ def require(module: str, package: str, extra: str = "deploy"):
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(f"{package} is not installed: pip install -e '.[{extra}]'") from None
-
