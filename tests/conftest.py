@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from vit_cifar.cli import CONFIG_DIR
+from vit_cifar import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # The JPEG copy of CIFAR-10 for the tests that use real data (they skip without it): $VIT_CIFAR_DATA when it is
@@ -46,13 +44,7 @@ def _default_data_root(monkeypatch):
 
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
     """The real config with overrides, as Hydra would build it, with outputs in ``output_dir``."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} resolves outside @hydra.main
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg.hydra
-    return cfg
+    return cli.compose_config(overrides, output_dir, config_name)
 
 
 def run_module(

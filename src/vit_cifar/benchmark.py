@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import inspect
 import json
 import logging
 import math
@@ -131,6 +130,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", help="dataset root as data.root (default: synthetic images)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the results JSON")
     p.add_argument("--tiny", action="store_true", help="tiny model, a few steps: checks that everything runs")
+    # CPU inference side by side (issue #16): vit_cifar/inference_bench.py; --batch-size is then the eval batch
+    p.add_argument("--inference", action="store_true", help="only CPU inference: eager, compile, ONNX, timm")
+    p.add_argument(
+        "--ckpt", help="--inference: a trained checkpoint (default: the recipe's ViT, random init)"
+    )
+    p.add_argument("--images", type=int, help="--inference: test images to classify (default: all of --data)")
+    p.add_argument("--latency-images", type=int, help="--inference: images timed one by one (default 100)")
+    p.add_argument("--variants", nargs="+", help="--inference: variants to run (default: all of them)")
     return p.parse_args(argv)
 
 
@@ -471,30 +478,15 @@ def measure_optimizer(s: dict, log) -> dict:
 
 
 def timm_vit(model_cfg: dict) -> tuple[nn.Module | None, str]:
-    """timm's VisionTransformer of our shape, or None and why not."""
+    """timm's VisionTransformer of our shape (``vit_cifar.interop``, the one mapping), or None and why not."""
     try:
-        from timm.models.vision_transformer import VisionTransformer
+        from vit_cifar.interop import build_timm_vit
+
+        return build_timm_vit(model_cfg), "identical shape and parameter count (vit_cifar.interop)"
     except ImportError:
         return None, "timm is not installed (pip install -e '.[bench]'): comparison skipped"
-    if model_cfg.get("tokenizer", "patch") != "patch":
-        return None, "timm's ViT has no convolutional tokenizer: comparison skipped"
-    shape = (
-        "img_size",
-        "patch_size",
-        "num_classes",
-        "embed_dim",
-        "depth",
-        "num_heads",
-        "mlp_ratio",
-        "qkv_bias",
-    )
-    kwargs = {k: model_cfg[k] for k in shape}
-    note = "identical shape and parameter count"
-    if "embed_norm_layer" in inspect.signature(VisionTransformer).parameters:
-        kwargs["embed_norm_layer"] = nn.LayerNorm  # ours ends its patch embedding in a LayerNorm
-    else:
-        note = "this timm has no embed_norm_layer: no patch-embedding LayerNorm (384 fewer parameters)"
-    return VisionTransformer(**kwargs), note
+    except ConfigError as err:  # e.g. the conv tokenizer, which timm's ViT cannot express
+        return None, f"no timm equivalent ({err}): comparison skipped"
 
 
 def inference_window(net: nn.Module, x: torch.Tensor, s: dict, autocast) -> Stopwatch:
@@ -710,6 +702,10 @@ def table(report: dict) -> str:
 
 def run(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.inference:
+        from vit_cifar.inference_bench import run_inference
+
+        return run_inference(args, argv if argv is not None else sys.argv[1:])
     s = settings_from(args)
     log = partial(print, flush=True)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available: ..." per fit

@@ -63,6 +63,19 @@ def hydra_main(config_name: str, check: Callable[[DictConfig], None]) -> Callabl
     return decorator
 
 
+def compose_config(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:
+    """The configuration ``python -m vit_cifar.<command> <overrides>`` runs, for calling its job in this process
+    (a notebook, the tests), with the run's outputs in ``output_dir``."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} resolves outside @hydra.main
+    with open_dict(cfg):
+        if "paths" in cfg:
+            cfg.paths.output_dir = str(output_dir)
+        del cfg.hydra
+    return cfg
+
+
 def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], None]) -> None:
     """Compose the config the command line asks for, every job of a ``-m`` sweep included, and ``check`` it,
     before Hydra creates a run folder: a bad override ends the process with one line and exit code 2, and

@@ -25,7 +25,7 @@ from vit_cifar.analysis import plots
 from vit_cifar.analysis.history import history_csv_for, read_history
 from vit_cifar.analysis.metrics import summarise
 from vit_cifar.analysis.report import render_report
-from vit_cifar.checkpoint import LoadedClassifier, beside_run, load_classifier, required_ckpt_path
+from vit_cifar.checkpoint import LoadedClassifier, beside_run, required_ckpt_path
 from vit_cifar.cli import CONFIG_DIR, run_cli
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.inference import (
@@ -37,6 +37,7 @@ from vit_cifar.inference import (
     resolve_device,
     set_threads,
 )
+from vit_cifar.runtime import check_runtime_options, count_params, load_for_inference
 
 SAMPLE_SEED = 42  # the seed's sample and misclassified grids draw 16 images with seed 42
 SAMPLES = 16
@@ -61,8 +62,10 @@ class EvalOptions:
     threads: int | None = None
     history: str | None = None
     precision: str = "32"
+    runtime: str = "torch"  # torch | onnx (an .onnx file from python -m vit_cifar.export, run by onnxruntime)
 
     def check(self) -> None:
+        check_runtime_options(self.runtime, self.device, self.precision)
         if int(self.batch_size) < 1:
             raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
         if int(self.num_workers) < 0:
@@ -79,7 +82,7 @@ def evaluate_checkpoint(
     dtype = autocast_dtype(options.precision)
     set_threads(options.threads)
     device = resolve_device(options.device)
-    loaded = load_classifier(ckpt_path)
+    loaded = load_for_inference(ckpt_path, options.runtime, options.threads)
     history_csv = _history_csv(ckpt_path, options.history)
     datamodule = eval_datamodule(data_cfg, input_spec(loaded), options)
     datamodule.prepare_data()
@@ -98,7 +101,8 @@ def evaluate_checkpoint(
         "checkpoint_after_epoch": loaded.epoch,
         "train_seed": loaded.run_config.get("seed"),
         "model": type(loaded.net).__name__,
-        "params": sum(p.numel() for p in loaded.net.parameters()),
+        "params": count_params(loaded),
+        "runtime": str(options.runtime),
         "data": datamodule.description,
         "device": describe_device(device),
         "tta": bool(options.tta),
@@ -285,6 +289,7 @@ def evaluate(cfg: DictConfig) -> dict:
         threads=cfg.threads,
         history=cfg.history,
         precision=cfg.precision,
+        runtime=cfg.get("runtime", "torch"),
     )
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     output_dir = cfg.output_dir or beside_run(ckpt_path, "evaluation")

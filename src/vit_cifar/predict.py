@@ -20,13 +20,14 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from vit_cifar.checkpoint import load_classifier, required_ckpt_path
+from vit_cifar.checkpoint import required_ckpt_path
 from vit_cifar.cli import CONFIG_DIR, run_cli
 from vit_cifar.data.sources import IMAGE_EXTENSIONS, decode_image
 from vit_cifar.data.transforms import eval_transform
 from vit_cifar.errors import ConfigError, DataError, SkippedInputsError, first_line
 from vit_cifar.fileio import write_atomic
 from vit_cifar.inference import InputSpec, input_spec, predict_probs, resolve_device, set_threads
+from vit_cifar.runtime import check_runtime_options, load_for_inference
 
 OUTPUT_FORMATS = (".json", ".csv")
 
@@ -94,6 +95,7 @@ def predict_files(
     num_workers: int = 0,
     tta: bool = False,
     threads: int | None = None,
+    runtime: str = "torch",
 ) -> PredictResult:
     """Top-``k`` classes of every readable image among ``inputs``, and the paths skipped with why."""
     if int(top_k) < 1 or int(batch_size) < 1 or int(num_workers) < 0:
@@ -101,9 +103,10 @@ def predict_files(
             f"top_k={top_k} and batch_size={batch_size} must be at least 1, "
             f"num_workers={num_workers} at least 0"
         )
+    check_runtime_options(runtime, device)
     set_threads(threads)
     dev = resolve_device(device)
-    loaded = load_classifier(ckpt_path)
+    loaded = load_for_inference(ckpt_path, runtime, threads)
     files, skipped = collect_inputs(inputs)
     if not files and not skipped:
         raise ConfigError(f"inputs={inputs} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -176,6 +179,7 @@ def predict(cfg: DictConfig) -> dict:
         num_workers=cfg.num_workers,
         tta=cfg.tta,
         threads=cfg.threads,
+        runtime=cfg.get("runtime", "torch"),
     )
     for p in result.predictions:
         print(f"{p.path}: " + " | ".join(f"{c} {100 * v:.1f}%" for c, v in p.top))

@@ -144,7 +144,6 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
         "seed": cfg.seed,
         "data": datamodule.description,
         "skipped_files": len(datamodule.skipped_files),  # unreadable images left out with data.skip_bad=true
-        "device": describe_device(trainer),
         "precision": str(trainer.precision),
         **speed,
         "pipeline_check": pipeline_check(cfg),
@@ -172,6 +171,9 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
             metrics["checkpoint_after_epoch"] = int(saved["epoch"]) + 1
     if compile_counter is not None:  # what really ran compiled, not what was asked for
         metrics.update(compile_counter.report())
+    # Named after testing: naming a GPU initialises CUDA in this process, after which the ddp_notebook strategy
+    # (DDP inside a notebook, notebooks/train_kaggle_colab.ipynb) could not fork its processes for the test.
+    metrics["device"] = describe_device(trainer)
     metrics["wall_s"] = round(time.perf_counter() - start, 1)
     log_final_hparams(trainer, cfg, metrics)  # TensorBoard's hparams table: settings beside final metrics
 

@@ -1,0 +1,233 @@
+"""Loading a trained network for inference from what ``python -m vit_cifar.export`` writes, or from a training
+checkpoint: ``runtime=torch`` (a ``.ckpt``, or ``.safetensors`` with its ``.json``) or ``runtime=onnx`` (an
+``.onnx`` file, run by onnxruntime on the CPU).
+
+Every export carries the same *model card* (:func:`model_card`): the network's constructor arguments, the class
+names and the input's size and normalisation; the ``.json`` beside a ``.safetensors`` file holds it, and an
+``.onnx`` file holds it in its metadata (key ``vit_cifar``). No Lightning checkpoint is needed to load either.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vit_cifar.checkpoint import LoadedClassifier, describe_mismatch, load_classifier
+from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError, first_line
+from vit_cifar.inference import input_spec
+from vit_cifar.module import build_network
+
+RUNTIMES = ("torch", "onnx")
+CARD_VERSION = 1
+ONNX_METADATA_KEY = "vit_cifar"
+
+
+# ------------------------------------------------------------------------------------------ the model card
+
+
+def model_card(loaded: LoadedClassifier) -> dict:
+    """What a program needs beside the weights to use them: how to build the network, what its input must
+    look like and what its outputs mean."""
+    spec = input_spec(loaded)
+    return {
+        "vit_cifar_export": CARD_VERSION,
+        "network": loaded.net_config,  # _target_ and arguments: vit_cifar.module.build_network rebuilds it
+        "classes": list(loaded.classes),
+        "image_size": spec.image_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "input": (
+            f"float32 (batch, 3, {spec.image_size}, {spec.image_size}): RGB scaled to [0, 1], then per channel "
+            "(x - mean) / std"
+        ),
+        "output": "logits (batch, classes); their softmax is the class probabilities",
+        "params": sum(p.numel() for p in loaded.net.parameters()),
+        "source": {"checkpoint": loaded.path.name if loaded.path else None, "after_epoch": loaded.epoch},
+    }
+
+
+def _classifier_from_card(card: dict, net: nn.Module, path: Path) -> LoadedClassifier:
+    source = card.get("source") or {}
+    return LoadedClassifier(
+        net=net.eval(),
+        classes=list(card["classes"]),
+        net_config=dict(card["network"]),
+        # input_spec() reads the image size and normalisation from here, as from a training run's config
+        run_config={"data": {"image_size": card["image_size"], "mean": card["mean"], "std": card["std"]}},
+        path=path,
+        epoch=source.get("after_epoch"),
+    )
+
+
+def _check_card(card, where: str) -> dict:
+    needed = ("network", "classes", "image_size", "mean", "std")
+    if not isinstance(card, dict) or any(k not in card for k in needed):
+        raise CheckpointError(
+            f"{where} is not a vit-cifar model card (it needs {', '.join(needed)}): "
+            "export the model again with python -m vit_cifar.export"
+        )
+    return card
+
+
+def card_path(weights: Path) -> Path:
+    """The ``.json`` beside a ``.safetensors`` file."""
+    return Path(weights).with_suffix(".json")
+
+
+# ------------------------------------------------------------------------------------------ safetensors
+
+
+def load_safetensors(path: str | Path) -> LoadedClassifier:
+    """Rebuild the network from ``<name>.json`` and load ``<name>.safetensors`` into it (no code runs: the
+    network must be one of ours, and safetensors holds tensors only)."""
+    safetensors_torch = require("safetensors.torch", "safetensors")
+    path = Path(path)
+    meta = card_path(path)
+    if not path.is_file() or not meta.is_file():
+        raise CheckpointError(
+            f"{path} needs {meta.name} beside it (the network's arguments, classes and normalisation): "
+            "export with python -m vit_cifar.export format=safetensors"
+        )
+    try:
+        card = json.loads(meta.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"{meta} cannot be read as JSON ({first_line(err)}): export the model again"
+        ) from err
+    card = _check_card(card, str(meta))
+    try:
+        net = build_network(card["network"])
+    except VitCifarError as err:
+        raise CheckpointError(f"{meta} names a network that cannot be built: {err}") from err
+    try:
+        state = safetensors_torch.load_file(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError for a truncated or foreign file
+        raise CheckpointError(f"{path} cannot be read as safetensors ({first_line(err)[:200]})") from err
+    mismatch = describe_mismatch(net, state)
+    if mismatch:
+        raise CheckpointError(f"{path} does not fit the network {meta.name} describes: {mismatch}")
+    net.load_state_dict(state)
+    return _classifier_from_card(card, net, path)
+
+
+# ------------------------------------------------------------------------------------------ onnx
+
+
+def onnx_session(model: bytes | str | Path, threads: int | None = None):
+    """An onnxruntime CPU session for an ONNX model (a file or its bytes), every graph optimisation on, with
+    ``threads`` intra-op threads (default: as many as torch uses)."""
+    ort = require("onnxruntime", "onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxNet(nn.Module):
+    """An onnxruntime session behind the ``nn.Module`` interface the inference loop uses: float32 image
+    batches in (on the CPU), logits out, as torch tensors."""
+
+    def __init__(self, session, num_params: int | None = None) -> None:
+        super().__init__()
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.num_params = num_params
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            raise ConfigError("runtime=onnx runs on the CPU: use device=cpu")
+        array = np.ascontiguousarray(x.detach().float().numpy())
+        (logits,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(logits)
+
+
+def read_onnx_card(model) -> dict:
+    """The model card stored in an ONNX model's metadata."""
+    props = {p.key: p.value for p in model.metadata_props}
+    if ONNX_METADATA_KEY not in props:
+        raise CheckpointError(
+            "this ONNX model has no vit-cifar metadata (classes, normalisation): export it with "
+            "python -m vit_cifar.export format=onnx"
+        )
+    return _check_card(json.loads(props[ONNX_METADATA_KEY]), "its metadata")
+
+
+def load_onnx(path: str | Path, threads: int | None = None) -> LoadedClassifier:
+    """An ``.onnx`` file written by ``python -m vit_cifar.export`` as a classifier run by onnxruntime."""
+    onnx = require("onnx", "onnx")
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} does not exist: export one with python -m vit_cifar.export format=onnx"
+        )
+    try:
+        model = onnx.load(str(path))
+        card = read_onnx_card(model)
+        session = onnx_session(model.SerializeToString(), threads)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    except Exception as err:  # onnx's DecodeError, onnxruntime's Fail/InvalidGraph: a damaged or foreign file
+        raise CheckpointError(f"{path} cannot be loaded as an ONNX model ({first_line(err)[:200]})") from err
+    net = OnnxNet(session, num_params=card.get("params"))
+    return _classifier_from_card(card, net, path)
+
+
+# ------------------------------------------------------------------------------------------ any of them
+
+
+def load_for_inference(
+    path: str | Path, runtime: str = "torch", threads: int | None = None
+) -> LoadedClassifier:
+    """The classifier ``path`` holds, to be run by ``runtime``: ``torch`` for a training checkpoint (``.ckpt``)
+    or an exported ``.safetensors``; ``onnx`` for an exported ``.onnx``."""
+    runtime = str(runtime)
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime={runtime} is unknown: use {' or '.join(RUNTIMES)}")
+    suffix = Path(path).suffix.lower()
+    if runtime == "onnx":
+        if suffix != ".onnx":
+            raise ConfigError(
+                f"runtime=onnx runs an .onnx file, and {path} is not one: export it first with "
+                f"python -m vit_cifar.export ckpt_path={path} format=onnx"
+            )
+        return load_onnx(path, threads)
+    if suffix == ".onnx":
+        raise ConfigError(f"{path} is an ONNX model: add runtime=onnx to run it with onnxruntime")
+    if suffix == ".safetensors":
+        return load_safetensors(path)
+    return load_classifier(path)
+
+
+def count_params(loaded: LoadedClassifier) -> int:
+    """Parameters of the network, also when onnxruntime runs it (from its model card)."""
+    if isinstance(loaded.net, OnnxNet):
+        return int(loaded.net.num_params or 0)
+    return sum(p.numel() for p in loaded.net.parameters())
+
+
+def check_runtime_options(runtime: str, device: str, precision: str | int = "32") -> None:
+    """onnxruntime runs float32 on the CPU here: other devices and precisions are for ``runtime=torch``."""
+    if str(runtime) != "onnx":
+        return
+    if str(device).lower() != "cpu":
+        raise ConfigError(f"runtime=onnx runs on the CPU, not device={device}: use device=cpu")
+    if str(precision).removesuffix("-true") != "32":
+        raise ConfigError(f"runtime=onnx runs float32: use precision=32, not precision={precision}")
+
+
+def require(module: str, package: str, extra: str = "deploy"):
+    """Import an optional dependency (of the ``deploy`` extra by default), or stop with one line saying how to
+    install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{package} is not installed: pip install -e '.[{extra}]'") from None
