@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_cifar.errors import ConfigError
-from vit_cifar.monitoring import budget_timer
+from vit_cifar.monitoring import NO_TIME_BUDGET, budget_timer, time_budget_s
 from vit_cifar.optim import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
 from vit_cifar.speed import optimizer_kwargs_for
 
@@ -145,14 +145,12 @@ class ClassifierModule(L.LightningModule):
         if self.hparams.scheduler.get("by", "steps") == "time":
             timer = budget_timer(self.trainer)
             if timer is None:
-                raise ConfigError(
-                    "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
-                )
+                raise ConfigError(NO_TIME_BUDGET)
             if self.trainer.world_size > 1:
                 raise ConfigError(
                     "scheduler.by=time follows one process's clock: use scheduler.by=steps with several processes"
                 )
-            budget_s = timer.time_elapsed() + timer.time_remaining()  # trainer.max_time, in seconds
+            budget_s = time_budget_s(self.trainer)  # trainer.max_time, in seconds
             warmup_fraction = float(self.hparams.scheduler.get("warmup_fraction", 0.0))
 
             def lr_now(step: int) -> float:  # LambdaLR's step is ignored: the clock is the schedule

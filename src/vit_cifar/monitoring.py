@@ -69,7 +69,7 @@ class EpochLog(L.Callback):
     def _warn_if_long(self, trainer: L.Trainer) -> None:
         per_step = (self._timed[-1] - self._timed[WARMUP_STEPS]) / (TIMED_STEPS - WARMUP_STEPS)
         total = per_step * float(trainer.estimated_stepping_batches)
-        budget = _time_budget(trainer)
+        budget = time_budget_s(trainer)
         if budget is not None:
             total = min(total, budget)
         if total > LONG_CPU_RUN_S:
@@ -112,6 +112,10 @@ class EpochLog(L.Callback):
         log.info(" | ".join(parts))
 
 
+# The one wording of a clock-driven schedule without a budget (the config check and the module both raise it).
+NO_TIME_BUDGET = "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
+
+
 def budget_timer(trainer: L.Trainer) -> Timer | None:
     """Lightning's Timer that ``trainer.max_time`` installs (the clock of a time budget), or None."""
     return next(
@@ -119,7 +123,7 @@ def budget_timer(trainer: L.Trainer) -> Timer | None:
     )
 
 
-def _time_budget(trainer: L.Trainer) -> float | None:
+def time_budget_s(trainer: L.Trainer) -> float | None:
     """Seconds of training that ``trainer.max_time`` allows; None without a budget."""
     timer = budget_timer(trainer)
     return None if timer is None else timer.time_elapsed() + timer.time_remaining()

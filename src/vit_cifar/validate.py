@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_cifar.data.datamodule import SOURCES
 from vit_cifar.data.transforms import POLICIES
 from vit_cifar.errors import ConfigError
+from vit_cifar.monitoring import NO_TIME_BUDGET
 from vit_cifar.speed import (
     MATMUL_PRECISIONS,
     NATIVE_BF16_CAPABILITY,
@@ -237,9 +238,7 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
             if message:
                 raise ConfigError(message)
     if values.get("scheduler.by") == "time" and _select(cfg, "trainer.max_time") in (None, _ABSENT):
-        raise ConfigError(
-            "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
-        )
+        raise ConfigError(NO_TIME_BUDGET)
     _check_device_choices(cfg, device)
 
 
