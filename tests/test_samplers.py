@@ -1,4 +1,6 @@
-"""Repeated augmentation: the sampler's epochs, seeding and DDP shares, and the DataModule's use of it."""
+"""The training samplers: repeated augmentation's epochs, seeding and DDP shares; the seeds of each item's
+augmentation, which make an epoch's batches the same with any number of DataLoader workers; the DataModule's
+use of them."""
 
 from collections import Counter
 
@@ -7,14 +9,14 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from vit_cifar.data import CIFARDataModule
-from vit_cifar.data.samplers import RepeatedAugSampler
+from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler
 from vit_cifar.errors import ConfigError
 
 
 def _epoch(n, repeats=3, group_size=4, world=1, rank=0, seed=0, epoch=0):
     sampler = RepeatedAugSampler(range(n), repeats, group_size, num_replicas=world, rank=rank, seed=seed)
     sampler.set_epoch(epoch)
-    return list(sampler), len(sampler)
+    return sampler.indices(), len(sampler)
 
 
 def test_each_image_appears_k_times_per_epoch_with_its_copies_together():
@@ -33,7 +35,7 @@ def test_order_is_seeded_and_changes_with_the_epoch(monkeypatch):
     assert first != _epoch(50, seed=7, epoch=1)[0]
     assert first != _epoch(50, seed=8)[0]
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # what seed_everything sets: the run's seed by default
-    assert list(RepeatedAugSampler(range(50), 3, 4)) == first
+    assert RepeatedAugSampler(range(50), 3, 4).indices() == first
 
 
 def test_ranks_get_disjoint_images_and_equal_lengths():
@@ -73,3 +75,53 @@ def test_datamodule_uses_it_for_training_only_and_checks_the_value():
     for bad in (0, 1.5):
         with pytest.raises(ConfigError, match=f"data.repeated_aug={bad} must be a whole number"):
             CIFARDataModule(source="synthetic", num_workers=0, cache_dir=None, repeated_aug=bad)
+
+
+def _datamodule(**kwargs) -> CIFARDataModule:
+    sizes = {"train_per_class": 6, "test_per_class": 2}
+    dm = CIFARDataModule(
+        source="synthetic", synthetic=sizes, val_size=0, batch_size=8, cache_dir=None, **kwargs
+    )
+    dm.setup("fit")
+    return dm
+
+
+def _epoch_batches(dm: CIFARDataModule, epoch: int) -> list[torch.Tensor]:
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)  # as Lightning's fit loop does at each epoch's start
+    batches = iter(loader)  # draws the DataLoader's own base seed from the global generator, as always
+    state = torch.get_rng_state()
+    images = [x for x, _ in batches]
+    # the augmentations take nothing from the training process's generator: dropout and MixUp draw as before
+    assert torch.equal(torch.get_rng_state(), state)
+    return images
+
+
+def test_every_item_comes_with_its_own_seed_from_seed_epoch_and_position(monkeypatch):
+    sampler = SeededShuffleSampler(range(40), seed=3)
+    items = list(sampler)
+    assert sorted(i for i, _ in items) == list(range(40))  # one epoch: each image once
+    assert len({s for _, s in items}) == 40
+    assert items == list(SeededShuffleSampler(range(40), seed=3))
+    sampler.set_epoch(1)
+    assert not {s for _, s in items} & {s for _, s in sampler}  # another epoch draws other augmentations
+    copies = RepeatedAugSampler(range(10), repeats=3, group_size=2, seed=3)
+    assert len({s for _, s in copies}) == 30  # an image's copies are augmented differently
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    assert list(SeededShuffleSampler(range(40))) == items
+
+
+@pytest.mark.parametrize("repeated_aug", [1, 2])
+def test_an_epoch_is_the_same_with_any_number_of_workers_and_any_global_random_state(repeated_aug):
+    """The augmentations are drawn from the sampler's seeds: neither the workers (how many, persistent or
+    not, freshly started by a resume) nor the training process's random state change an epoch's batches."""
+    aug = {"random_crop_padding": 4, "hflip_p": 0.5, "policy": "trivialaugment", "erasing_p": 0.5}
+    common = {"aug": aug, "repeated_aug": repeated_aug}
+    torch.manual_seed(0)
+    in_process = _epoch_batches(_datamodule(num_workers=0, **common), epoch=2)
+    torch.manual_seed(1)
+    with_workers = _epoch_batches(_datamodule(num_workers=2, persistent_workers=True, **common), epoch=2)
+    assert len(in_process) == len(with_workers) > 1
+    assert all(torch.equal(a, b) for a, b in zip(in_process, with_workers, strict=True))
+    other_epoch = _epoch_batches(_datamodule(num_workers=0, **common), epoch=3)
+    assert not torch.equal(in_process[0], other_epoch[0])

@@ -11,12 +11,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from vit_cifar.errors import ConfigError
 
 LOCK_NAME = ".run.lock"
+# The lock this process holds. A flock belongs to the open file, which a forked child (a DataLoader worker)
+# shares: each child closes its copy at once, so that a killed training's orphaned workers, still alive for a
+# few seconds, never keep its folder locked.
+_held: list[int] = []
+
+
+def _close_in_child() -> None:
+    for fd in _held:
+        with suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 def _is_launcher() -> bool:
@@ -70,6 +85,9 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
             raise _busy(folder, os.pread(fd, 32, 0).decode(errors="replace").strip()) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held.append(fd)
         yield
     finally:
+        if fd in _held:
+            _held.remove(fd)
         os.close(fd)  # releases the lock

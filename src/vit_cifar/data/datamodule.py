@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -12,11 +13,11 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from vit_cifar.data import sources
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
-from vit_cifar.data.samplers import RepeatedAugSampler
+from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
 from vit_cifar.errors import ConfigError, DataError
 
@@ -25,7 +26,10 @@ log = logging.getLogger(__name__)
 
 
 class ArrayDataset(Dataset):
-    """Images held in memory as one uint8 (N, 3, H, W) tensor; ``transform`` runs per item, in the workers."""
+    """Images held in memory as one uint8 (N, 3, H, W) tensor; ``transform`` runs per item, in the workers.
+
+    An item asked for as ``(index, seed)`` (the training sampler's, :class:`SeededShuffleSampler`) is
+    transformed with torch's random numbers drawn from ``seed``, whichever process does it."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None) -> None:
         self.images, self.labels, self.transform = images, labels, transform
@@ -33,9 +37,52 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = item if isinstance(item, tuple) else (item, None)
         x = self.images[i]
-        return (self.transform(x) if self.transform else x), self.labels[i]
+        if self.transform is None:
+            return x, self.labels[i]
+        if seed is None:
+            return self.transform(x), self.labels[i]
+        with seeded_torch_rng(seed):
+            return self.transform(x), self.labels[i]
+
+
+class LazyStartDataLoader(DataLoader):
+    """A DataLoader whose iterator starts (and its workers draw their first items) at the first batch, not at
+    ``iter()``. Lightning makes a resumed run's first training iterator before it gives the sampler the epoch
+    (``set_epoch``), and workers prefetch at once: they would draw the order and the augmentation seeds of
+    epoch 0 for the epoch the run resumes at."""
+
+    def __iter__(self) -> Iterator:
+        return _StartsAtFirstBatch(super().__iter__)
+
+
+class _StartsAtFirstBatch:
+    def __init__(self, start) -> None:
+        self._start, self._iterator = start, None
+
+    def __iter__(self) -> _StartsAtFirstBatch:
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = self._start()
+        return next(self._iterator)
+
+
+@contextmanager
+def seeded_torch_rng(seed: int) -> Iterator[None]:
+    """torch's CPU random numbers drawn from ``seed`` inside the block. A DataLoader worker's own generator
+    serves nothing else, so it is simply reseeded; in the training process (``num_workers=0``) the generator's
+    state is put back afterwards, so dropout and MixUp draw as they would have."""
+    if get_worker_info() is not None:
+        torch.manual_seed(seed)
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -287,17 +334,20 @@ class CIFARDataModule(L.LightningDataModule):
         self,
         dataset: Dataset,
         batch_size: int,
-        shuffle: bool,
         drop_last: bool = False,
         sampler: Sampler | None = None,
+        loader_class: type[DataLoader] = DataLoader,
     ) -> DataLoader:
         device = self.trainer.strategy.root_device.type if self.trainer is not None else "cpu"
-        return DataLoader(
+        return loader_class(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
+            sampler=sampler,  # the training order is the sampler's; evaluation keeps the dataset's
             drop_last=drop_last,
+            # A generator of its own for the seed a DataLoader draws for its workers at every new iterator
+            # (each epoch, unless workers persist): so the training process's generator, which dropout and
+            # MixUp draw from, advances the same with any number of workers, persistent or not.
+            generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))),
             num_workers=self.num_workers,
             pin_memory=resolve_pin_memory(self.pin_memory, device),
             persistent_workers=self.persistent_workers,
@@ -312,32 +362,32 @@ class CIFARDataModule(L.LightningDataModule):
         per batch (the metrics are reduced once, at the epoch's end)."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         if world == 1:
-            return self._loader(dataset, self.eval_batch_size, shuffle=False)
+            return self._loader(dataset, self.eval_batch_size)
         if len(dataset) < world:
             raise ConfigError(f"{len(dataset)} evaluation images cannot be shared out over {world} processes")
         sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-        return self._loader(dataset, self.eval_batch_size, shuffle=False, sampler=sampler)
+        return self._loader(dataset, self.eval_batch_size, sampler=sampler)
 
-    def _repeated_aug_sampler(self) -> RepeatedAugSampler | None:
-        """This rank's share of each image ``repeated_aug`` times per epoch; None when it is off."""
-        if self.repeated_aug == 1:
-            return None
+    def _train_sampler(self) -> SeededShuffleSampler:
+        """This rank's share of a seeded shuffle (each image ``repeated_aug`` times when that is above 1),
+        every item with the seed of its augmentation: the same draws with any number of workers, or resumed."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        if self.repeated_aug == 1:
+            return SeededShuffleSampler(self.train_set, num_replicas=world, rank=rank)
         group = max(1, self.batch_size // self.repeated_aug)  # so that the copies of an image share a batch
         return RepeatedAugSampler(self.train_set, self.repeated_aug, group, num_replicas=world, rank=rank)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         if self.device_augment is not None:
             return self._device_batches()
-        sampler = self._repeated_aug_sampler()
-        size = len(sampler) if sampler is not None else len(self.train_set)
+        sampler = self._train_sampler()
         # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one.
         return self._loader(
             self.train_set,
             self.batch_size,
-            shuffle=sampler is None,
             sampler=sampler,
-            drop_last=size > self.batch_size,
+            drop_last=len(sampler) > self.batch_size,
+            loader_class=LazyStartDataLoader,
         )
 
     def val_dataloader(self) -> DataLoader | list:

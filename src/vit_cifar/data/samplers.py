@@ -1,5 +1,6 @@
-"""Repeated augmentation (Hoffer et al. 2020, "Augment your batch"; DeiT): each training image several times
-per epoch, each copy augmented independently because the dataset transforms every item it returns."""
+"""The training order: a seeded shuffle per epoch, one share per DDP rank, each image handed to the dataset
+with the seed of its augmentation; and repeated augmentation (Hoffer et al. 2020, "Augment your batch"; DeiT):
+each training image several times per epoch, each copy augmented independently."""
 
 from __future__ import annotations
 
@@ -7,11 +8,50 @@ import math
 import os
 from collections.abc import Iterator, Sized
 
+import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
+_GOLDEN = 0x9E3779B97F4A7C15  # spreads consecutive positions over the seed space (Weyl sequence)
 
-class RepeatedAugSampler(DistributedSampler):
+
+def augmentation_seeds(seed: int, epoch: int, rank: int, count: int) -> list[int]:
+    """The seed of each of ``count`` items of an epoch: a function of (seed, epoch, rank, position) alone."""
+    base = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0])
+    return [((base + k * _GOLDEN) % 2**64) >> 1 for k in range(count)]
+
+
+class SeededShuffleSampler(DistributedSampler):
+    """This rank's share of a permutation of the images drawn from ``seed + epoch`` (the same on every rank),
+    each index paired with the seed its augmentation is drawn from (:func:`augmentation_seeds`).
+
+    So the random crops, flips and policies of an epoch depend on the run's seed, the epoch and the item's place
+    in it, never on which DataLoader worker decodes it, how many there are, whether they persist, or whether
+    the run was resumed: a killed run resumes bit for bit with workers (``ArrayDataset`` applies the seed).
+    Being a :class:`DistributedSampler`, Lightning neither replaces nor wraps it under DDP and calls
+    :meth:`set_epoch` each epoch.
+
+    Args:
+        dataset: the training set (only its length is used).
+        num_replicas, rank: the DDP world size and this process's rank.
+        seed: None takes Lightning's global seed (``seed_everything``), the same on every rank.
+    """
+
+    def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0, seed: int | None = None) -> None:
+        if seed is None:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+
+    def indices(self) -> list[int]:
+        """This epoch's images for this rank, in order."""
+        return list(super().__iter__())
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self.indices()
+        return iter(zip(order, augmentation_seeds(self.seed, self.epoch, self.rank, len(order)), strict=True))
+
+
+class RepeatedAugSampler(SeededShuffleSampler):
     """Every image ``repeats`` times per epoch, the copies close together, seeded, one share per DDP rank.
 
     Each epoch: one permutation of the images from ``seed + epoch`` (the same on every rank), padded by
@@ -22,8 +62,7 @@ class RepeatedAugSampler(DistributedSampler):
     sitting side by side, which matters because MixUp/CutMix pair each image with its neighbour in the batch.
 
     An epoch is ``repeats`` times longer than without it: divide ``trainer.max_epochs`` by ``repeats`` for the
-    same compute. Being a :class:`DistributedSampler`, Lightning neither replaces nor wraps it under DDP and
-    calls :meth:`set_epoch` each epoch.
+    same compute. Each copy has a seed of its own (its position), so the copies are augmented differently.
 
     Args:
         dataset: the training set (only its length is used).
@@ -42,9 +81,7 @@ class RepeatedAugSampler(DistributedSampler):
         rank: int = 0,
         seed: int | None = None,
     ) -> None:
-        if seed is None:
-            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
         if repeats < 1 or group_size < 1:
             raise ValueError(f"repeats={repeats} and group_size={group_size} must be at least 1")
         self.repeats, self.group_size = repeats, group_size
@@ -52,7 +89,7 @@ class RepeatedAugSampler(DistributedSampler):
     def __len__(self) -> int:
         return self.num_samples * self.repeats  # num_samples: ceil(len(dataset) / num_replicas) images
 
-    def __iter__(self) -> Iterator[int]:
+    def indices(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.dataset), generator=g)
         order = order.repeat(math.ceil(self.total_size / len(order)))[: self.total_size]  # pad by wrapping
@@ -61,4 +98,4 @@ class RepeatedAugSampler(DistributedSampler):
         for group in mine.split(self.group_size):
             copies = group.repeat(self.repeats)  # (repeats * len(group),)
             chunks.append(copies[torch.randperm(len(copies), generator=g)])
-        return iter(torch.cat(chunks).tolist())
+        return torch.cat(chunks).tolist()
