@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import compose_config
 from faults_support import FAST_RUN, STEPS_PER_EPOCH, error_lines, start, train_cli
@@ -50,11 +51,17 @@ def lr_by_step(run: Path) -> dict[int, float]:
         }
 
 
+# The killed and resumed run decodes in two persistent DataLoader workers, the uninterrupted one in the training
+# process: the augmentations are drawn from (seed, epoch, position), so neither the workers nor the restart
+# change them.
+WITH_WORKERS = ["data.num_workers=2", "data.persistent_workers=true"]
+
+
 def test_killed_run_resumes_exactly(finished_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
     proc = start(
-        ["-m", "vit_cifar.train", *RESUMABLE, f"hydra.run.dir={run}"],
+        ["-m", "vit_cifar.train", *RESUMABLE, *WITH_WORKERS, f"hydra.run.dir={run}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -68,7 +75,7 @@ def test_killed_run_resumes_exactly(finished_run: Path, tmp_path: Path) -> None:
     at_kill = read_checkpoint(last)
     assert at_kill["epoch"] < EPOCHS - 1
 
-    resumed = train_cli([*RESUMABLE, f"hydra.run.dir={run}", "ckpt_path=last"])
+    resumed = train_cli([*RESUMABLE, *WITH_WORKERS, f"hydra.run.dir={run}", "ckpt_path=last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     done = f"{at_kill['epoch'] + 1} epochs, {at_kill['global_step']} steps done"
     assert f"resuming from {last}: {done}" in resumed.stdout + resumed.stderr
@@ -250,8 +257,10 @@ def test_a_checkpoint_that_contradicts_itself_is_refused_in_one_line(finished_ru
         load_classifier(path)
     from faults_support import cli_env
 
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32)).save(image)
     result = subprocess.run(
-        [sys.executable, "-m", "vit_cifar.predict", f"ckpt_path={path}", f"inputs={path}"],
+        [sys.executable, "-m", "vit_cifar.predict", f"ckpt_path={path}", f"inputs={image}"],
         env=cli_env(),
         capture_output=True,
         text=True,
@@ -301,3 +310,43 @@ def test_a_resumed_run_keeps_the_csv_rows_of_its_first_part(tmp_path: Path) -> N
     assert sorted({int(r["epoch"]) for r in rows if r.get("val/acc")}) == [0, 1, 2]
     assert min(int(r["step"]) for r in rows) == 0  # the first part's steps are still there
     assert "will be deleted" not in more.stderr
+
+
+def _scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()  # as TensorBoard reads it: a resumed writer's purge_step hides the stopped run's later events
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_a_resumed_run_logs_each_step_once_and_counts_its_whole_wall_time(tmp_path: Path) -> None:
+    """Killed in its second epoch after flushing its CSV at every step, then resumed: metrics.csv and
+    TensorBoard hold every step once, with the values of a run never killed; wall_s counts both parts."""
+    every_step = [*FAST_RUN, "trainer.max_epochs=3", "trainer.deterministic=true"]
+    every_step.append("+logger.csv.flush_logs_every_n_steps=1")
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert train_cli([*every_step, f"hydra.run.dir={whole}"]).returncode == 0
+    die = "+callbacks.die={_target_: fault_callbacks.DieAtStep, at_step: " + str(STEPS_PER_EPOCH + 4) + "}"
+    killed = train_cli([*every_step, f"hydra.run.dir={run}", die])
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    before_kill = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert before_kill["global_step"] == STEPS_PER_EPOCH  # the kill came 4 steps after the checkpoint
+    with open(run / "csv" / "metrics.csv") as f:
+        assert max(int(r["step"]) for r in csv.DictReader(f)) >= STEPS_PER_EPOCH + 3  # logged past it
+
+    started = time.monotonic()
+    resumed = train_cli([*every_step, f"hydra.run.dir={run}", "ckpt_path=last"])
+    took = time.monotonic() - started
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    def rows(folder: Path) -> list[tuple]:
+        with open(folder / "csv" / "metrics.csv") as f:
+            return sorted(tuple(sorted((k, v) for k, v in r.items() if v)) for r in csv.DictReader(f))
+
+    assert rows(run) == rows(whole)  # every row once, the same values
+    for tag in ("train/loss_step", "train/lr/decay", "val/acc"):
+        assert _scalars(run, tag) == _scalars(whole, tag), tag
+    clock_at_checkpoint = before_kill["callbacks"]["RunClock"]["wall_s"]
+    wall_s = json.loads((run / "metrics.json").read_text())["wall_s"]
+    assert clock_at_checkpoint < wall_s <= clock_at_checkpoint + took + 0.1

@@ -5,11 +5,14 @@ What is where (``tensorboard --logdir outputs/``; docs/sweeps.md):
   train/loss_step, train/lr/decay and /no_decay (LearningRateMonitor), train/grad_norm   every log_every_n_steps
   train/loss_epoch, train/acc, val/loss, val/acc                           every epoch
   val/confusion_matrix, val/predictions (IMAGES)          every callbacks.tensorboard_figures.every_n_epochs
-  HPARAMS: the run's settings beside final/val_acc_best, final/test_acc, ...      once, when the run ends
+  test/acc, test/loss, test/images                                          once, after training
+  HPARAMS: the run's settings beside whole_run/val_acc_best, whole_run/test_acc, ...      once, when the run ends
+  (whole_run/ sorts after train/ and val/ in TensorBoard's alphabetical list of groups: the curves come first)
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 import warnings
@@ -141,30 +144,72 @@ def _remaining(trainer: L.Trainer, elapsed: float, epochs_done: int) -> float | 
     return min(left) if left else None
 
 
+class RunClock(L.Callback):
+    """The run's wall time across resumes (``wall_s`` in metrics.json): the seconds spent up to a checkpoint
+    are saved in it, and a run resumed from it goes on counting from there. The time between that checkpoint
+    and a kill is work redone, so it is not counted twice."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.before_s = 0.0  # the parts of the run before the checkpoint it resumed from
+
+    def restart(self, started: float) -> None:
+        """Count this process from ``started`` (a ``time.perf_counter()`` taken before the Trainer was built)."""
+        self.started = started
+
+    def elapsed_s(self) -> float:
+        return self.before_s + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict:
+        return {"wall_s": self.elapsed_s()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before_s = float(state_dict.get("wall_s", 0.0))
+
+
+def run_clock_of(trainer: L.Trainer) -> RunClock | None:
+    return next((c for c in trainer.callbacks if isinstance(c, RunClock)), None)
+
+
 class TensorBoard(TensorBoardLogger):
     """Lightning's TensorBoard logger without the ``epoch`` scalar that Lightning adds to every logged step: a
-    staircase that sorted first among the scalars and told nothing the step axis does not."""
+    staircase that sorted first among the scalars and told nothing the step axis does not.
+
+    ``resume_step`` (which ``train`` sets when it resumes: the checkpoint's step): what the stopped run logged
+    from that step on is hidden (TensorBoard's ``purge_step``), since the resumed run logs those steps again;
+    the curves go on without a doubled stretch."""
+
+    def __init__(self, *args, resume_step: int | None = None, **kwargs) -> None:
+        if resume_step is not None:
+            kwargs["purge_step"] = int(resume_step)
+        super().__init__(*args, **kwargs)
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
 
 class CSVLog(CSVLogger):
-    """Lightning's CSVLogger that keeps the rows of the run it resumes (``keep_previous=True``, which ``train``
-    sets when it resumes): Lightning's starts ``metrics.csv`` afresh, losing the epochs before the stop, and with
-    them the first part of the history that ``evaluate`` plots."""
+    """Lightning's CSVLogger that keeps the rows of the run it resumes (``resume_step``, which ``train`` sets when
+    it resumes: the checkpoint's step): Lightning's starts ``metrics.csv`` afresh, losing the epochs before the
+    stop, and with them the first part of the history that ``evaluate`` plots. Rows the stopped run wrote from
+    that step on are dropped, as the resumed run writes those steps again: each step appears once."""
 
-    def __init__(self, *args, keep_previous: bool = False, **kwargs) -> None:
+    def __init__(self, *args, resume_step: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.keep_previous = keep_previous
+        self.resume_step = resume_step
         self._restored = False
 
     @property
     def experiment(self):
         path = Path(self.log_dir) / "metrics.csv"
         previous = None
-        if self.keep_previous and not self._restored and rank_zero_only.rank == 0 and path.is_file():
-            previous = path.read_text()  # a few hundred rows of numbers
+        if (
+            self.resume_step is not None
+            and not self._restored
+            and rank_zero_only.rank == 0
+            and path.is_file()
+        ):
+            previous = _rows_before(path.read_text(), self.resume_step)  # a few thousand rows of numbers
         with warnings.catch_warnings():
             if previous is not None:  # its "previous log files will be deleted" is not true here
                 warnings.filterwarnings("ignore", message="Experiment logs directory")
@@ -175,6 +220,23 @@ class CSVLog(CSVLogger):
             writer.metrics_keys = sorted(set(writer.metrics_keys) | {k for k in header.split(",") if k})
         self._restored = True
         return writer
+
+
+def _rows_before(text: str, step: int) -> str:
+    """The header and the rows of a Lightning ``metrics.csv`` logged before ``step``."""
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return text
+    header = lines[0].rstrip("\r\n").split(",")
+    if "step" not in header:
+        return text
+    column = header.index("step")
+    kept = [lines[0]]
+    for line in lines[1:]:
+        row = next(csv.reader([line]), [])
+        if len(row) <= column or not row[column] or int(float(row[column])) < step:
+            kept.append(line)
+    return "".join(kept)
 
 
 if TYPE_CHECKING:  # omegaconf is imported where it is used: the benchmark runs without Hydra
@@ -405,7 +467,7 @@ def log_final_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict) -> Non
     logger = tensorboard_of(trainer)
     if logger is None or not trainer.is_global_zero:
         return
-    final = {f"final/{k}": float(metrics[k]) for k in FINAL_METRICS if metrics.get(k) is not None}
+    final = {f"whole_run/{k}": float(metrics[k]) for k in FINAL_METRICS if metrics.get(k) is not None}
     if not final:
         return
     logger.log_hyperparams(flat_hparams(cfg), metrics=final)

@@ -20,9 +20,9 @@ from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError
 from vit_cifar.evaluate import evaluate_from_train_config
 from vit_cifar.fileio import write_atomic
-from vit_cifar.inference import describe_device as describe_device_of
+from vit_cifar.inference import describe_device
 from vit_cifar.module import ClassifierModule
-from vit_cifar.monitoring import log_final_hparams
+from vit_cifar.monitoring import log_final_hparams, run_clock_of
 from vit_cifar.resume import check_fits, resolve_ckpt_path
 from vit_cifar.runlock import run_folder_lock
 from vit_cifar.speed import (
@@ -88,9 +88,9 @@ def selected_checkpoint(trainer: L.Trainer) -> str | None:
     return (callback.best_model_path or None) if callback is not None else None
 
 
-def describe_device(trainer: L.Trainer) -> str:
+def describe_training_device(trainer: L.Trainer) -> str:
     """The device as reports name it (evaluation's wording), and how many processes trained."""
-    name = describe_device_of(trainer.strategy.root_device)
+    name = describe_device(trainer.strategy.root_device)
     return f"{name} x{trainer.world_size}" if trainer.world_size > 1 else name
 
 
@@ -115,15 +115,18 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
         # python -m vit_cifar.evaluate's evaluation, into this run folder; the network comes from the checkpoint
         return evaluate_from_train_config(cfg, ckpt_path)
     if ckpt_path is not None:
-        check_fits(ckpt_path, cfg, resume=True)  # one clear error before any work
+        resumed = check_fits(ckpt_path, cfg, resume=True)  # one clear error before any work
         ckpt_path = str(ckpt_path)
-        if OmegaConf.select(cfg, "logger.csv") is not None:  # the resumed run's CSV keeps the rows before
-            with open_dict(cfg):
-                cfg.logger.csv.keep_previous = True
+        with open_dict(cfg):  # the logs keep the history before the checkpoint, and each step once
+            for name in ("csv", "tensorboard"):
+                if OmegaConf.select(cfg, f"logger.{name}") is not None:
+                    cfg.logger[name].resume_step = int(resumed.get("global_step", 0))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0, device=device)
+    if clock := run_clock_of(trainer):
+        clock.restart(start)
     choices_for = device or local_device(cfg.trainer.accelerator)
     module.device_spec = choices_for
     speed = apply_speed_settings(
@@ -173,8 +176,9 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
         metrics.update(compile_counter.report())
     # Named after testing: naming a GPU initialises CUDA in this process, after which the ddp_notebook strategy
     # (DDP inside a notebook, notebooks/train_kaggle_colab.ipynb) could not fork its processes for the test.
-    metrics["device"] = describe_device(trainer)
-    metrics["wall_s"] = round(time.perf_counter() - start, 1)
+    metrics["device"] = describe_training_device(trainer)
+    clock = run_clock_of(trainer)  # the whole run's, across resumes; without it, this process's
+    metrics["wall_s"] = round(clock.elapsed_s() if clock else time.perf_counter() - start, 1)
     log_final_hparams(trainer, cfg, metrics)  # TensorBoard's hparams table: settings beside final metrics
 
     if trainer.is_global_zero:
