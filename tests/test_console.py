@@ -17,7 +17,7 @@ import torch
 from conftest import QUIET, ROOT, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module
 from vit_cifar.analysis import plots
 from vit_cifar.checkpoint import beside_run
-from vit_cifar.console import quiet_library_noise
+from vit_cifar.console import quiet_device_banner, quiet_library_noise
 from vit_cifar.data.datamodule import interleaved_order
 from vit_cifar.data.sources import resolve_source
 from vit_cifar.errors import DataError
@@ -113,6 +113,21 @@ def test_library_noise_is_dropped_and_real_warnings_stay():
         )
         warnings.warn("the learning rate is not finite", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["the learning rate is not finite"]
+
+
+def test_the_device_banner_can_be_said_once_and_back_again():
+    quiet_library_noise()
+    banner = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    record = logging.LogRecord(
+        banner.name, logging.INFO, __file__, 1, "GPU available: False, used: False", None, None
+    )
+    try:
+        quiet_device_banner()
+        assert not all(f.filter(record) for f in banner.filters)
+        quiet_device_banner(quiet=False)
+        assert all(f.filter(record) for f in banner.filters)
+    finally:
+        quiet_device_banner(quiet=False)
 
 
 def test_evaluation_sets_take_classes_in_turn_so_any_prefix_samples_every_class():

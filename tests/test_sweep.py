@@ -82,6 +82,9 @@ def test_a_grid_sweep_gives_one_folder_per_job_and_a_summary_ranked_by_validatio
         assert png.format == "PNG" and png.width > 300 and png.height > 200
     assert not list(folder.glob(".*.partial"))  # written atomically
     assert f"sweep summary: {folder / 'summary.md'} (4 of 4 jobs completed)" in result.stdout
+    console = result.stdout + result.stderr
+    assert console.count("GPU available:") == 1  # the device banner once, not before every job
+    assert all(f"#{k} : " in console for k in range(4))  # each job headed by its overrides
 
 
 def test_a_sweep_job_writes_the_expected_tensorboard_events(grid_sweep):
@@ -129,8 +132,8 @@ def test_a_sweep_job_writes_the_expected_tensorboard_events(grid_sweep):
     assert hparams["model"].string_value == "VisionTransformer" and hparams["data.root"].string_value
     assert "data.cache_dir" not in hparams and "data.mean" not in hparams
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert {m.name.tag for m in experiment.metric_infos} >= {"final/val_acc_best", "final/test_acc"}
-    final = events.Scalars("final/test_acc")[-1].value
+    assert {m.name.tag for m in experiment.metric_infos} >= {"whole_run/val_acc_best", "whole_run/test_acc"}
+    final = events.Scalars("whole_run/test_acc")[-1].value
     assert final == pytest.approx(_metrics(job)["test_acc"])
 
 

@@ -69,7 +69,10 @@ def test_without_validation_the_last_epoch_is_tested(tmp_path):
     metrics = train(cfg)
     assert metrics["checkpoint_after_epoch"] == 2 == metrics["epochs"]
     assert "val_acc_best" not in metrics
-    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"epoch001.ckpt", "last.ckpt"}
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {
+        "epoch002.ckpt",
+        "last.ckpt",
+    }  # after epoch 2
 
 
 def test_overfit_debug_config_drives_the_loss_to_zero(tmp_path):

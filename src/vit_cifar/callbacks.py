@@ -11,10 +11,12 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from vit_cifar.errors import ConfigError, TrainingError
+from vit_cifar.monitoring import budget_timer
 
 
 def capture_rng_states() -> dict:
@@ -233,6 +235,17 @@ class EMA(EMAWeightAveraging):
             self._started = self._average_model is not None and int(self._average_model.n_averaged) > 0
 
 
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's ModelCheckpoint, with ``{epoch}`` in file names counting from 1 as a person does: the file
+    written after the third epoch is ``epoch003``, the epoch the summary and the epoch log call 3 (Lightning's
+    own counter, and so its names, start at 0)."""
+
+    def format_checkpoint_name(self, metrics: dict, *args: Any, **kwargs: Any) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": int(metrics["epoch"]) + 1}
+        return super().format_checkpoint_name(metrics, *args, **kwargs)
+
+
 class ProgressBar(RichProgressBar):
     """Lightning's rich progress bar, reading the logged values (loss, accuracy) every
     ``metrics_every_n_steps`` training steps rather than at every one.
@@ -270,6 +283,23 @@ class ProgressBar(RichProgressBar):
                     shown[name[: -len("_step")]] = float(value)
         self._shown = shown
         return shown
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        # Lightning's bar counts epochs from 0 ("Epoch 0/99"); the epoch log, the summary, the plots and the
+        # checkpoint names count from 1, so the bar does too.
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, description=self._epoch_label(trainer))
+
+    def _epoch_label(self, trainer: L.Trainer) -> str:
+        label = f"Epoch {trainer.current_epoch + 1}"
+        ends_by_epochs = (trainer.max_epochs or 0) > 0 and budget_timer(
+            trainer
+        ) is None  # not by a time budget
+        if ends_by_epochs:
+            label += f"/{trainer.max_epochs}"
+        label = f"{label:{len(self.validation_description)}}"  # as wide as "Validation": no flicker
+        return f"[{self.theme.description}]{label}" if self.theme.description else label
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._shown = None  # the epoch's values are read at its end

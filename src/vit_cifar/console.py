@@ -20,17 +20,40 @@ NOISY_INFO = (
     "💡 Tip:",  # advertisements for Lightning's cloud products
     "Trainer already configured with model summary callbacks",
 )
+# The Trainer's start-up banner (which accelerators exist): the same for every job of a sweep, so said once.
+DEVICE_BANNER = ("GPU available:", "TPU available:", "HPU available:", "LOCAL_RANK:")
+LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 
 
 class _DropNoise(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefixes = NOISY_INFO
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(NOISY_INFO)
+        return not str(record.getMessage()).startswith(self.prefixes)
+
+
+def _noise_filters() -> list[_DropNoise]:
+    filters = []
+    for name in LIGHTNING_INFO_LOGGERS:
+        logger = logging.getLogger(name)
+        found = [f for f in logger.filters if isinstance(f, _DropNoise)]
+        if not found:
+            found = [_DropNoise()]
+            logger.addFilter(found[0])
+        filters.extend(found)
+    return filters
 
 
 def quiet_library_noise() -> None:
     for pattern in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropNoise) for f in logger.filters):
-            logger.addFilter(_DropNoise())
+    _noise_filters()
+
+
+def quiet_device_banner(quiet: bool = True) -> None:
+    """Drop (or, with ``quiet=False``, let through again) the Trainer's device banner: a sweep's jobs after the
+    first run in the same process and would print it again, word for word, before each job."""
+    for noise in _noise_filters():
+        noise.prefixes = NOISY_INFO + DEVICE_BANNER if quiet else NOISY_INFO

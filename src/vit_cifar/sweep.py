@@ -29,7 +29,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from vit_cifar.errors import VitCifarError
+from vit_cifar.console import quiet_device_banner
+from vit_cifar.errors import VitCifarError, one_line
 from vit_cifar.fileio import write_atomic
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ def run_sweep_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     """
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
+    # Hydra's "#k : overrides" line heads each job; the device banner is said by the first job only.
+    quiet_device_banner(quiet=int(hydra_cfg.job.num) > 0)
     try:
         return job(cfg)
     except Exception as err:
@@ -82,11 +85,6 @@ def run_sweep_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     finally:
         _release_memory()
     return {}
-
-
-def one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return " ".join(lines) or "(no message)"
 
 
 def _release_memory() -> None:
@@ -169,9 +167,10 @@ def parse_overrides(lines: list[str]) -> dict[str, str]:
     return {o.key_or_group: "null" if o.is_delete() else o.get_value_element_as_str() for o in parsed}
 
 
-def _natural(path: Path) -> list:
-    """Sort key that puts job 10 after job 9."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]
+def _natural(path: Path | str) -> list:
+    """Sort key that puts job 10 after job 9 (and seed 10 after seed 9)."""
+    text = path.as_posix() if isinstance(path, Path) else path
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 # ------------------------------------------------------------------------------------------- the summary
@@ -234,7 +233,7 @@ def over_seeds(jobs: list[Job], keys: list[str]) -> list[dict]:
     for setting, members in groups.items():
         done = [job for job in members if job.status == OK]
         row: dict[str, Any] = dict(zip(keys, setting, strict=True))
-        row["seeds"] = " ".join(job.overrides.get("seed", "") for job in done)
+        row["seeds"] = " ".join(sorted((job.overrides.get("seed", "") for job in done), key=_natural))
         row["n"] = len(done)
         row["failed"] = len(members) - len(done)
         for name, values in (
