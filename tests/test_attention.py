@@ -332,7 +332,7 @@ def test_bad_checkpoints_stop_with_one_line_and_write_nothing(kind, message, tmp
         ("layers=[0,2]", "not a block of this 2-block model: use indices 0..1"),
         ("grad_rollout_class=zebra", "grad_rollout_class=zebra is not a class of this checkpoint"),
         ("num_images=-1", "num_images=-1 must be a whole number"),
-        ("inputs=/no/such/image.png", "inputs: /no/such/image.png does not exist"),
+        ("inputs=/no/such/image.png", "inputs: /no/such/image.png: no such file or folder"),
         (f"inputs={__file__}", "test_attention.py is not a .bmp/.jpeg/.jpg/.png/.webp image"),
         ("device=tpu9", "device=tpu9 is unknown: use cpu, cuda"),
     ],

@@ -45,6 +45,12 @@ def test_bad_override_through_the_cli_writes_nothing(tmp_path: Path, override: s
         (["model.drop_rate=1.0"], "model.drop_rate=1.0 is out of range: use a number in [0, 1)"),
         (["aug.mixup_alpha=-0.2"], "aug.mixup_alpha=-0.2 is out of range: use a number >= 0"),
         (["aug.policy=trivial"], "aug.policy='trivial' is unknown: use one of trivialaugment, randaugment"),
+        (["trainer.precision=fp17"], "trainer.precision='fp17' is unknown: use one of "),
+        (["trainer.max_time=55min"], "trainer.max_time='55min' is not a duration: use DD:HH:MM:SS"),
+        (
+            ["trainer.accelerator=tpu"],
+            "trainer.accelerator='tpu' is unknown: use one of auto, cpu, gpu, cuda, mps",
+        ),
         (["data.sha256=abc"], "data.sha256='abc' is not a checksum: use null or 64 hexadecimal digits"),
         (
             ["model.num_classes=5"],

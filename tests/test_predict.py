@@ -60,6 +60,25 @@ def test_every_mode_becomes_a_normal_rgb_image_of_the_training_size(images):
     assert int(rgba[:, :, :20].min()) == 255  # transparency is composited over white
 
 
+def test_a_large_16_bit_image_is_shrunk_before_any_full_size_copy(tmp_path):
+    """A 16-bit PNG compresses to almost nothing whatever size it declares; the 8-bit conversion works on
+    the resized image, so no full-size array is made (numpy's allocations are what tracemalloc sees)."""
+    import tracemalloc
+
+    ramp = np.tile(np.linspace(0, 60000, 3000).astype(np.uint16), (3000, 1))  # 3,000 x 3,000, to 60,000
+    Image.fromarray(ramp).save(tmp_path / "big16.png")
+    assert (tmp_path / "big16.png").stat().st_size < ramp.nbytes / 10
+    tracemalloc.start()
+    try:
+        x = load_image(tmp_path / "big16.png", 32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < ramp.nbytes / 10  # a float64 copy of the whole image was 72 MB, four times the image
+    assert x.shape == (3, 32, 32)
+    assert int(x[0, 0, 0]) < 10 and 200 < int(x[0, 0, -1]) <= 255  # scaled by the whole image's top value
+
+
 def test_folder_predictions_skip_the_corrupt_file_and_keep_the_rest(tiny_run, images):
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
     result = predict_files(ckpt, [str(images), str(images / "missing.png")], top_k=3)

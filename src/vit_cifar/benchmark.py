@@ -66,6 +66,8 @@ from vit_cifar.callbacks import FiniteLossGuard, ProgressBar
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.data.gpu_aug import DeviceBatches
 from vit_cifar.errors import ConfigError, VitCifarError
+from vit_cifar.fileio import check_output_place
+from vit_cifar.inference import cpu_model
 from vit_cifar.module import ClassifierModule, build_network
 from vit_cifar.monitoring import GradNormMonitor
 from vit_cifar.optim import param_groups, warmup_cosine_lr, warmup_steps_for
@@ -598,7 +600,7 @@ def device_info(device: torch.device) -> dict:
         "type": device.type,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_model(),
         "platform": platform.platform(),
     }
     if device.type == "cuda":
@@ -612,14 +614,6 @@ def device_info(device: torch.device) -> dict:
     else:
         info["name"] = info["cpu"]
     return info
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def versions() -> dict:
@@ -702,6 +696,7 @@ def table(report: dict) -> str:
 
 def run(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    check_output_place(args.out, "--out", folder=True)  # before minutes of measuring
     if args.inference:
         from vit_cifar.inference_bench import run_inference
 

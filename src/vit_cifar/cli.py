@@ -17,8 +17,10 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from vit_cifar.compat import hydra_command_line, sweep_jobs
 from vit_cifar.console import quiet_library_noise
-from vit_cifar.errors import ConfigError, VitCifarError
+from vit_cifar.errors import ConfigError, VitCifarError, first_line, one_line
+from vit_cifar.fileio import check_output_place
 from vit_cifar.runlock import check_run_folder_free
 from vit_cifar.sweep import in_sweep, run_sweep_job
 
@@ -46,8 +48,10 @@ def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
         sys.exit(err.exit_code)
 
 
-def hydra_main(config_name: str, check: Callable[[DictConfig], None]) -> Callable:
-    """``@hydra.main`` for ``config_name``, preceded by :func:`preflight` on the command line."""
+def hydra_main(config_name: str, check: Callable[[DictConfig], None] | None = None) -> Callable:
+    """``@hydra.main`` for ``config_name``, preceded by :func:`preflight` on the command line: every command's
+    unknown key or malformed override ends in one line and exit 2. ``check`` validates the values too (the
+    other commands check theirs in the job, before they write anything)."""
 
     def decorator(task: Callable[[DictConfig], Any]) -> Callable:
         hydra_task = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
@@ -76,7 +80,7 @@ def compose_config(overrides: list[str], output_dir: str | Path, config_name: st
     return cfg
 
 
-def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], None]) -> None:
+def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], None] | None = None) -> None:
     """Compose the config the command line asks for, every job of a ``-m`` sweep included, and ``check`` it,
     before Hydra creates a run folder: a bad override ends the process with one line and exit code 2, and
     nothing is written.
@@ -85,9 +89,7 @@ def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], N
     Commands that only print (``--help``, ``--cfg``, ``--info``) or load configs from elsewhere (``-cp``,
     ``-cd``) go straight to Hydra; the job itself checks its config again.
     """
-    from hydra._internal.utils import get_args_parser
-
-    args = get_args_parser().parse_args(argv)
+    args = hydra_command_line(argv)
     only_prints = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
     if only_prints or args.experimental_rerun or args.config_path or args.config_dir:
         return
@@ -95,10 +97,15 @@ def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], N
         for overrides in _jobs(args.overrides, args.multirun):
             with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
                 cfg = compose(args.config_name or config_name, overrides=overrides, return_hydra_config=True)
-            check(cfg)
-            if not args.multirun:
-                _check_ckpt_path(cfg)
-                if config_name == "train":  # one training per run folder (vit_cifar.runlock)
+            if check is not None:
+                check(cfg)
+            if config_name == "train":
+                if not args.multirun:
+                    _check_ckpt_path(cfg)
+                # the folder Hydra is about to make, before it makes it
+                sweep_or_run = "sweep" if args.multirun else "run"
+                check_output_place(cfg.hydra[sweep_or_run].dir, f"hydra.{sweep_or_run}.dir", folder=True)
+                if not args.multirun:  # one training per run folder (vit_cifar.runlock)
                     check_run_folder_free(cfg.hydra.run.dir)
     except VitCifarError as err:
         _exit(str(err), ConfigError.exit_code)
@@ -110,12 +117,11 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     """The override list of every job: one, or each combination of a ``-m`` sweep's values."""
     if not multirun:
         return [overrides]
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     try:
-        return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+        return sweep_jobs(parsed)
     except hydra.errors.HydraException:  # interval sweeps (Optuna & co.): check the fixed overrides only
         return [[o.input_line for o in parsed if not o.is_sweep_override()]]
 
@@ -141,15 +147,14 @@ def _one_line(err: BaseException) -> str:
             f"unknown key {key}: check its spelling (--cfg job prints every key), "
             f"or add a new key with +{key}=<value>"
         )
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if "Config search path:" in lines:
-        lines = lines[: lines.index("Config search path:")]
+    message = str(err).split("Config search path:")[0]  # Hydra's list of folders says nothing to the user
+    parts = [one_line(message)]
     if isinstance(cause, OmegaConfBaseException):
-        lines.append(str(cause).splitlines()[0])
+        parts.append(first_line(cause))
     missing = [extra for plugin, extra in PLUGIN_EXTRAS.items() if f"'{plugin}'" in str(err)]
     if missing:  # a config of an optional Hydra plugin that is not installed
-        lines.append(f"(install the plugin: pip install -e '.[{missing[0]}]')")
-    return " ".join(lines)
+        parts.append(f"(install the plugin: pip install -e '.[{missing[0]}]')")
+    return " ".join(parts)
 
 
 def _exit(message: str, code: int) -> None:

@@ -8,9 +8,6 @@ the whole job; ``python -m vit_cifar.train train=false ckpt_path=<file>`` runs i
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,8 +23,9 @@ from vit_cifar.analysis.history import history_csv_for, read_history
 from vit_cifar.analysis.metrics import summarise
 from vit_cifar.analysis.report import render_report
 from vit_cifar.checkpoint import LoadedClassifier, beside_run, required_ckpt_path
-from vit_cifar.cli import CONFIG_DIR, run_cli
+from vit_cifar.cli import hydra_main, run_cli
 from vit_cifar.errors import CheckpointError, ConfigError
+from vit_cifar.fileio import check_output_place, staged_results
 from vit_cifar.inference import (
     InputSpec,
     autocast_dtype,
@@ -49,6 +47,7 @@ FIGURES = (
     "training_history",
     "reliability_diagram",
 )
+OWN_FILES = ("metrics.json", "report.md", *(f"{name}.png" for name in FIGURES))  # an evaluation's outputs
 
 
 @dataclass
@@ -178,22 +177,15 @@ def write_outputs(
     history_csv: Path | None,
     start: float,
 ) -> None:
-    """Draw every figure and write ``metrics.json`` and ``report.md`` into a hidden folder inside ``out``,
-    then move them into place: a failure leaves no half-written output."""
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
-    try:
+    """Draw every figure and write ``metrics.json`` and ``report.md`` into a hidden folder beside ``out``,
+    then move them into place: a failure leaves no half-written output, and no figure of an earlier
+    evaluation that this report does not show stays behind."""
+    with staged_results(out, OWN_FILES) as staging:
         figures, notes = draw_figures(staging, metrics, probs, targets, images, history_csv)
         metrics["history_csv"] = str(history_csv) if history_csv else None
         metrics["wall_s"] = round(time.perf_counter() - start, 2)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (staging / "report.md").write_text(render_report(metrics, figures, notes))
-        for stale in (f"{name}.png" for name in FIGURES if not figures.get(name)):
-            (out / stale).unlink(missing_ok=True)  # from an earlier evaluation: the report no longer shows it
-        for path in staging.iterdir():
-            os.replace(path, out / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def draw_figures(
@@ -292,7 +284,9 @@ def evaluate(cfg: DictConfig) -> dict:
         runtime=cfg.get("runtime", "torch"),
     )
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    output_dir = cfg.output_dir or beside_run(ckpt_path, "evaluation")
+    output_dir = check_output_place(
+        cfg.output_dir or beside_run(ckpt_path, "evaluation"), "output_dir", folder=True
+    )
     return evaluate_checkpoint(ckpt_path, data_cfg, output_dir, options)
 
 
@@ -307,7 +301,7 @@ def evaluate_from_train_config(cfg: DictConfig, ckpt_path: str | Path) -> dict:
     return evaluate_checkpoint(ckpt_path, data_cfg, cfg.paths.output_dir, options)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra_main("eval")
 def main(cfg: DictConfig) -> float:
     return run_cli(evaluate, cfg)["test_acc"]
 

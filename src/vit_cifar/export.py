@@ -26,15 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from vit_cifar.checkpoint import LoadedClassifier, load_classifier, required_ckpt_path
-from vit_cifar.cli import CONFIG_DIR, run_cli
+from vit_cifar.cli import hydra_main, run_cli
 from vit_cifar.errors import ConfigError, DataError, VitCifarError, first_line
-from vit_cifar.fileio import write_atomic
+from vit_cifar.fileio import check_output_place, write_atomic
 from vit_cifar.inference import InputSpec, input_spec, predict_probs
 from vit_cifar.interop import (
     LAYER_NORM_EPS,
@@ -74,6 +73,7 @@ def check_output(output: Path, fmt: str) -> None:
         raise ConfigError(
             f"output={output} is a file: format=timm writes a folder (model.safetensors, config.json)"
         )
+    check_output_place(output, "output", folder=fmt == "timm")
 
 
 # ------------------------------------------------------------------------------------------ the formats
@@ -311,7 +311,7 @@ def export(cfg: DictConfig) -> dict:
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@hydra_main("export")
 def main(cfg: DictConfig) -> None:
     run_cli(export, cfg)
 

@@ -10,22 +10,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from vit_cifar.checkpoint import required_ckpt_path
-from vit_cifar.cli import CONFIG_DIR, run_cli
-from vit_cifar.data.sources import IMAGE_EXTENSIONS, decode_image
+from vit_cifar.cli import hydra_main, run_cli
+from vit_cifar.data.sources import collect_image_files, decode_image
 from vit_cifar.data.transforms import eval_transform
 from vit_cifar.errors import ConfigError, DataError, SkippedInputsError, first_line
-from vit_cifar.fileio import write_atomic
+from vit_cifar.fileio import check_output_place, write_atomic
 from vit_cifar.inference import InputSpec, input_spec, predict_probs, resolve_device, set_threads
 from vit_cifar.runtime import check_runtime_options, load_for_inference
 
@@ -42,24 +40,6 @@ class Prediction:
 class PredictResult:
     predictions: list[Prediction] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
-
-
-def collect_inputs(inputs: str | list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files to classify: each file named, and the image files under each folder named (recursively, sorted);
-    paths that do not exist come back as skipped."""
-    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
-    files, missing = [], []
-    for item in items:
-        path = Path(os.path.expanduser(str(item)))
-        if path.is_dir():
-            files += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-        elif path.is_file():
-            files.append(path)
-        else:
-            missing.append((str(path), "no such file or folder"))
-    return files, missing
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -104,12 +84,14 @@ def predict_files(
             f"num_workers={num_workers} at least 0"
         )
     check_runtime_options(runtime, device)
+    # Names that give no image are skipped and reported, as unreadable files are; none at all is a setting.
+    files, skipped = collect_image_files(inputs)
+    if not files:
+        reason = f": {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise ConfigError(f"inputs={inputs} holds no image files{reason}")
     set_threads(threads)
     dev = resolve_device(device)
     loaded = load_for_inference(ckpt_path, runtime, threads)
-    files, skipped = collect_inputs(inputs)
-    if not files and not skipped:
-        raise ConfigError(f"inputs={inputs} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     # batch_size=None: one decoded image (or error) at a time, in worker processes when asked.
     loader = DataLoader(ImageFiles(files, input_spec(loaded)), batch_size=None, num_workers=int(num_workers))
     readable, images = [], []
@@ -169,6 +151,8 @@ def predict(cfg: DictConfig) -> dict:
         raise ConfigError(
             f"output={output} must end in .json or .csv (the format is taken from the extension)"
         )
+    if output is not None:
+        check_output_place(output, "output", folder=False)
     inputs = OmegaConf.to_container(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
     result = predict_files(
         ckpt_path,
@@ -196,7 +180,7 @@ def predict(cfg: DictConfig) -> dict:
     return {"predictions": len(result.predictions)}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@hydra_main("predict")
 def main(cfg: DictConfig) -> None:
     run_cli(predict, cfg)
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from vit_cifar.errors import VitCifarError
+from vit_cifar.fileio import check_output_place
 from vit_cifar.sweep import failure_line, report, summarise
 
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
+        if args.folder.is_dir():  # the summary is written into it (what is not a folder, summarise names)
+            check_output_place(args.folder, "folder", folder=True)
         summary = summarise(args.folder)
     except VitCifarError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -129,6 +129,8 @@ RULES: dict[str, Rule] = {
     "trainer.gradient_clip_val": Number(low=0, optional=True),
     "trainer.gradient_clip_algorithm": Choice(("norm", "value"), optional=True),
     "trainer.precision": Choice(tuple(PRECISIONS) + tuple(PRECISION_ALIASES)),
+    # the accelerators this project runs on (Lightning's tpu and hpu need packages it does not install)
+    "trainer.accelerator": Choice(("auto", "cpu", "gpu", "cuda", "mps")),
     "optim.fused": Choice((True, False), optional=True),
     "callbacks.finite_loss.check_every_n_steps": Number(low=1, integer=True, optional=True),
     "data.source": Choice(SOURCES),
@@ -237,8 +239,13 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
             message = rule(values)
             if message:
                 raise ConfigError(message)
-    if values.get("scheduler.by") == "time" and _select(cfg, "trainer.max_time") in (None, _ABSENT):
+    max_time = _select(cfg, "trainer.max_time")
+    if values.get("scheduler.by") == "time" and max_time in (None, _ABSENT):
         raise ConfigError(NO_TIME_BUDGET)
+    if isinstance(max_time, str) and not re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", max_time.strip()):
+        raise ConfigError(
+            f"trainer.max_time={_show(max_time)} is not a duration: use DD:HH:MM:SS, e.g. 00:00:55:00"
+        )
     _check_device_choices(cfg, device)
 
 

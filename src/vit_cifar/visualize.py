@@ -6,11 +6,8 @@ Everything is checked and drawn before anything lands in ``output_dir``: a bad i
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +27,12 @@ from vit_cifar.analysis.attention import (
 )
 from vit_cifar.analysis.attention_plots import attention_figure, rollout_overview, save_figure
 from vit_cifar.checkpoint import LoadedClassifier, beside_run, load_classifier, required_ckpt_path
-from vit_cifar.cli import CONFIG_DIR, run_cli
-from vit_cifar.data.sources import IMAGE_EXTENSIONS, decode_image
-from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_transform
+from vit_cifar.cli import hydra_main, run_cli
+from vit_cifar.data.sources import collect_image_files, decode_image
+from vit_cifar.data.transforms import eval_transform
 from vit_cifar.errors import CheckpointError, ConfigError, DataError, SkippedInputsError, first_line
-from vit_cifar.inference import resolve_device
+from vit_cifar.fileio import check_output_place, staged_results
+from vit_cifar.inference import input_spec, resolve_device
 
 # What this command writes; a new run replaces exactly these in output_dir, and nothing else there.
 OWN_FILES = ("index.md", "rollout_*.png", "sample_*.png", "misclassified_*.png", "input_*.png")
@@ -108,23 +106,13 @@ def _count(cfg: DictConfig, key: str) -> int:
 
 
 def input_files(inputs) -> list[Path]:
-    """The image files named by ``inputs`` (files, folders searched recursively), in a stable order."""
+    """The image files named by ``inputs`` (files, folders searched recursively), in a stable order; every
+    name must give some (what to explain is chosen by the user, so a wrong name is a setting to fix)."""
     raw = OmegaConf.to_container(inputs) if isinstance(inputs, ListConfig) else inputs
-    files: list[Path] = []
-    kinds = "/".join(sorted(IMAGE_EXTENSIONS))
-    for entry in raw if isinstance(raw, list | tuple) else [raw]:
-        path = Path(os.path.expanduser(str(entry)))
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                raise ConfigError(f"inputs: folder {path} holds no {kinds} images: pass image files")
-            files += found
-        elif path.is_file():
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise ConfigError(f"inputs: {path} is not a {kinds} image: pass image files")
-            files.append(path)
-        else:
-            raise ConfigError(f"inputs: {path} does not exist: pass image files or a folder of them")
+    files, problems = collect_image_files(raw)
+    if problems:
+        name, why = problems[0]
+        raise ConfigError(f"inputs: {name}: {why}: pass image files or folders of them")
     return files
 
 
@@ -334,19 +322,6 @@ def write_index(folder: Path, header: list[str], sections: list[tuple[Group, lis
     (folder / "index.md").write_text("\n".join(lines))
 
 
-def publish(staging: Path, output_dir: Path) -> list[Path]:
-    """Move the finished files into ``output_dir``, first removing what earlier runs of this command left."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for pattern in OWN_FILES:
-        for old in output_dir.glob(pattern):
-            old.unlink()
-    moved = []
-    for f in sorted(staging.iterdir()):
-        os.replace(f, output_dir / f.name)
-        moved.append(output_dir / f.name)
-    return moved
-
-
 # ------------------------------------------------------------------------------------------------ the job
 
 
@@ -414,6 +389,9 @@ def visualize(cfg: DictConfig) -> dict:
     ckpt_path = required_ckpt_path(cfg)
     head_fusion, discard_ratio = str(cfg.head_fusion), float(cfg.discard_ratio)
     check_options(head_fusion, discard_ratio)
+    output_dir = check_output_place(
+        cfg.output_dir or beside_run(ckpt_path, "attention"), "output_dir", folder=True
+    )
     device = resolve_device(str(cfg.device))
     loaded = load_vit(ckpt_path)
     net = loaded.net.to(device)
@@ -422,15 +400,14 @@ def visualize(cfg: DictConfig) -> dict:
     image_size = net.patch_embed.img_size  # the model's input size
     layers = resolve_layers(cfg.layers, depth)
     grad_class = resolve_class(cfg.grad_rollout_class, loaded.classes)
-    trained_data = loaded.run_config.get("data") or {}
-    normalise = eval_transform(trained_data.get("mean", CIFAR10_MEAN), trained_data.get("std", CIFAR10_STD))
+    spec = input_spec(
+        loaded
+    )  # the normalisation the checkpoint was trained with, as predict and evaluate use
+    normalise = eval_transform(spec.mean, spec.std)
     groups, data_note = pick_groups(cfg, loaded, image_size, normalise, device)
 
-    output_dir = Path(cfg.output_dir or beside_run(ckpt_path, "attention"))
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
     # Drawn beside output_dir first, so that a failure leaves output_dir as it was.
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staged_results(output_dir, OWN_FILES) as staging:
         sections = []
         for group in groups:
             drawn = []
@@ -454,9 +431,7 @@ def visualize(cfg: DictConfig) -> dict:
             "- every map is scaled to its own min..max (blue weak, red strong)",
         ]
         write_index(staging, header, sections)
-        written = publish(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        written = [output_dir / f.name for f in sorted(staging.iterdir())]
     figures = [p for p in written if p.suffix == ".png"]
     counts = ", ".join(f"{len(g.picked.names)} {g.title.lower()}" for g in groups)
     print(f"wrote {len(figures)} figures and index.md to {output_dir} ({counts})")
@@ -472,7 +447,7 @@ def visualize(cfg: DictConfig) -> dict:
     return {"output_dir": str(output_dir), "files": [str(p) for p in written]}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="visualize")
+@hydra_main("visualize")
 def main(cfg: DictConfig) -> None:
     run_cli(visualize, cfg)
 

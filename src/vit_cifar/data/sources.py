@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vit_cifar.compat import torchvision_copy_present
 from vit_cifar.errors import DataError, first_line
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -98,9 +99,7 @@ def _no_local_copy_hint(root: Path, dataset: str) -> str:
 def download_torchvision(root: Path, dataset: str, download: bool) -> None:
     """Make sure torchvision's copy is in ``root``, downloading it when allowed."""
     cls = _torchvision_class(dataset)
-    probe = cls.__new__(cls)  # only to ask torchvision whether the files are already there
-    probe.root = str(root)
-    if probe._check_integrity():
+    if torchvision_copy_present(cls, root):
         return
     if not download:
         raise DataError(
@@ -147,20 +146,53 @@ def _split_class_of(relative: str) -> tuple[str, str] | None:
     return parts[-3], parts[-2]
 
 
-def to_rgb(img):
-    """RGB of any PIL mode: EXIF rotation applied; transparency composited over white; 16-bit and float
-    greyscale scaled to 8 bits (a plain ``convert`` would clip them)."""
+def to_rgb(img, size: int | None = None):
+    """RGB of any PIL mode, ``size`` x ``size`` when given: EXIF rotation applied; transparency composited over
+    white; 16-bit and float greyscale scaled to 8 bits (a plain ``convert`` would clip them).
+
+    A 16-bit or float image is resized in its own precision before anything is copied, so a large one costs
+    its decoded size once (2 or 4 bytes a pixel), not that again in float64 (a 16-bit PNG of 84 KB that
+    declares 9,000 x 9,000 pixels took 0.84 GB before)."""
     from PIL import Image, ImageOps
 
     img = ImageOps.exif_transpose(img)  # photos taken sideways
+    if size is not None and img.mode in ("L", "RGB") and img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)  # first: the conversions copy a small image
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        top = 65535.0 if (img.getextrema()[1] or 0) > 255 else 255.0  # the whole image's range, read in place
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        values = np.asarray(img, dtype=np.float32)
         img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return img.convert("RGB")
+    img = img.convert("RGB")
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return img
+
+
+def collect_image_files(inputs: str | Path | list | tuple) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files that ``inputs`` names, for ``predict`` and ``visualize``: a file as named, a folder's
+    image files (by extension, recursively, sorted); and for each name that gives none, (name, why)."""
+    kinds = "/".join(sorted(IMAGE_EXTENSIONS))
+    files, problems = [], []
+    for item in [inputs] if isinstance(inputs, str | Path) else list(inputs):
+        path = Path(os.path.expanduser(str(item)))
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files += found
+            if not found:
+                problems.append((str(path), f"the folder holds no {kinds} images"))
+        elif path.is_file():
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(path)
+            else:
+                problems.append((str(path), f"{path.name} is not a {kinds} image"))
+        else:
+            problems.append((str(path), "no such file or folder"))
+    return files, problems
 
 
 def decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
@@ -170,12 +202,8 @@ def decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = to_rgb(img)
-            if img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.array(
-                img, dtype=np.uint8
-            )  # a writable copy: torch.from_numpy warns on read-only arrays
+            # a writable copy: torch.from_numpy warns on read-only arrays
+            return np.array(to_rgb(img, image_size), dtype=np.uint8)
     except Exception as err:
         raise DataError(
             f"cannot decode image {where} ({type(err).__name__}: {err}): remove or replace the file"
