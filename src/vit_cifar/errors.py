@@ -8,6 +8,12 @@ def first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def one_line(err: BaseException | str) -> str:
+    """All of a message's non-empty lines joined into one (a library's multi-line message, in one error line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines) or "(no message)"
+
+
 class VitCifarError(Exception):
     """A problem the user can fix; the message says what was wrong and how to fix it."""
 

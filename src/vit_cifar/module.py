@@ -78,7 +78,6 @@ class ClassifierModule(L.LightningModule):
             SumMetric(nan_strategy="disable"),
             SumMetric(nan_strategy="disable"),
         )
-        self.classes: list[str] | None = None
         self.run_config: dict | None = None
         # The device the device-dependent choices (fused AdamW) are made for; None: the one the module is on.
         # A test sets a CUDA description to run CUDA's choices on CPU (vit_cifar.speed.DeviceSpec).
@@ -126,10 +125,6 @@ class ClassifierModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
-
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x = batch[0] if isinstance(batch, list | tuple) else batch
-        return self(x).softmax(dim=-1)
 
     def configure_optimizers(self):
         opt_cfg = {k: v for k, v in self.hparams.optimizer.items() if not k.startswith("_")}
@@ -213,7 +208,6 @@ class ClassifierModule(L.LightningModule):
             checkpoint["config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.classes = checkpoint.get("classes")
         self.run_config = checkpoint.get("config")
 
 

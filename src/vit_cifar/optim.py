@@ -7,7 +7,17 @@ import math
 from torch import nn
 
 # Normalisation layers scale and shift activations; decaying their parameters only fights the normalisation.
-_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm)
+_NORM_TYPES = (  # the public norm layers (the lazy ones subclass these)
+    *(nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm, nn.SyncBatchNorm),
+    *(
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.InstanceNorm1d,
+        nn.InstanceNorm2d,
+        nn.InstanceNorm3d,
+    ),
+)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -18,16 +18,16 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from vit_cifar.data.transforms import _probability, batch_mix
+from vit_cifar.compat import trivial_augment_space
+from vit_cifar.data.transforms import batch_mix, probability
 from vit_cifar.errors import ConfigError
 
 NUM_BINS = 31  # torchvision's TrivialAugmentWide default
 # torchvision's table {op name: (magnitudes(num_bins, height, width), signed)} is the one source of the op set
 # and of the magnitude bins, so the two paths cannot drift apart.
-AUGMENTATION_SPACE = v2.TrivialAugmentWide._AUGMENTATION_SPACE
+AUGMENTATION_SPACE = trivial_augment_space()
 OPS: tuple[str, ...] = tuple(AUGMENTATION_SPACE)
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 ERASING_SCALE, ERASING_RATIO = (0.02, 0.33), (0.3, 3.3)  # torchvision's RandomErasing defaults
@@ -308,8 +308,8 @@ class DeviceAugment:
             )
         self.trivial_augment = policy == "trivialaugment"
         self.crop_padding = int(aug.get("random_crop_padding", 0) or 0)
-        self.hflip_p = _probability(aug, "hflip_p")
-        self.erasing_p = _probability(aug, "erasing_p")
+        self.hflip_p = probability(aug, "hflip_p")
+        self.erasing_p = probability(aug, "erasing_p")
         self.mean, self.std = tuple(mean), tuple(std)
         self.mix = batch_mix(aug, num_classes)
 

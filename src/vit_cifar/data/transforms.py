@@ -14,7 +14,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 POLICIES = ("trivialaugment", "randaugment", "autoaugment", "none")  # the values aug.policy takes
 
 
-def _probability(aug: dict, key: str) -> float:
+def probability(aug: dict, key: str) -> float:
     value = float(aug.get(key, 0.0))
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"aug.{key}={value} is not a probability: use a value in [0, 1]")
@@ -34,7 +34,7 @@ def train_transform(aug: dict, mean: Sequence[float], std: Sequence[float], imag
     ops: list[v2.Transform] = []
     if aug.get("random_crop_padding", 0):
         ops.append(v2.RandomCrop(image_size, padding=int(aug["random_crop_padding"]), padding_mode="reflect"))
-    if _probability(aug, "hflip_p"):
+    if probability(aug, "hflip_p"):
         ops.append(v2.RandomHorizontalFlip(p=float(aug["hflip_p"])))
     policy = aug.get("policy") or "none"
     if policy == "trivialaugment":
@@ -46,7 +46,7 @@ def train_transform(aug: dict, mean: Sequence[float], std: Sequence[float], imag
     elif policy != "none":
         raise ConfigError(f"aug.policy={policy} is unknown: use one of {', '.join(POLICIES)}")
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    erasing_p = _probability(aug, "erasing_p")
+    erasing_p = probability(aug, "erasing_p")
     if erasing_p:
         ops.append(v2.RandomErasing(p=erasing_p, value=0))
     return v2.Compose(ops)
@@ -71,5 +71,5 @@ def batch_mix(aug: dict, num_classes: int) -> v2.Transform | None:
     if not mixes:
         return None
     mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
-    mix_prob = _probability(aug, "mix_prob") if "mix_prob" in aug else 1.0
+    mix_prob = probability(aug, "mix_prob") if "mix_prob" in aug else 1.0
     return mix if mix_prob == 1.0 else v2.RandomApply([mix], p=mix_prob)
