@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 CKPT ?=
 
-.PHONY: help train cpu-hour smoke evaluate visualize tensorboard test lint venv clean-venv
+.PHONY: help train cpu-hour smoke evaluate visualize tensorboard test test-unit lint venv clean-venv
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ tensorboard: $(STAMP)  ## TensorBoard over every run in outputs/ (then open http
 
 test: $(STAMP)  ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest $(ARGS)
+
+test-unit: $(STAMP)  ## the fast tier: everything that neither trains nor runs a command (about a minute)
+	$(BIN)/python -m pytest -m "not slow and not e2e" $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check .

@@ -29,6 +29,8 @@ from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.models.vit import Attention, Mlp, VisionTransformer
 from vit_cifar.visualize import visualize
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The data the attention_ckpt fixture was trained on (see conftest.py), for the visualize runs.
 FIXTURE_DATA = [

@@ -27,6 +27,8 @@ from vit_cifar.cli import run_cli
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.train import train
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 EPOCHS = 4
 # Deterministic kernels; dropout, TrivialAugment, RandomErasing and MixUp/CutMix (the seed aug) all draw
 # random numbers, so an exact resume needs every generator restored.

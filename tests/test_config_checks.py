@@ -11,6 +11,8 @@ from faults_support import train_cli
 from vit_cifar.cli import preflight
 from vit_cifar.validate import validate_config
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 
 @pytest.mark.parametrize(
     ("override", "message"),

@@ -22,6 +22,8 @@ from vit_cifar.data.datamodule import interleaved_order
 from vit_cifar.data.sources import resolve_source
 from vit_cifar.errors import DataError
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 EPOCH_LINE = re.compile(
     r"epoch (\d+)/(\d+) \| train loss \d+\.\d{3} acc \d\.\d{4} \| val loss \d+\.\d{3} acc \d\.\d{4} "
     r"\| lr \d\.\de-\d\d \| \d+:\d\d:\d\d elapsed, ETA \d+:\d\d:\d\d for the run \(at \d\d:\d\d\)$"

@@ -34,6 +34,8 @@ from vit_cifar.speed import CPU, DeviceSpec, local_device, resolve_precision
 from vit_cifar.train import train
 from vit_cifar.validate import validate_config
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 T4, A100, H100 = DeviceSpec.cuda(7, 5), DeviceSpec.cuda(8, 0), DeviceSpec.cuda(9, 0)
 TINY_RUN = [*TINY_MODEL, *QUIET, *SYNTHETIC_SMALL, "trainer.accelerator=cpu", "aug=none"]
 ONE_BATCH = [*TINY_RUN, "debug=fdr"]

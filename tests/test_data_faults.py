@@ -20,6 +20,8 @@ from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError, DataError
 from vit_cifar.train import train
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 
 def spoil(folder: Path) -> list[str]:
     """A truncated JPEG and a text file named like an image, in class folders."""

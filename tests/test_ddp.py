@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -14,6 +15,8 @@ from fault_callbacks import image_hashes
 from faults_support import FAST_RUN, train_cli
 from vit_cifar.checkpoint import load_classifier
 from vit_cifar.train import build_datamodule
+
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 
 # aug=none: an image looks the same whichever rank sees it, so ranks can be compared by image hashes.
 # 300 training and 100 validation images split evenly over 2 ranks: no sample is padded in twice.

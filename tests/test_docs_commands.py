@@ -112,6 +112,7 @@ def test_a_documented_command_runs_as_written(where, command, arguments, tmp_pat
         assert plugin is None, f"{where}: composed without the {plugin} plugin"
 
 
+@pytest.mark.e2e
 def test_every_command_is_a_program_on_the_path_too(tmp_path):
     """pyproject's console scripts: the same entry, pre-flight included (installed by ``pip install -e .``)."""
     import subprocess

@@ -19,6 +19,8 @@ from vit_cifar.evaluate import FIGURES, evaluate
 from vit_cifar.inference import predict_probs
 from vit_cifar.train import train
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 # The tiny run's data (see tests/conftest.py): 10 synthetic classes, 10 test images each.
 EVAL_DATA = ["data=synthetic", "data.synthetic.train_per_class=40", "data.synthetic.test_per_class=10"]
 

@@ -20,6 +20,8 @@ from vit_cifar.models import ResNet18
 from vit_cifar.predict import predict_files
 from vit_cifar.runtime import load_for_inference, load_onnx, load_safetensors
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 # The tiny run's data (tests/conftest.py): 10 synthetic classes; its test split holds 100 held-back images.
 DATA = {
     "_target_": "vit_cifar.data.CIFARDataModule",

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 NOTEBOOK = ROOT / "notebooks" / "train_kaggle_colab.ipynb"
 SMOKE = [
     "data=synthetic",

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from faults_support import FAST_RUN, STEPS_PER_EPOCH, error_lines, train_cli
 from vit_cifar.checkpoint import read_checkpoint
+
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 
 
 def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:

@@ -122,6 +122,7 @@ def test_every_command_refuses_an_unknown_key_in_one_line(config, capsys) -> Non
     assert capsys.readouterr().err.startswith("error: unknown key batch_sise: check its spelling")
 
 
+@pytest.mark.e2e
 def test_through_the_command_line_too(tmp_path) -> None:
     result = run_module("vit_cifar.evaluate", ["batch_sise=3"], cwd=tmp_path, timeout=120)
     assert result.returncode == 2

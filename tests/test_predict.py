@@ -20,6 +20,8 @@ from vit_cifar.evaluate import EvalOptions, eval_datamodule
 from vit_cifar.inference import input_spec, predict_probs
 from vit_cifar.predict import load_image, predict, predict_files, write_predictions
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:

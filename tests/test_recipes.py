@@ -23,6 +23,8 @@ from vit_cifar.module import build_network
 from vit_cifar.optim import param_groups
 from vit_cifar.train import build_datamodule, train
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 # ----------------------------------------------------------------------------------------------- ResNet-18
 
 

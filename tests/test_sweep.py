@@ -16,6 +16,8 @@ from vit_cifar.sweep import summarise, validation_accuracy
 from vit_cifar.sweep_summary import main as summary_main
 from vit_cifar.validate import validate_config
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 FAST = [*TINY_MODEL, *QUIET, *SYNTHETIC_SMALL, "trainer=cpu", "scheduler.warmup_epochs=0"]
 
 

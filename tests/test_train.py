@@ -11,6 +11,8 @@ from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_mod
 from vit_cifar.module import build_network
 from vit_cifar.train import train
 
+pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
+
 
 def _csv_rows(run_dir):
     with open(run_dir / "csv" / "metrics.csv") as f:
