@@ -378,3 +378,19 @@ def test_the_objective_is_the_validation_accuracy_never_test():
     assert validation_accuracy({"val_acc_best": 0.8, "val_acc_last_epoch": 0.7, "test_acc": 0.9}) == 0.8
     assert validation_accuracy({"val_acc_last_epoch": 0.7, "test_acc": 0.9}) == 0.7
     assert validation_accuracy({"test_acc": 0.9}) is None
+
+
+def test_damaged_job_folders_are_listed_as_failed_and_the_others_summarised(tmp_path, capsys):
+    make_sweep(tmp_path, [(["seed=0"], {"val_acc_best": 0.5, "test_acc": 0.5}, None)] * 4)
+    (tmp_path / "1" / ".hydra" / "overrides.yaml").write_text("not: [valid")  # broken YAML
+    (tmp_path / "2" / "metrics.json").write_text('{"val_acc_best": 0.5')  # cut short
+    (tmp_path / "3" / "metrics.json").write_text("[1, 2]")  # JSON, but not the metrics
+    summary_main([str(tmp_path)])
+    assert "(1 of 4 jobs completed)" in capsys.readouterr().out
+    rows = {r["job"]: r for r in _rows(tmp_path / "summary.csv")}
+    assert rows["0"]["status"] == "ok"
+    assert rows["1"]["status"] == "failed" and rows["1"]["error"].startswith(
+        ".hydra/overrides.yaml cannot be read"
+    )
+    assert rows["2"]["error"].startswith("metrics.json does not parse")
+    assert rows["3"]["error"] == "metrics.json is not a JSON object"

@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from vit_cifar.console import quiet_device_banner
-from vit_cifar.errors import VitCifarError, one_line
+from vit_cifar.errors import VitCifarError, first_line, one_line
 from vit_cifar.fileio import write_atomic
 
 log = logging.getLogger(__name__)
@@ -140,9 +140,24 @@ def read_jobs(folder: Path) -> list[Job]:
 
 
 def _read_job(job_dir: Path, sweep_dir: Path) -> Job:
-    overrides = parse_overrides(OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")))
-    metrics_file, error_file = job_dir / METRICS_FILE, job_dir / ERROR_FILE
+    """The job in ``job_dir``; a file of it that cannot be read makes it a failed job that says which, so the
+    summary still covers the others."""
     name = job_dir.relative_to(sweep_dir).as_posix()
+    try:
+        listed = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
+        if not isinstance(listed, list):
+            raise ValueError("not a list of overrides")
+        overrides = parse_overrides([str(line) for line in listed])
+    except Exception as err:  # YAML, OmegaConf or Hydra's parser: all mean a damaged file
+        return Job(name, {}, FAILED, error=f".hydra/overrides.yaml cannot be read ({first_line(err)[:160]})")
+    try:
+        return _job_outcome(job_dir, name, overrides)
+    except (OSError, UnicodeDecodeError) as err:
+        return Job(name, overrides, FAILED, error=f"cannot read its files ({first_line(err)[:160]})")
+
+
+def _job_outcome(job_dir: Path, name: str, overrides: dict[str, str]) -> Job:
+    metrics_file, error_file = job_dir / METRICS_FILE, job_dir / ERROR_FILE
     # The newer of the two tells how the job last ended (a job rerun in its folder may leave the other).
     if error_file.is_file() and (
         not metrics_file.is_file() or error_file.stat().st_mtime >= metrics_file.stat().st_mtime
@@ -151,9 +166,12 @@ def _read_job(job_dir: Path, sweep_dir: Path) -> Job:
         return Job(name, overrides, FAILED, error=first_line)
     if metrics_file.is_file():
         try:
-            return Job(name, overrides, OK, metrics=json.loads(metrics_file.read_text()))
+            metrics = json.loads(metrics_file.read_text())
         except json.JSONDecodeError as err:
             return Job(name, overrides, FAILED, error=f"{metrics_file.name} does not parse: {err}")
+        if not isinstance(metrics, dict):
+            return Job(name, overrides, FAILED, error=f"{metrics_file.name} is not a JSON object")
+        return Job(name, overrides, OK, metrics=metrics)
     return Job(
         name, overrides, NO_RESULT, error=f"no {METRICS_FILE} or {ERROR_FILE}: still running, or killed"
     )
