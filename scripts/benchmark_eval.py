@@ -3,7 +3,7 @@
 Claim checked: our evaluation path is at least as fast as timm's eager VisionTransformer (img_size 32,
 patch 4, dim 192, depth 12, heads 3, no qkv bias, 10 classes; it has one LayerNorm fewer, which does not
 matter for speed).
-Evidence: both networks go through the same loop (``vit_cifar.inference.predict_probs``) over the same
+Evidence: both networks go through the same loop (``vit_cifar.inference.engine.predict_probs``) over the same
 DataLoader (the JPEG copy's test split, decoded once, normalised per image), in one process, same threads.
 Timing: wall clock. On a shared machine one pass is at the mercy of the neighbours, so the variants take
 turns chunk by chunk (1,000 images each) through the 10,000 images: each variant's total is its full pass,
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from vit_cifar.checkpoint import load_classifier
+from vit_cifar.checkpoints.loading import load_classifier
 from vit_cifar.data import CIFARDataModule
-from vit_cifar.inference import cpu_model, predict_probs
+from vit_cifar.inference.engine import cpu_model, predict_probs
 from vit_cifar.models import VisionTransformer
 
 ROOT = Path(__file__).resolve().parents[1]

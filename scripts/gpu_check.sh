@@ -76,7 +76,7 @@ train_run() {  # train_run <name> <limit> <overrides...>
     shift 2
     local dir=/tmp/gpu_check_runs/$name
     if [[ $DRY == 1 ]]; then  # the run's config check, as python -m vit_cifar.train does it first
-        "$PY" -c 'import sys; from vit_cifar.cli import preflight; from vit_cifar.validate import validate_config
+        "$PY" -c 'import sys; from vit_cifar.config.entry import preflight; from vit_cifar.config.schema import validate_config
 preflight("train", sys.argv[1:], validate_config)' "$@" "data.root=$DATA" "hydra.run.dir=$dir" || exit 2
     fi
     rm -rf "$dir"
@@ -88,7 +88,7 @@ preflight("train", sys.argv[1:], validate_config)' "$@" "data.root=$DATA" "hydra
 step environment 30 "$PY" - "$OUT/environment.json" <<'EOF'
 import json, sys
 import lightning, torch
-from vit_cifar.speed import local_device, resolve_precision
+from vit_cifar.training.speed import local_device, resolve_precision
 device = local_device("auto")
 info = {"cuda": torch.cuda.is_available(), "torch": torch.__version__, "lightning": lightning.__version__,
         "device": device.type, "capability": device.capability, "triton": device.triton,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig
 
-from vit_cifar import cli
+from vit_cifar.config import entry
 
 ROOT = Path(__file__).resolve().parents[1]
 # The JPEG copy of CIFAR-10 for the tests that use real data (they skip without it): $VIT_CIFAR_DATA when it is
@@ -44,7 +44,7 @@ def _default_data_root(monkeypatch):
 
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
     """The real config with overrides, as Hydra would build it, with outputs in ``output_dir``."""
-    return cli.compose_config(overrides, output_dir, config_name)
+    return entry.compose_config(overrides, output_dir, config_name)
 
 
 def run_module(
@@ -103,7 +103,7 @@ def jpeg_archive() -> Path:
 @pytest.fixture(scope="session")
 def attention_ckpt(tmp_path_factory) -> Path:
     """A tiny ViT (patch 8: a 4x4 grid) trained for one epoch on synthetic images by the real ``train``."""
-    from vit_cifar.train import train
+    from vit_cifar.training.run import train
 
     out = tmp_path_factory.mktemp("attention_run")
     overrides = [
@@ -127,7 +127,7 @@ def attention_ckpt(tmp_path_factory) -> Path:
 def tiny_run(tmp_path_factory) -> Path:
     """A tiny ViT trained once per session for 2 epochs on synthetic data (about 50% accurate), through the
     real train(); its run folder holds checkpoints/last.ckpt (after epoch 2) and the log csv/metrics.csv."""
-    from vit_cifar.train import train
+    from vit_cifar.training.run import train
 
     out = tmp_path_factory.mktemp("tiny_run")
     short_run = [

@@ -22,12 +22,12 @@ from vit_cifar.analysis.attention import (
     scale_to_unit,
     upsample_maps,
 )
-from vit_cifar.checkpoint import load_classifier
-from vit_cifar.cli import run_cli
+from vit_cifar.analysis.explain import visualize
+from vit_cifar.checkpoints.loading import load_classifier
+from vit_cifar.config.entry import run_cli
 from vit_cifar.data.datamodule import interleaved_order
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.models.vit import Attention, Mlp, VisionTransformer
-from vit_cifar.visualize import visualize
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vit_cifar import benchmark
+from vit_cifar.bench import report, settings, training
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +23,9 @@ def _is_summary(entry: dict, repeats: int) -> bool:
 
 
 def test_tiny_benchmark_writes_a_complete_results_file(tmp_path, capsys):
-    report = benchmark.run(["--tiny", "--device", "cpu", "--out", str(tmp_path)])
+    written = report.run(["--tiny", "--device", "cpu", "--out", str(tmp_path)])
     files = list(tmp_path.glob("*-cpu-*thread*-tiny.json"))
-    assert len(files) == 1 and str(files[0]) == report["path"]
+    assert len(files) == 1 and str(files[0]) == written["path"]
     saved = json.loads(files[0].read_text())
     assert saved["device"]["type"] == "cpu" and saved["device"]["threads"] >= 1
     assert {"python", "torch", "torchvision", "lightning", "timm"} <= set(saved["versions"])
@@ -56,11 +57,11 @@ def test_tiny_benchmark_writes_a_complete_results_file(tmp_path, capsys):
 def test_without_timm_the_comparison_is_skipped_with_a_note(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
     monkeypatch.setitem(sys.modules, "timm.models.vision_transformer", None)
-    settings = benchmark.settings_from(benchmark.parse_args(["--tiny", "--device", "cpu", "--repeats", "1"]))
-    result = benchmark.measure_inference(settings, log=lambda *_: None)
+    chosen = settings.settings_from(settings.parse_args(["--tiny", "--device", "cpu", "--repeats", "1"]))
+    result = training.measure_inference(chosen, log=lambda *_: None)
     assert "timm" not in result and "ours_over_timm" not in result
     assert "timm is not installed" in result["timm_note"] and result["ours"]["mean"] > 0
-    assert benchmark.versions()["timm"] is None
+    assert report.versions()["timm"] is None
 
 
 def test_bad_flags_stop_with_one_line(capsys):

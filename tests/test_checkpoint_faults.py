@@ -21,11 +21,11 @@ from PIL import Image
 
 from conftest import compose_config
 from faults_support import FAST_RUN, STEPS_PER_EPOCH, error_lines, start, train_cli
-from vit_cifar.checkpoint import read_checkpoint
-from vit_cifar.ckpt_io import SafeCheckpointIO
-from vit_cifar.cli import run_cli
+from vit_cifar.checkpoints.io import SafeCheckpointIO
+from vit_cifar.checkpoints.loading import read_checkpoint
+from vit_cifar.config.entry import run_cli
 from vit_cifar.errors import CheckpointError, ConfigError
-from vit_cifar.train import train
+from vit_cifar.training.run import train
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 
@@ -252,7 +252,7 @@ def _edited(finished_run: Path, tmp_path: Path, edit) -> Path:
     ],
 )
 def test_a_checkpoint_that_contradicts_itself_is_refused_in_one_line(finished_run, tmp_path, edit, message):
-    from vit_cifar.checkpoint import load_classifier
+    from vit_cifar.checkpoints.loading import load_classifier
 
     path = _edited(finished_run, tmp_path, edit)
     with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {path} ") + ".*" + re.escape(message)):
@@ -274,7 +274,7 @@ def test_a_checkpoint_that_contradicts_itself_is_refused_in_one_line(finished_ru
 def test_a_second_training_into_a_busy_run_folder_is_refused_before_writing(tmp_path: Path) -> None:
     """Two trainings into one folder would overwrite each other: the second meets the first's lock, in the
     pre-flight (nothing written) and, if it slips past, at the start of its job."""
-    from vit_cifar.runlock import run_folder_lock
+    from vit_cifar.training.runlock import run_folder_lock
 
     run = tmp_path / "run"
     with run_folder_lock(run):  # this test process plays the first training
@@ -292,7 +292,7 @@ def test_a_second_training_into_a_busy_run_folder_is_refused_before_writing(tmp_
 
 
 def test_temporary_files_of_atomic_writes_are_per_process(tmp_path: Path) -> None:
-    from vit_cifar.fileio import partial_path, write_atomic
+    from vit_cifar.checkpoints.atomic import partial_path, write_atomic
 
     target = tmp_path / "metrics.json"
     assert partial_path(target).name == f".metrics.json.{os.getpid()}.partial"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from faults_support import train_cli
-from vit_cifar.cli import preflight
-from vit_cifar.validate import validate_config
+from vit_cifar.config.entry import preflight
+from vit_cifar.config.schema import validate_config
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

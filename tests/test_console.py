@@ -16,8 +16,8 @@ import torch
 
 from conftest import QUIET, ROOT, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module
 from vit_cifar.analysis import plots
-from vit_cifar.checkpoint import beside_run
-from vit_cifar.console import quiet_device_banner, quiet_library_noise
+from vit_cifar.checkpoints.loading import beside_run
+from vit_cifar.config.console import quiet_device_banner, quiet_library_noise
 from vit_cifar.data.datamodule import interleaved_order
 from vit_cifar.data.sources import resolve_source
 from vit_cifar.errors import DataError
@@ -31,7 +31,7 @@ EPOCH_LINE = re.compile(
 
 
 def test_one_log_line_per_epoch_reaches_the_log_with_the_runs_eta(tmp_path, caplog):
-    from vit_cifar.train import train
+    from vit_cifar.training.run import train
 
     short = ["aug=none", "trainer=cpu", "trainer.max_epochs=3", "scheduler.warmup_epochs=1", "test=false"]
     no_logs = ["~logger", "callbacks.lr_monitor=null"]
@@ -50,8 +50,8 @@ def _fit_with_a_slow_clock(monkeypatch, max_epochs: int) -> list[str]:
     warnings EpochLog logged."""
     import lightning as L
 
-    from vit_cifar.module import ClassifierModule
-    from vit_cifar.monitoring import EpochLog
+    from vit_cifar.training.module import ClassifierModule
+    from vit_cifar.training.monitoring import EpochLog
 
     clock = {"now": 0.0}
     monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
@@ -147,7 +147,7 @@ def test_evaluation_sets_take_classes_in_turn_so_any_prefix_samples_every_class(
 
 def test_limited_test_runs_see_every_class(tmp_path):
     """limit_test_batches takes the first batches: in class turns they hold every class, not the first."""
-    from vit_cifar.train import build_datamodule
+    from vit_cifar.training.run import build_datamodule
 
     cfg = compose_config([*QUIET, *SYNTHETIC_SMALL, "aug=none"], tmp_path)
     datamodule = build_datamodule(cfg)

@@ -50,8 +50,8 @@ def _train(overrides: list[str]) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from vit_cifar.cli import CONFIG_DIR
-    from vit_cifar.train import train
+    from vit_cifar.config.entry import CONFIG_DIR
+    from vit_cifar.training.run import train
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
@@ -85,7 +85,7 @@ class NoSyncWindow(L.Callback):
 
 def test_the_default_config_trains_on_this_gpu():
     """precision auto, fused AdamW (optim.fused: null), clipping 1.0, EMA, the GPU data path, Inductor."""
-    from vit_cifar.speed import local_device, resolve_precision
+    from vit_cifar.training.speed import local_device, resolve_precision
 
     device = local_device("auto")
     metrics = _train([*TINY, *RUN, "data.device_aug=true", "compile=true"])

@@ -1,5 +1,5 @@
 """The CUDA-only code paths, run on CPU: the same library code a GPU run takes, with the device-dependent
-choices made for a CUDA device's description (vit_cifar.speed.DeviceSpec).
+choices made for a CUDA device's description (vit_cifar.training.speed.DeviceSpec).
 
 What each test drives on CPU, and the branch of a GPU run it stands for:
   - Lightning's MixedPrecision plugin in bf16-mixed, and in 16-mixed with its GradScaler (CPU has one), with
@@ -25,14 +25,14 @@ from lightning.pytorch.loggers.logger import DummyLogger
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config
 from faults_support import FAST_RUN, error_lines, train_cli
 from sync_counter import SyncCounter
+from vit_cifar.config.schema import validate_config
 from vit_cifar.data import gpu_aug
 from vit_cifar.data.datamodule import resolve_pin_memory
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches, augmentation_seed
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
 from vit_cifar.errors import ConfigError
-from vit_cifar.speed import CPU, DeviceSpec, local_device, resolve_precision
-from vit_cifar.train import train
-from vit_cifar.validate import validate_config
+from vit_cifar.training.run import train
+from vit_cifar.training.speed import CPU, DeviceSpec, local_device, resolve_precision
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 
@@ -409,8 +409,8 @@ def test_ddp_with_the_gpu_data_path_counts_every_image_once(tmp_path):
     # in batches of 34 than of 100: one image at most)
     from torchmetrics.classification import MulticlassAccuracy
 
-    from vit_cifar.checkpoint import load_classifier
-    from vit_cifar.train import build_datamodule
+    from vit_cifar.checkpoints.loading import load_classifier
+    from vit_cifar.training.run import build_datamodule
 
     datamodule = build_datamodule(compose_config(args[:-1], tmp_path / "single"))
     datamodule.setup("fit")
@@ -427,7 +427,7 @@ def test_ddp_with_the_gpu_data_path_counts_every_image_once(tmp_path):
 
 
 def test_checkpoints_keep_and_restore_the_cuda_generator(monkeypatch):
-    from vit_cifar import callbacks
+    from vit_cifar.training import callbacks
 
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -447,30 +447,30 @@ def test_checkpoints_keep_and_restore_the_cuda_generator(monkeypatch):
 def test_the_benchmark_on_a_gpu_synchronises_at_window_edges_and_names_the_gpu(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    from vit_cifar import benchmark
+    from vit_cifar.bench import report, settings, timing
 
     synced = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
-    watch = benchmark.Stopwatch(torch.device("cuda"))
+    watch = timing.Stopwatch(torch.device("cuda"))
     watch.start()
     watch.stop()
     assert len(synced) == 2  # the two edges, nothing inside
     props = SimpleNamespace(name="NVIDIA H200", total_memory=141 * 2**30, major=9, minor=0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
-    info = benchmark.device_info(torch.device("cuda"))
+    info = report.device_info(torch.device("cuda"))
     assert info["capability"] == "9.0" and info["name"] == "NVIDIA H200"
-    assert benchmark.result_path(tmp_path, info, tiny=False).name.endswith("-cuda-nvidia-h200.json")
+    assert report.result_path(tmp_path, info, tiny=False).name.endswith("-cuda-nvidia-h200.json")
     # precision auto on a T4, through the benchmark's settings; 16-mixed keeps its GradScaler
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    settings = benchmark.settings_from(benchmark.parse_args(["--tiny", "--device", "cuda"]))
+    settings = settings.settings_from(settings.parse_args(["--tiny", "--device", "cuda"]))
     assert settings["precision"] == "16-mixed" and settings["device_spec"].capability == (7, 5)
-    assert benchmark.autocast_for("16-mixed", torch.device("cpu"))[1] is True
-    assert benchmark.autocast_for("bf16-mixed", torch.device("cpu"))[1] is False
+    assert timing.autocast_for("16-mixed", torch.device("cpu"))[1] is True
+    assert timing.autocast_for("bf16-mixed", torch.device("cpu"))[1] is False
 
 
 def test_evaluation_names_the_gpu_and_picks_it_for_auto(monkeypatch):
-    from vit_cifar import inference
+    from vit_cifar.inference import engine as inference
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
@@ -480,7 +480,7 @@ def test_evaluation_names_the_gpu_and_picks_it_for_auto(monkeypatch):
 
 
 def test_a_finished_sweep_job_frees_the_gpu_and_the_compiled_graphs(monkeypatch):
-    from vit_cifar import sweep
+    from vit_cifar.sweeps import jobs as sweep
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

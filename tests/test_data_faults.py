@@ -15,10 +15,10 @@ import pytest
 
 from conftest import QUIET, TINY_MODEL, compose_config, write_archive, write_image_folder
 from faults_support import FAST_RUN, error_lines, train_cli
-from vit_cifar.cli import run_cli
+from vit_cifar.config.entry import run_cli
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError, DataError
-from vit_cifar.train import train
+from vit_cifar.training.run import train
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

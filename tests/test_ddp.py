@@ -13,8 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from conftest import compose_config
 from fault_callbacks import image_hashes
 from faults_support import FAST_RUN, train_cli
-from vit_cifar.checkpoint import load_classifier
-from vit_cifar.train import build_datamodule
+from vit_cifar.checkpoints.loading import load_classifier
+from vit_cifar.training.run import build_datamodule
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from conftest import QUIET, TINY_MODEL, compose_config, run_module, write_image_folder
+from vit_cifar.analysis.evaluation import FIGURES, evaluate
 from vit_cifar.analysis.history import read_history
 from vit_cifar.analysis.report import weakest_classes
-from vit_cifar.checkpoint import load_classifier
+from vit_cifar.checkpoints.loading import load_classifier
 from vit_cifar.errors import CheckpointError, ConfigError
-from vit_cifar.evaluate import FIGURES, evaluate
-from vit_cifar.inference import predict_probs
-from vit_cifar.train import train
+from vit_cifar.inference.engine import predict_probs
+from vit_cifar.training.run import train
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from conftest import compose_config, run_module, write_image_folder
-from vit_cifar.checkpoint import load_classifier
+from vit_cifar.analysis.evaluation import EvalOptions, evaluate, evaluate_checkpoint
+from vit_cifar.checkpoints.loading import load_classifier
 from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError
-from vit_cifar.evaluate import EvalOptions, evaluate, evaluate_checkpoint
-from vit_cifar.export import export_checkpoint
-from vit_cifar.inference import predict_probs
-from vit_cifar.interop import timm_model_args
+from vit_cifar.inference.engine import predict_probs
+from vit_cifar.inference.export import export_checkpoint
+from vit_cifar.inference.interop import timm_model_args
+from vit_cifar.inference.predict import predict_files
+from vit_cifar.inference.runtime import load_for_inference, load_onnx, load_safetensors
 from vit_cifar.models import ResNet18
-from vit_cifar.predict import predict_files
-from vit_cifar.runtime import load_for_inference, load_onnx, load_safetensors
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 
@@ -144,7 +144,7 @@ def test_timm_loads_the_export_exactly_and_gives_our_outputs(ckpt, tmp_path):
     timm = pytest.importorskip("timm")
     from safetensors.torch import load_file
 
-    from vit_cifar.interop import exact_norm_args
+    from vit_cifar.inference.interop import exact_norm_args
 
     folder = tmp_path / "tiny-timm"
     report = export_checkpoint(ckpt, "timm", output=folder, data_cfg=DATA, images=100)
@@ -172,7 +172,7 @@ def test_timm_loads_the_export_exactly_and_gives_our_outputs(ckpt, tmp_path):
 
 def test_the_seed_vit_maps_onto_timm_with_the_same_parameter_count():
     pytest.importorskip("timm")
-    from vit_cifar.interop import to_timm
+    from vit_cifar.inference.interop import to_timm
     from vit_cifar.models import VisionTransformer
 
     cfg = {"_target_": "vit_cifar.models.VisionTransformer"}  # the defaults: the seed's ViT-Tiny
@@ -218,7 +218,7 @@ def test_a_resnet_exports_to_safetensors_and_onnx(tmp_path):
 
 def test_an_export_that_fails_its_check_writes_nothing(ckpt, tmp_path, monkeypatch):
     pytest.importorskip("safetensors")
-    from vit_cifar import export
+    from vit_cifar.inference import export as export
 
     monkeypatch.setattr(export, "compare", lambda *a: {"max_abs_diff_probs": 0.5, "top1_agreement": 0.0})
     with pytest.raises(VitCifarError, match="nothing was written"):

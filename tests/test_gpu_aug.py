@@ -24,7 +24,7 @@ from vit_cifar.data.gpu_aug import (
 )
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_transform
 from vit_cifar.errors import ConfigError
-from vit_cifar.train import train
+from vit_cifar.training.run import train
 
 SEED_AUG = {
     "policy": "trivialaugment",

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from vit_cifar import benchmark
+from vit_cifar.bench import report as benchmark
 from vit_cifar.errors import ConfigError
 
 

@@ -10,9 +10,14 @@ import torch
 from torch import nn
 
 from conftest import compose_config
+from vit_cifar.config.schema import validate_config
 from vit_cifar.errors import ConfigError
-from vit_cifar.monitoring import GradNormMonitor, TensorBoardFigures, flat_hparams, predictions_figure
-from vit_cifar.validate import validate_config
+from vit_cifar.training.monitoring import (
+    GradNormMonitor,
+    TensorBoardFigures,
+    flat_hparams,
+    predictions_figure,
+)
 
 
 class RecordingLogger:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from faults_support import FAST_RUN, STEPS_PER_EPOCH, error_lines, train_cli
-from vit_cifar.checkpoint import read_checkpoint
+from vit_cifar.checkpoints.loading import read_checkpoint
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

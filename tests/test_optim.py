@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vit_cifar.models import VisionTransformer
-from vit_cifar.optim import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
+from vit_cifar.training.optim import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
 
 
 def _names(model: nn.Module, params: list) -> set[str]:
@@ -78,7 +78,7 @@ def test_module_schedule_is_sized_from_the_trainers_real_steps(tmp_path):
     """The LightningModule's scheduler, stepped per optimiser step, follows the pure function exactly."""
     import lightning as L
 
-    from vit_cifar.module import ClassifierModule
+    from vit_cifar.training.module import ClassifierModule
 
     module = ClassifierModule(
         net={"_target_": "vit_cifar.models.VisionTransformer", "embed_dim": 16, "depth": 1, "num_heads": 2},
@@ -133,7 +133,7 @@ def test_module_clock_schedule_follows_training_time_and_stops_on_max_time(monke
     import lightning as L
     from lightning.pytorch.callbacks import Timer
 
-    from vit_cifar.module import ClassifierModule
+    from vit_cifar.training.module import ClassifierModule
 
     clock = {"now": 5000.0}
     monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
@@ -179,8 +179,8 @@ def test_module_clock_schedule_follows_training_time_and_stops_on_max_time(monke
 
 def test_clock_schedule_without_a_time_budget_is_refused(tmp_path):
     from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config
+    from vit_cifar.config.schema import validate_config
     from vit_cifar.errors import ConfigError
-    from vit_cifar.validate import validate_config
 
     cfg = compose_config(["scheduler.by=time", *TINY_MODEL, *SYNTHETIC_SMALL, *QUIET], tmp_path)
     with pytest.raises(ConfigError, match=r"scheduler.by=time needs a time budget: set trainer.max_time"):

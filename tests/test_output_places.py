@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_config, run_module
-from vit_cifar.cli import preflight
+from vit_cifar.checkpoints.atomic import check_output_place
+from vit_cifar.config.entry import preflight
+from vit_cifar.config.schema import validate_config
 from vit_cifar.errors import ConfigError
-from vit_cifar.fileio import check_output_place
-from vit_cifar.validate import validate_config
 
 
 @pytest.fixture
@@ -81,9 +81,9 @@ def test_a_training_into_a_run_folder_that_is_a_file_stops_in_the_preflight(tmp_
 
 
 def test_evaluate_visualize_and_predict_check_their_output_before_loading_anything(tmp_path) -> None:
-    from vit_cifar.evaluate import evaluate
-    from vit_cifar.predict import predict
-    from vit_cifar.visualize import visualize
+    from vit_cifar.analysis.evaluation import evaluate
+    from vit_cifar.analysis.explain import visualize
+    from vit_cifar.inference.predict import predict
 
     missing_ckpt = tmp_path / "not-read.ckpt"
     missing_ckpt.write_bytes(b"never opened: the output place is refused first")

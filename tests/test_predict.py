@@ -13,12 +13,12 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from conftest import ROOT, compose_config, run_module
-from vit_cifar.checkpoint import load_classifier
-from vit_cifar.cli import CONFIG_DIR
+from vit_cifar.analysis.evaluation import EvalOptions, eval_datamodule
+from vit_cifar.checkpoints.loading import load_classifier
+from vit_cifar.config.entry import CONFIG_DIR
 from vit_cifar.errors import ConfigError
-from vit_cifar.evaluate import EvalOptions, eval_datamodule
-from vit_cifar.inference import input_spec, predict_probs
-from vit_cifar.predict import load_image, predict, predict_files, write_predictions
+from vit_cifar.inference.engine import input_spec, predict_probs
+from vit_cifar.inference.predict import load_image, predict, predict_files, write_predictions
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

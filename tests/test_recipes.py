@@ -14,14 +14,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module, write_image_folder
-from vit_cifar.callbacks import EMA
-from vit_cifar.checkpoint import load_classifier
-from vit_cifar.cli import run_cli
+from vit_cifar.checkpoints.loading import load_classifier
+from vit_cifar.config.entry import run_cli
 from vit_cifar.errors import ConfigError
 from vit_cifar.models import ResNet18
-from vit_cifar.module import build_network
-from vit_cifar.optim import param_groups
-from vit_cifar.train import build_datamodule, train
+from vit_cifar.training.callbacks import EMA
+from vit_cifar.training.module import build_network
+from vit_cifar.training.optim import param_groups
+from vit_cifar.training.run import build_datamodule, train
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

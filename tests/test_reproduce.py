@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import QUIET, ROOT, SYNTHETIC_SMALL, TINY_MODEL, compose_config
-from vit_cifar.train import train
+from vit_cifar.training.run import train
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

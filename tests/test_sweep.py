@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module
-from vit_cifar.sweep import summarise, validation_accuracy
+from vit_cifar.config.schema import validate_config
 from vit_cifar.sweep_summary import main as summary_main
-from vit_cifar.validate import validate_config
+from vit_cifar.sweeps.summary import summarise, validation_accuracy
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 
@@ -358,7 +358,7 @@ def test_the_optuna_search_maximises_validation_accuracy(tmp_path):
 
 
 def test_without_the_optuna_plugin_the_optuna_search_says_how_to_install_it(capsys):
-    from vit_cifar.cli import preflight
+    from vit_cifar.config.entry import preflight
 
     try:
         import hydra_plugins.hydra_optuna_sweeper  # noqa: F401

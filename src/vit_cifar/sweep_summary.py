@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from vit_cifar.checkpoints.atomic import check_output_place
 from vit_cifar.errors import VitCifarError
-from vit_cifar.fileio import check_output_place
-from vit_cifar.sweep import failure_line, report, summarise
+from vit_cifar.sweeps.summary import failure_line, report, summarise
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from vit_cifar.data.datamodule import SOURCES
 from vit_cifar.data.transforms import POLICIES
 from vit_cifar.errors import ConfigError
-from vit_cifar.monitoring import NO_TIME_BUDGET
-from vit_cifar.speed import (
+from vit_cifar.training.monitoring import NO_TIME_BUDGET
+from vit_cifar.training.speed import (
     MATMUL_PRECISIONS,
     NATIVE_BF16_CAPABILITY,
     PRECISION_ALIASES,
@@ -147,7 +147,7 @@ RULES: dict[str, Rule] = {
     "data.skip_bad": Flag(),
     "data.sha256": Hex(64),
     "data.device_aug": Flag(),
-    "matmul_precision": Choice(MATMUL_PRECISIONS),  # compile, optim.fused (strings or booleans): speed.py
+    "matmul_precision": Choice(MATMUL_PRECISIONS),  # compile, optim.fused (strings or booleans): training/speed.py
     "model.img_size": POSITIVE_INT,
     "model.patch_size": POSITIVE_INT,
     "model.in_chans": POSITIVE_INT,

@@ -7,14 +7,14 @@ Variants (each skipped, with the reason, where its library is missing):
   * ``ours_onnx``: the ONNX export (``python -m vit_cifar.export format=onnx``) under onnxruntime, float32;
   * ``ours_onnx_int8``: that export with onnxruntime's dynamic int8 quantisation of its weights (quantised:
     its accuracy is reported beside its speed, and it never counts for the goal);
-  * ``timm_eager``: timm's ``VisionTransformer`` of the same shape holding our weights (``vit_cifar.interop``),
-    eager float32: the baseline.
+  * ``timm_eager``: timm's ``VisionTransformer`` of the same shape holding our weights
+    (``vit_cifar.inference.interop``), eager float32: the baseline.
 Claim (issue #16): a variant of ours runs at least 1.3x as many images/s as timm eager at the evaluation batch
 size (``configs/eval.yaml``: 64) with the same top-1 on the test images as our eager float32 network; the
 report names the float32 and the quantised variants that meet it apart.
 
 Method: every variant classifies the same images through the evaluation's loop
-(:func:`vit_cifar.inference.predict_probs`), in one process with the same threads; at the evaluation batch size
+(:func:`vit_cifar.inference.engine.predict_probs`), in one process with the same threads; at the evaluation batch size
 the variants take turns chunk by chunk (1,000 images each, the order rotating), so that they meet the same load
 on a shared machine; at batch 1 likewise (25 images a turn), each image timed. Warm-up (and compilation) runs
 first and is reported, not counted. Wall clock and process CPU time are kept.
@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vit_cifar.checkpoint import LoadedClassifier, load_classifier
+from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier
 from vit_cifar.errors import ConfigError, VitCifarError, first_line
-from vit_cifar.inference import input_spec, predict_probs
-from vit_cifar.module import build_network
+from vit_cifar.inference.engine import input_spec, predict_probs
+from vit_cifar.training.module import build_network
 
 SPEED_GOAL = 1.3
 CHUNK = 1000  # images per variant per turn at the evaluation batch size
@@ -53,7 +53,7 @@ def eval_batch_size() -> int:
     """The evaluation's batch size, from ``configs/eval.yaml`` (so that it cannot drift)."""
     import yaml
 
-    from vit_cifar.cli import CONFIG_DIR
+    from vit_cifar.config.entry import CONFIG_DIR
 
     return int(yaml.safe_load((Path(CONFIG_DIR) / "eval.yaml").read_text())["batch_size"])
 
@@ -108,9 +108,9 @@ def build_variants(
 ) -> tuple[dict, dict, dict]:
     """name -> (network, whether its batches are padded to one shape); name -> why it was skipped; name ->
     seconds of warm-up (and compilation) on a batch of ``batch`` and one of 1."""
-    from vit_cifar.export import onnx_model
-    from vit_cifar.interop import to_timm
-    from vit_cifar.runtime import OnnxNet, model_card, onnx_session
+    from vit_cifar.inference.export import onnx_model
+    from vit_cifar.inference.interop import to_timm
+    from vit_cifar.inference.runtime import OnnxNet, model_card, onnx_session
 
     net = loaded.net.eval()
     variants: dict[str, tuple[nn.Module, bool]] = {}
@@ -338,7 +338,7 @@ def library_versions() -> dict:
 
 def run_inference(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     """The ``--inference`` benchmark: measure, print the table, write the JSON; returns the report."""
-    from vit_cifar import benchmark
+    from vit_cifar.bench import report, settings
 
     log = partial(print, flush=True)
     if args.device not in ("auto", "cpu"):
@@ -352,7 +352,7 @@ def run_inference(args: argparse.Namespace, argv: list[str] | None = None) -> di
         raise ConfigError(
             f"--variants {' '.join(args.variants)}: choose among {', '.join(WHAT)}, {REFERENCE} included"
         )
-    model_cfg = benchmark.load_recipe(args.tiny)["model"]
+    model_cfg = settings.load_recipe(args.tiny)["model"]
     loaded = load_network(args, model_cfg)
     x, labels, data = test_images(args, loaded)
     load_before = os.getloadavg()
@@ -366,13 +366,13 @@ def run_inference(args: argparse.Namespace, argv: list[str] | None = None) -> di
             raise VitCifarError(f"our network could not be run: {skipped.get(REFERENCE)}")
         raw = measure(variants, x, batch, latency_images, log)
     results = summarise(raw, warmup, x, labels, batch)
-    device = benchmark.device_info(torch.device("cpu"))
+    device = report.device_info(torch.device("cpu"))
     report = {
         "benchmark": "python -m vit_cifar.benchmark " + " ".join(argv or []),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "device": device,
-        "versions": benchmark.versions() | library_versions(),
-        "git": benchmark.git_state(),
+        "versions": report.versions() | library_versions(),
+        "git": report.git_state(),
         "config": {
             "eval_batch_size": batch,
             "latency_images": latency_images,
@@ -395,7 +395,7 @@ def run_inference(args: argparse.Namespace, argv: list[str] | None = None) -> di
     }
     out = output_path(Path(args.out), device["threads"], args.tiny)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from vit_cifar.fileio import write_atomic
+    from vit_cifar.checkpoints.atomic import write_atomic
 
     write_atomic(out, json.dumps(report, indent=2) + "\n")
     log(table(report))

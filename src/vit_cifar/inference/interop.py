@@ -93,7 +93,7 @@ def build_timm_vit(net_config: dict, exact: bool = True) -> nn.Module:
 
 def timm_state_dict(net: nn.Module, timm_net: nn.Module) -> dict[str, torch.Tensor]:
     """Our ViT's weights under timm's names (the same names: this checks that they fit ``timm_net``)."""
-    from vit_cifar.checkpoint import describe_mismatch
+    from vit_cifar.checkpoints.loading import describe_mismatch
 
     state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     mismatch = describe_mismatch(timm_net, state)

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from vit_cifar.checkpoint import LoadedClassifier, describe_mismatch, load_classifier
+from vit_cifar.checkpoints.loading import LoadedClassifier, describe_mismatch, load_classifier
 from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError, first_line
-from vit_cifar.inference import input_spec
-from vit_cifar.module import build_network
+from vit_cifar.inference.engine import input_spec
+from vit_cifar.training.module import build_network
 
 RUNTIMES = ("torch", "onnx")
 CARD_VERSION = 1
@@ -35,7 +35,7 @@ def model_card(loaded: LoadedClassifier) -> dict:
     spec = input_spec(loaded)
     return {
         "vit_cifar_export": CARD_VERSION,
-        "network": loaded.net_config,  # _target_ and arguments: vit_cifar.module.build_network rebuilds it
+        "network": loaded.net_config,  # _target_ and arguments: vit_cifar.training.module.build_network rebuilds it
         "classes": list(loaded.classes),
         "image_size": spec.image_size,
         "mean": list(spec.mean),

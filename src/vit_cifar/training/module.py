@@ -14,9 +14,9 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_cifar.errors import ConfigError
-from vit_cifar.monitoring import NO_TIME_BUDGET, budget_timer, time_budget_s
-from vit_cifar.optim import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
-from vit_cifar.speed import optimizer_kwargs_for
+from vit_cifar.training.monitoring import NO_TIME_BUDGET, budget_timer, time_budget_s
+from vit_cifar.training.optim import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
+from vit_cifar.training.speed import optimizer_kwargs_for
 
 # Checkpoints name the classes they build; only these packages may be named, so a checkpoint cannot run code.
 NETWORK_PACKAGES = ("vit_cifar.models.",)
@@ -48,7 +48,7 @@ class ClassifierModule(L.LightningModule):
     Args:
         net: the network's config (``_target_`` and arguments), kept in every checkpoint to rebuild it.
         optimizer: the optimiser's config: ``_target_`` (a ``torch.optim`` class), ``lr``, ``weight_decay``
-            (applied to layer weights only, see :func:`vit_cifar.optim.param_groups`) and its other arguments.
+            (applied to layer weights only, see :func:`vit_cifar.training.optim.param_groups`) and its other arguments.
         scheduler: ``warmup_epochs`` and ``min_lr`` of the per-step warmup-cosine schedule; with ``by: time``
             the same shape is driven by the training time spent against ``trainer.max_time`` (warmup over
             ``warmup_fraction`` of it), so a run ends on its budget with its schedule complete.
@@ -69,7 +69,7 @@ class ClassifierModule(L.LightningModule):
         # too: their epoch values are sums over every image of every rank, reduced once at the epoch's end, so
         # under DDP each image counts once, whatever share each rank had. No argument validation (its
         # torch.unique on the targets waits for the GPU every step) and no NaN check on the loss (another wait;
-        # vit_cifar.callbacks.FiniteLossGuard watches the loss): the inputs are ours.
+        # vit_cifar.training.callbacks.FiniteLossGuard watches the loss): the inputs are ours.
         self.train_acc, self.val_acc, self.test_acc = (_accuracy(num_classes) for _ in range(3))
         self.train_loss, self.val_loss, self.test_loss = (
             MeanMetric(nan_strategy="disable") for _ in range(3)
@@ -80,7 +80,7 @@ class ClassifierModule(L.LightningModule):
         )
         self.run_config: dict | None = None
         # The device the device-dependent choices (fused AdamW) are made for; None: the one the module is on.
-        # A test sets a CUDA description to run CUDA's choices on CPU (vit_cifar.speed.DeviceSpec).
+        # A test sets a CUDA description to run CUDA's choices on CPU (vit_cifar.training.speed.DeviceSpec).
         self.device_spec = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ class ClassifierModule(L.LightningModule):
             self.log(f"{stage}/images", getattr(self, f"{stage}_images"), on_step=False, on_epoch=True)
         on_step = stage == "train"
         # Not prog_bar for the step value: Lightning converts every step value shown in the progress bar to a
-        # Python number at every batch (a wait for the GPU); vit_cifar.callbacks.ProgressBar shows it instead,
+        # Python number at every batch (a wait for the GPU); vit_cifar.training.callbacks.ProgressBar shows it instead,
         # read every log_every_n_steps steps.
         self.log(
             f"{stage}/loss", mean_loss, on_step=on_step, on_epoch=True, prog_bar=not on_step, batch_size=n

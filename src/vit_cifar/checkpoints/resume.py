@@ -13,9 +13,9 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from vit_cifar.checkpoint import describe_mismatch, read_checkpoint
+from vit_cifar.checkpoints.loading import describe_mismatch, read_checkpoint
 from vit_cifar.errors import CheckpointError, VitCifarError
-from vit_cifar.module import build_network
+from vit_cifar.training.module import build_network
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:

@@ -16,7 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from vit_cifar.errors import ConfigError, TrainingError
-from vit_cifar.monitoring import budget_timer
+from vit_cifar.training.monitoring import budget_timer
 
 
 def capture_rng_states() -> dict:
@@ -162,7 +162,7 @@ class EMA(EMAWeightAveraging):
     then ``ema = decay * ema + (1 - decay) * weights``, for parameters and buffers such as BatchNorm stats),
     swaps it in for each validation epoch, copies it into the model when training ends, and writes it as the
     checkpoint's ``state_dict`` (the raw weights go to ``current_model_state``, for resuming). So model
-    selection, ``vit_cifar.checkpoint.load_classifier`` and evaluation all see the averaged weights.
+    selection, ``vit_cifar.checkpoints.loading.load_classifier`` and evaluation all see the averaged weights.
 
     One change: outside fitting, loading a checkpoint leaves the model with the averaged ``state_dict``. The
     parent callback, still holding its average after ``fit``, would load ``current_model_state`` instead, so

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError, first_line
-from vit_cifar.module import NETWORK_PACKAGES, build_network, locate
+from vit_cifar.training.module import NETWORK_PACKAGES, build_network, locate
 
 
 @dataclass

@@ -1,39 +1,25 @@
-"""Multirun sweeps: keep a failed job from ending the sweep, and summarise the sweep's folder.
-
-A job of a ``-m`` sweep ends in one of two files in its folder: ``metrics.json`` (written by ``train``) or
-``error.txt`` (written here when it raised). ``summarise`` reads every job folder Hydra made (the ones with
-``.hydra/overrides.yaml``) and writes ``summary.csv``, ``summary.md`` and ``summary.png`` into the sweep's
-folder, plus ``summary_seeds.csv`` when ``seed`` is one of the swept keys. Jobs are ranked by validation
-accuracy; the test accuracy is shown beside it and never ranks anything.
-"""
+"""The summary of a sweep's folder: ``summarise`` reads every job folder Hydra made (the ones with
+``.hydra/overrides.yaml``), each ended by ``metrics.json`` (written by ``train``) or ``error.txt`` (written by
+:func:`vit_cifar.sweeps.jobs.run_sweep_job`), and writes ``summary.csv``, ``summary.md`` and ``summary.png`` into
+the folder, plus ``summary_seeds.csv`` when ``seed`` is one of the swept keys. Jobs are ranked by validation
+accuracy; the test accuracy is shown beside it and never ranks anything."""
 
 from __future__ import annotations
 
 import csv
-import gc
 import io
 import json
-import logging
 import math
 import re
 import statistics
-import sys
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from vit_cifar.console import quiet_device_banner
-from vit_cifar.errors import VitCifarError, first_line, one_line
-from vit_cifar.fileio import write_atomic
-
-log = logging.getLogger(__name__)
+from vit_cifar.checkpoints.atomic import write_atomic
+from vit_cifar.errors import VitCifarError, first_line
 
 METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.txt"
@@ -45,58 +31,6 @@ def validation_accuracy(metrics: dict) -> float | None:
     else the last epoch's; ``None`` without a validation split. Never the test accuracy."""
     value = metrics.get("val_acc_best", metrics.get("val_acc_last_epoch"))
     return None if value is None else float(value)
-
-
-# ------------------------------------------------------------------------------------------- running jobs
-
-
-def in_sweep() -> bool:
-    """Whether this process is running a job of a ``-m`` sweep (Hydra multirun)."""
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def run_sweep_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
-    """Run one job of a sweep. If it raises, write ``error.txt`` in its folder, say so on stderr and return
-    ``{}``, so that the sweep goes on to its next job and the summary lists this one as failed.
-
-    Catches ``Exception`` (a data error, a non-finite loss, CUDA out of memory, a bug), not Ctrl-C: an
-    interrupted sweep still stops. The values of a command-line sweep are checked before it starts
-    (``cli.preflight``); what fails here is what only running can tell, or a value that a sweeper's config
-    (``hydra.sweeper.params``) chose, which the job's own check refuses.
-    """
-    hydra_cfg = HydraConfig.get()
-    folder = Path(hydra_cfg.runtime.output_dir)
-    # Hydra's "#k : overrides" line heads each job; the device banner is said by the first job only.
-    quiet_device_banner(quiet=int(hydra_cfg.job.num) > 0)
-    try:
-        return job(cfg)
-    except Exception as err:
-        line = f"{type(err).__name__}: {one_line(err)}"
-        # A user error says all in its line; anything else keeps its traceback for whoever debugs it.
-        detail = "" if isinstance(err, VitCifarError) else "\n" + traceback.format_exc()
-        write_atomic(folder / ERROR_FILE, line + "\n" + detail)
-        print(
-            f"error: job {hydra_cfg.job.num} failed: {line}; "
-            f"recorded in {folder / ERROR_FILE}, the sweep goes on",
-            file=sys.stderr,
-        )
-        if detail:
-            log.error(detail)
-    finally:
-        _release_memory()
-    return {}
-
-
-def _release_memory() -> None:
-    """Free what a finished job left behind (e.g. after CUDA ran out of memory) before the next job starts,
-    compiled graphs included: the next job compiles from a clean state (and ``train`` resets it again)."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    torch.compiler.reset()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------------ reading jobs
@@ -464,27 +398,3 @@ def failure_line(summary: Summary) -> str:
         f"{len(summary.failed)} of {len(summary.jobs)} jobs failed (job {first.name}: {first.error}); "
         f"the others are summarised in {summary.folder / 'summary.md'}"
     )
-
-
-class SweepSummary(Callback):
-    """Hydra callback (``hydra.callbacks`` in configs/hydra/default.yaml): summarise the sweep when it ends.
-
-    If any job failed, the command then exits with code 1 and one line naming the first failure, so a script
-    that runs a sweep sees it; the summary is written first either way.
-    """
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        folder = Path(config.hydra.sweep.dir)
-        try:
-            summary = summarise(folder)
-        except (VitCifarError, OSError) as err:
-            print(
-                f"warning: no sweep summary ({one_line(err)}); after fixing it, run "
-                f"python -m vit_cifar.sweep_summary {folder}",
-                file=sys.stderr,
-            )
-            return
-        print(report(summary))
-        if summary.failed:
-            print(f"error: {failure_line(summary)}", file=sys.stderr)
-            sys.exit(1)

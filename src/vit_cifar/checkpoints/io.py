@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from vit_cifar.checkpoint import read_checkpoint
-from vit_cifar.fileio import atomic_write
+from vit_cifar.checkpoints.atomic import atomic_write
+from vit_cifar.checkpoints.loading import read_checkpoint
 
 
 def _is_remote(path: str | Path) -> bool:

@@ -17,22 +17,22 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from vit_cifar.checkpoints.atomic import check_output_place
 from vit_cifar.compat import hydra_command_line, sweep_jobs
-from vit_cifar.console import quiet_library_noise
+from vit_cifar.config.console import quiet_library_noise
 from vit_cifar.errors import ConfigError, VitCifarError, first_line, one_line
-from vit_cifar.fileio import check_output_place
-from vit_cifar.runlock import check_run_folder_free
-from vit_cifar.sweep import in_sweep, run_sweep_job
+from vit_cifar.sweeps.jobs import in_sweep, run_sweep_job
+from vit_cifar.training.runlock import check_run_folder_free
 
 # configs/ sits at the top of the checkout, beside src/ (the package is installed in editable mode).
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "configs")
 # Config groups that optional Hydra plugins bring, and the extra of pyproject.toml that installs each.
 PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/submitit_slurm": "slurm"}
 
 
 def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     """Run ``job``; a user error ends the process with one line on stderr and the error's exit code.
-    In a ``-m`` sweep a failed job is recorded in its folder instead, and the sweep goes on (``sweep.py``)."""
+    In a ``-m`` sweep a failed job is recorded in its folder instead, and the sweep goes on (``vit_cifar.sweeps.jobs``)."""
     quiet_library_noise()
     if in_sweep():
         return run_sweep_job(job, cfg)
@@ -105,7 +105,7 @@ def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], N
                 # the folder Hydra is about to make, before it makes it
                 sweep_or_run = "sweep" if args.multirun else "run"
                 check_output_place(cfg.hydra[sweep_or_run].dir, f"hydra.{sweep_or_run}.dir", folder=True)
-                if not args.multirun:  # one training per run folder (vit_cifar.runlock)
+                if not args.multirun:  # one training per run folder (vit_cifar.training.runlock)
                     check_run_folder_free(cfg.hydra.run.dir)
     except VitCifarError as err:
         _exit(str(err), ConfigError.exit_code)
@@ -128,7 +128,7 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 def _check_ckpt_path(cfg: DictConfig) -> None:
     """``ckpt_path`` must exist, resolved as the job will resolve it, in the run folder it will use."""
-    from vit_cifar.resume import resolve_ckpt_path
+    from vit_cifar.checkpoints.resume import resolve_ckpt_path
 
     if not cfg.get("ckpt_path"):
         return

@@ -1,0 +1,300 @@
+"""Evaluate a checkpoint: ``python -m vit_cifar.evaluate ckpt_path=<file> [data.root=...] [output_dir=...]``.
+
+Rebuilds the network from the checkpoint, runs the test split of any source the DataModule reads, and writes
+the seed's figures, a reliability diagram, ``metrics.json`` and ``report.md``. :func:`evaluate_checkpoint` is
+the whole job; ``python -m vit_cifar.train train=false ckpt_path=<file>`` runs it too (one path, two ways in).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vit_cifar.analysis import plots
+from vit_cifar.analysis.history import history_csv_for, read_history
+from vit_cifar.analysis.metrics import summarise
+from vit_cifar.analysis.report import render_report
+from vit_cifar.checkpoints.atomic import check_output_place, staged_results
+from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, required_ckpt_path
+from vit_cifar.errors import CheckpointError, ConfigError
+from vit_cifar.inference.engine import (
+    InputSpec,
+    autocast_dtype,
+    describe_device,
+    input_spec,
+    predict_probs,
+    resolve_device,
+    set_threads,
+)
+from vit_cifar.inference.runtime import check_runtime_options, count_params, load_for_inference
+
+SAMPLE_SEED = 42  # the seed's sample and misclassified grids draw 16 images with seed 42
+SAMPLES = 16
+FIGURES = (
+    "per_class_accuracy",
+    "confusion_matrix",
+    "sample_predictions",
+    "misclassified_samples",
+    "training_history",
+    "reliability_diagram",
+)
+OWN_FILES = ("metrics.json", "report.md", *(f"{name}.png" for name in FIGURES))  # an evaluation's outputs
+
+
+@dataclass
+class EvalOptions:
+    """How to run an evaluation (``configs/eval.yaml`` documents each)."""
+
+    device: str = "cpu"
+    batch_size: int = 64
+    num_workers: int = 0
+    tta: bool = False
+    threads: int | None = None
+    history: str | None = None
+    precision: str = "32"
+    runtime: str = "torch"  # torch | onnx (an .onnx file from python -m vit_cifar.export, run by onnxruntime)
+
+    def check(self) -> None:
+        check_runtime_options(self.runtime, self.device, self.precision)
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
+        if int(self.num_workers) < 0:
+            raise ConfigError(f"num_workers={self.num_workers} must be 0 (load in this process) or more")
+
+
+def evaluate_checkpoint(
+    ckpt_path: str | Path, data_cfg: dict, output_dir: str | Path, options: EvalOptions
+) -> dict:
+    """Evaluate ``ckpt_path`` on the test split of the DataModule ``data_cfg`` describes; write everything to
+    ``output_dir`` (all or nothing) and return the metrics written to ``metrics.json``."""
+    start = time.perf_counter()
+    options.check()
+    dtype = autocast_dtype(options.precision)
+    set_threads(options.threads)
+    device = resolve_device(options.device)
+    loaded = load_for_inference(ckpt_path, options.runtime, options.threads)
+    history_csv = _history_csv(ckpt_path, options.history)
+    datamodule = eval_datamodule(data_cfg, input_spec(loaded), options)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    classes = _check_classes(loaded, list(datamodule.classes))
+
+    tic = time.perf_counter()
+    probs, targets = predict_probs(
+        loaded.net, datamodule.test_dataloader(), device, tta=options.tta, dtype=dtype
+    )
+    eval_s = time.perf_counter() - tic
+
+    metrics = {
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "checkpoint_name": Path(ckpt_path).name,
+        "checkpoint_after_epoch": loaded.epoch,
+        "train_seed": loaded.run_config.get("seed"),
+        "model": type(loaded.net).__name__,
+        "params": count_params(loaded),
+        "runtime": str(options.runtime),
+        "data": datamodule.description,
+        "device": describe_device(device),
+        "tta": bool(options.tta),
+        "precision": str(options.precision),
+        "batch_size": int(options.batch_size),
+        "eval_s": round(eval_s, 2),
+        "images_per_s": round(len(targets) / eval_s, 1),
+        "sample_seed": SAMPLE_SEED,
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "classes": classes,
+        **summarise(probs, targets, classes),
+    }
+    images = datamodule.test_set.images.permute(0, 2, 3, 1).numpy()  # (N, 3, H, W) -> (N, H, W, 3) uint8
+    write_outputs(Path(output_dir), metrics, probs, targets, images, history_csv, start)
+    print(summary_line(metrics))
+    print(f"wrote the figures, metrics.json and report.md to {output_dir}")
+    return metrics
+
+
+def eval_datamodule(data_cfg: dict, spec: InputSpec, options: EvalOptions):
+    """The configured DataModule, fed as the network expects (its image size and normalisation), test split
+    only."""
+    cfg = {
+        **data_cfg,
+        "image_size": spec.image_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "eval_batch_size": int(options.batch_size),
+        "num_workers": int(options.num_workers),
+        "persistent_workers": False,
+        "val_size": 0,
+        "train_subset": None,
+    }
+    return hydra.utils.instantiate(cfg, _convert_="all")
+
+
+def _check_classes(loaded: LoadedClassifier, data_classes: list[str]) -> list[str]:
+    """The class names to report; an error when the checkpoint was trained on other classes than the
+    data's."""
+    unnamed = loaded.classes == [str(i) for i in range(len(loaded.classes))]  # a checkpoint without names
+    if len(loaded.classes) != len(data_classes) or (not unnamed and loaded.classes != data_classes):
+        raise CheckpointError(
+            f"checkpoint {loaded.path} predicts {len(loaded.classes)} classes ({_few(loaded.classes)}) but "
+            f"the test data has {len(data_classes)} ({_few(data_classes)}): evaluate it on the data it was "
+            "trained on "
+            "(set data.root / data=...)"
+        )
+    return data_classes
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
+def _history_csv(ckpt_path: str | Path, given: str | None) -> Path | None:
+    """The CSV log to plot: the one given (it must exist) or the checkpoint's run's, when it has one."""
+    if given:
+        if not Path(given).is_file():
+            raise ConfigError(
+                f"history={given} does not exist: give the run's csv/metrics.csv, or leave it unset"
+            )
+        return Path(given)
+    found = history_csv_for(Path(ckpt_path))
+    return found if found.is_file() else None
+
+
+def write_outputs(
+    out: Path,
+    metrics: dict,
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    images: np.ndarray,
+    history_csv: Path | None,
+    start: float,
+) -> None:
+    """Draw every figure and write ``metrics.json`` and ``report.md`` into a hidden folder beside ``out``,
+    then move them into place: a failure leaves no half-written output, and no figure of an earlier
+    evaluation that this report does not show stays behind."""
+    with staged_results(out, OWN_FILES) as staging:
+        figures, notes = draw_figures(staging, metrics, probs, targets, images, history_csv)
+        metrics["history_csv"] = str(history_csv) if history_csv else None
+        metrics["wall_s"] = round(time.perf_counter() - start, 2)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (staging / "report.md").write_text(render_report(metrics, figures, notes))
+
+
+def draw_figures(
+    folder: Path,
+    m: dict,
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    images: np.ndarray,
+    history_csv: Path | None,
+) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Every figure into ``folder``; returns figure role -> file name (None when not drawn) and why not."""
+    classes = m["classes"]
+    confidence, predicted = (t.numpy() for t in probs.max(dim=1))
+    truth = targets.numpy()
+    correct = predicted == truth
+    figures: dict[str, str | None] = {name: f"{name}.png" for name in FIGURES}
+    notes: dict[str, str] = {}
+
+    per_class = [m["per_class"][c]["accuracy"] for c in classes]
+    per_class = [np.nan if a is None else a for a in per_class]  # a class without test images
+    plots.per_class_accuracy(classes, per_class, m["test_acc"], folder / figures["per_class_accuracy"])
+    plots.confusion_matrix(np.array(m["confusion_matrix"]), classes, folder / figures["confusion_matrix"])
+
+    pick = np.random.default_rng(SAMPLE_SEED).choice(len(truth), size=min(SAMPLES, len(truth)), replace=False)
+    plots.image_grid(
+        images[pick],
+        [f"{classes[predicted[i]]} ({confidence[i]:.2f})" for i in pick],
+        [plots.GREEN if correct[i] else plots.RED for i in pick],
+        f"Sample predictions ({len(pick)} random test images, seed {SAMPLE_SEED})",
+        folder / figures["sample_predictions"],
+    )
+    errors = np.flatnonzero(~correct)
+    pick = errors[
+        np.random.default_rng(SAMPLE_SEED).choice(len(errors), size=min(SAMPLES, len(errors)), replace=False)
+    ]
+    plots.image_grid(
+        images[pick],
+        [f"{classes[truth[i]]} -> {classes[predicted[i]]} ({confidence[i]:.2f})" for i in pick],
+        [plots.RED] * len(pick),
+        f"Misclassified samples ({len(pick)} of {len(errors):,} errors, seed {SAMPLE_SEED})",
+        folder / figures["misclassified_samples"],
+    )
+
+    history = _read_history(history_csv, notes)
+    if history is None:
+        figures["training_history"] = None
+    else:
+        plots.training_history(history, folder / figures["training_history"])
+    plots.reliability_diagram(
+        m["calibration"]["bins"],
+        m["calibration"],
+        m["per_class"],
+        confidence,
+        correct,
+        folder / figures["reliability_diagram"],
+    )
+    return figures, notes
+
+
+def _read_history(history_csv: Path | None, notes: dict[str, str]) -> dict | None:
+    if history_csv is None:
+        notes["training_history"] = (
+            "no training log found beside the checkpoint (<run>/csv/metrics.csv); pass history=<metrics.csv>"
+        )
+        return None
+    try:
+        history = read_history(history_csv)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        notes["training_history"] = f"{history_csv} could not be read: {err}"
+        return None
+    if not any(history.values()):
+        notes["training_history"] = f"{history_csv} holds no epoch or learning-rate values"
+        return None
+    return history
+
+
+def summary_line(m: dict) -> str:
+    return (
+        f"test_acc={m['test_acc']:.4f} | ECE {m['calibration']['ece']:.4f} "
+        f"| NLL {m['calibration']['nll']:.4f}"
+        f" | {m['test_images']:,} images of {m['data']} | {m['device']} | {m['images_per_s']:.0f} images/s"
+    )
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """The ``python -m vit_cifar.evaluate`` job: ``configs/eval.yaml`` -> :func:`evaluate_checkpoint`."""
+    ckpt_path = required_ckpt_path(cfg)
+    options = EvalOptions(
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        tta=cfg.tta,
+        threads=cfg.threads,
+        history=cfg.history,
+        precision=cfg.precision,
+        runtime=cfg.get("runtime", "torch"),
+    )
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    output_dir = check_output_place(
+        cfg.output_dir or beside_run(ckpt_path, "evaluation"), "output_dir", folder=True
+    )
+    return evaluate_checkpoint(ckpt_path, data_cfg, output_dir, options)
+
+
+def evaluate_from_train_config(cfg: DictConfig, ckpt_path: str | Path) -> dict:
+    """``python -m vit_cifar.train train=false ckpt_path=<file>``: the same evaluation, into the run folder,
+    with the train config's data, trainer device and evaluation batch size."""
+    workers = cfg.data.num_workers if cfg.data.num_workers is not None else 0
+    options = EvalOptions(
+        device=cfg.trainer.accelerator, batch_size=cfg.data.eval_batch_size, num_workers=workers
+    )
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    return evaluate_checkpoint(ckpt_path, data_cfg, cfg.paths.output_dir, options)

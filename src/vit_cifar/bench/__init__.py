@@ -1,0 +1,1 @@
+"""Benchmarks (python -m vit_cifar.benchmark): never imported by training."""

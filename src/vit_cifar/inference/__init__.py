@@ -1,0 +1,2 @@
+"""Running a trained network: devices and input specs, the torch / ONNX / safetensors runtimes, timm interop,
+export formats, prediction."""

@@ -1,0 +1,179 @@
+"""Classify your own images: ``python -m vit_cifar.predict ckpt_path=<file> inputs=<file, folder or [a,b]>``.
+
+Any size and mode (RGB, RGBA, grayscale, palette, 16-bit; PNG, JPEG, ...) is turned into an RGB image of the
+network's training size. An unreadable file is reported by its path and skipped; the others still run, and the
+exit code (3) says that something was skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from vit_cifar.checkpoints.atomic import check_output_place, write_atomic
+from vit_cifar.checkpoints.loading import required_ckpt_path
+from vit_cifar.data.sources import collect_image_files, decode_image
+from vit_cifar.data.transforms import eval_transform
+from vit_cifar.errors import ConfigError, DataError, SkippedInputsError, first_line
+from vit_cifar.inference.engine import InputSpec, input_spec, predict_probs, resolve_device, set_threads
+from vit_cifar.inference.runtime import check_runtime_options, load_for_inference
+
+OUTPUT_FORMATS = (".json", ".csv")
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]  # (class, probability), most probable first
+
+
+@dataclass
+class PredictResult:
+    predictions: list[Prediction] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """A uint8 (3, size, size) tensor: the whole image converted to RGB and resized (not cropped)."""
+    array = decode_image(path.read_bytes(), size, str(path))  # the data sources' decoder: one conversion
+    return torch.from_numpy(array).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+class ImageFiles(Dataset):
+    """Decoded, normalised images; an unreadable file yields its error message instead (the run goes on)."""
+
+    def __init__(self, paths: list[Path], spec: InputSpec) -> None:
+        self.paths, self.spec = paths, spec
+        self.transform = eval_transform(spec.mean, spec.std)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str | None]:
+        try:
+            return self.transform(load_image(self.paths[i], self.spec.image_size)), None
+        except (DataError, OSError) as err:  # an unreadable file: skip it, saying what the decoder said
+            cause = err.__cause__ or err
+            return None, f"{type(cause).__name__}: {first_line(cause)[:200]}"
+
+
+def predict_files(
+    ckpt_path: str | Path,
+    inputs: str | list[str],
+    top_k: int = 3,
+    device: str = "cpu",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    tta: bool = False,
+    threads: int | None = None,
+    runtime: str = "torch",
+) -> PredictResult:
+    """Top-``k`` classes of every readable image among ``inputs``, and the paths skipped with why."""
+    if int(top_k) < 1 or int(batch_size) < 1 or int(num_workers) < 0:
+        raise ConfigError(
+            f"top_k={top_k} and batch_size={batch_size} must be at least 1, "
+            f"num_workers={num_workers} at least 0"
+        )
+    check_runtime_options(runtime, device)
+    # Names that give no image are skipped and reported, as unreadable files are; none at all is a setting.
+    files, skipped = collect_image_files(inputs)
+    if not files:
+        reason = f": {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise ConfigError(f"inputs={inputs} holds no image files{reason}")
+    set_threads(threads)
+    dev = resolve_device(device)
+    loaded = load_for_inference(ckpt_path, runtime, threads)
+    # batch_size=None: one decoded image (or error) at a time, in worker processes when asked.
+    loader = DataLoader(ImageFiles(files, input_spec(loaded)), batch_size=None, num_workers=int(num_workers))
+    readable, images = [], []
+    for path, (image, error) in zip(files, loader, strict=True):
+        if error is None:
+            readable.append(path)
+            images.append(image)
+        else:
+            skipped.append((str(path), error))
+    result = PredictResult(skipped=skipped)
+    if images:
+        probs, _ = predict_probs(loaded.net, torch.stack(images).split(int(batch_size)), dev, tta=tta)
+        k = min(int(top_k), probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        for path, p, idx in zip(readable, values.tolist(), indices.tolist(), strict=True):
+            result.predictions.append(
+                Prediction(str(path), [(loaded.classes[i], v) for i, v in zip(idx, p, strict=True)])
+            )
+    return result
+
+
+def write_predictions(result: PredictResult, output: Path) -> None:
+    """JSON (predictions and skipped files) or CSV (one row per path and rank), written whole or not at
+    all."""
+    if output.suffix.lower() == ".json":
+        text = (
+            json.dumps(
+                {
+                    "predictions": [
+                        {"path": p.path, "top": [{"class": c, "probability": v} for c, v in p.top]}
+                        for p in result.predictions
+                    ],
+                    "skipped": [{"path": path, "error": why} for path, why in result.skipped],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "rank", "class", "probability"])
+        for p in result.predictions:
+            writer.writerows([p.path, rank, c, f"{v:.6f}"] for rank, (c, v) in enumerate(p.top, start=1))
+        text = buffer.getvalue()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(output, text)
+
+
+def predict(cfg: DictConfig) -> dict:
+    """The ``python -m vit_cifar.predict`` job (``configs/predict.yaml``)."""
+    ckpt_path = required_ckpt_path(cfg)
+    if not cfg.get("inputs"):
+        raise ConfigError("inputs=<image file, folder, or [a.png,b.jpg]> is required")
+    output = Path(cfg.output) if cfg.get("output") else None
+    if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
+        raise ConfigError(
+            f"output={output} must end in .json or .csv (the format is taken from the extension)"
+        )
+    if output is not None:
+        check_output_place(output, "output", folder=False)
+    inputs = OmegaConf.to_container(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
+    result = predict_files(
+        ckpt_path,
+        inputs,
+        top_k=cfg.top_k,
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        tta=cfg.tta,
+        threads=cfg.threads,
+        runtime=cfg.get("runtime", "torch"),
+    )
+    for p in result.predictions:
+        print(f"{p.path}: " + " | ".join(f"{c} {100 * v:.1f}%" for c, v in p.top))
+    for path, why in result.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    if output is not None:
+        write_predictions(result, output)
+        print(f"wrote {len(result.predictions)} predictions to {output}")
+    if result.skipped:
+        raise SkippedInputsError(
+            f"{len(result.skipped)} of {len(result.skipped) + len(result.predictions)} inputs skipped "
+            f"(unreadable, listed above); the other {len(result.predictions)} were predicted"
+        )
+    return {"predictions": len(result.predictions)}

@@ -1,0 +1,234 @@
+"""Train (and test) a classifier: ``python -m vit_cifar.train [overrides]``.
+
+``train(cfg)`` is the whole job and returns its metrics; ``main`` only adds Hydra and one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vit_cifar.analysis.evaluation import evaluate_from_train_config
+from vit_cifar.checkpoints.atomic import write_atomic
+from vit_cifar.checkpoints.io import SafeCheckpointIO
+from vit_cifar.checkpoints.resume import check_fits, resolve_ckpt_path
+from vit_cifar.config.schema import validate_config
+from vit_cifar.data import CIFARDataModule
+from vit_cifar.errors import ConfigError
+from vit_cifar.inference.engine import describe_device
+from vit_cifar.training.module import ClassifierModule
+from vit_cifar.training.monitoring import log_final_hparams, run_clock_of
+from vit_cifar.training.runlock import run_folder_lock
+from vit_cifar.training.speed import (
+    DeviceSpec,
+    apply_speed_settings,
+    local_device,
+    precision_for_trainer,
+    resolve_precision,
+)
+
+
+def instantiate_all(section: DictConfig | None) -> list:
+    """Instantiate every entry of a callbacks or logger group, skipping those set to null."""
+    if not section:
+        return []
+    return [hydra.utils.instantiate(entry) for entry in section.values() if entry is not None]
+
+
+def build_datamodule(cfg: DictConfig) -> CIFARDataModule:
+    return hydra.utils.instantiate(
+        cfg.data, aug=OmegaConf.to_container(cfg.aug, resolve=True), _convert_="all"
+    )
+
+
+def build_module(cfg: DictConfig) -> ClassifierModule:
+    module = ClassifierModule(
+        net=OmegaConf.to_container(cfg.model, resolve=True),
+        optimizer=OmegaConf.to_container(cfg.optim, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        label_smoothing=float(cfg.aug.label_smoothing),
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return module
+
+
+def build_trainer(cfg: DictConfig, has_validation: bool, device: DeviceSpec | None = None) -> L.Trainer:
+    """The Trainer of ``cfg.trainer``, its precision resolved for ``device`` (default: the device
+    ``trainer.accelerator`` selects here; a test passes a CUDA description to run CUDA's choice on CPU)."""
+    callbacks_cfg = cfg.get("callbacks") or {}
+    ckpt_cfg = callbacks_cfg.get("model_checkpoint")
+    if ckpt_cfg is not None and not has_validation:
+        # No validation split to select on: keep the last epoch (the seed's final-epoch protocol).
+        ckpt_cfg.monitor = None
+        ckpt_cfg.filename = "epoch{epoch:03d}"
+    runs_on = local_device(cfg.trainer.accelerator)
+    precision = resolve_precision(cfg.trainer.precision, device or runs_on)
+    precision, precision_plugins = precision_for_trainer(precision, runs_on.type)
+    plugins = [SafeCheckpointIO(), *precision_plugins]  # atomic checkpoint writes, weights_only loads
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=instantiate_all(callbacks_cfg),
+        logger=instantiate_all(cfg.get("logger")) or False,
+        precision=precision,
+        plugins=plugins,
+    )
+
+
+def selected_checkpoint(trainer: L.Trainer) -> str | None:
+    """The checkpoint to test: best by validation accuracy, or the last one when there is no validation."""
+    callback = trainer.checkpoint_callback
+    return (callback.best_model_path or None) if callback is not None else None
+
+
+def describe_training_device(trainer: L.Trainer) -> str:
+    """The device as reports name it (evaluation's wording), and how many processes trained."""
+    name = describe_device(trainer.strategy.root_device)
+    return f"{name} x{trainer.world_size}" if trainer.world_size > 1 else name
+
+
+def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
+    """Fit, test the selected checkpoint, write ``metrics.json`` in the run folder and return the metrics.
+
+    ``device``: the device that the device-dependent choices (precision ``auto``, ``optim.fused: null``,
+    ``compile: auto``) are made for; default the one ``trainer.accelerator`` selects. The tests pass a CUDA
+    description to train with CUDA's choices on CPU."""
+    start = time.perf_counter()
+    validate_config(cfg, device=device)
+    accelerator = str(cfg.trainer.get("accelerator", "auto")).lower()
+    if device is None and accelerator in ("gpu", "cuda") and local_device(accelerator).type != "cuda":
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here: "
+            "use trainer=cpu (or trainer.accelerator=cpu) on this machine"
+        )
+    ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path=last: this run folder's last.ckpt
+    if not cfg.train:
+        if ckpt_path is None:
+            raise ConfigError("train=false needs ckpt_path=<checkpoint file> to test")
+        # python -m vit_cifar.evaluate's evaluation, into this run folder; the network comes from the checkpoint
+        return evaluate_from_train_config(cfg, ckpt_path)
+    if ckpt_path is not None:
+        resumed = check_fits(ckpt_path, cfg, resume=True)  # one clear error before any work
+        ckpt_path = str(ckpt_path)
+        with open_dict(cfg):  # the logs keep the history before the checkpoint, and each step once
+            for name in ("csv", "tensorboard"):
+                if OmegaConf.select(cfg, f"logger.{name}") is not None:
+                    cfg.logger[name].resume_step = int(resumed.get("global_step", 0))
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0, device=device)
+    if clock := run_clock_of(trainer):
+        clock.restart(start)
+    choices_for = device or local_device(cfg.trainer.accelerator)
+    module.device_spec = choices_for
+    speed = apply_speed_settings(
+        module.net,
+        choices_for,
+        cfg.get("compile", "auto"),
+        cfg.get("matmul_precision", "high"),
+        backend=cfg.get("compile_backend", "inductor"),
+    )
+    compile_counter = speed.pop("counter", None)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    ckpt_path = selected_checkpoint(trainer)
+
+    metrics = {
+        "params": sum(p.numel() for p in module.net.parameters()),
+        "epochs": trainer.current_epoch,
+        "seed": cfg.seed,
+        "data": datamodule.description,
+        "skipped_files": len(datamodule.skipped_files),  # unreadable images left out with data.skip_bad=true
+        "precision": str(trainer.precision),
+        **speed,
+        "pipeline_check": pipeline_check(cfg),
+        "run_folder": str(Path(cfg.paths.output_dir).resolve()),
+    }
+    if "val/acc" in trainer.callback_metrics:
+        metrics["val_acc_last_epoch"] = float(trainer.callback_metrics["val/acc"])
+        metrics["val_images"] = int(trainer.callback_metrics["val/images"])  # counted over all ranks
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.monitor == "val/acc" and callback.best_model_score is not None:
+        metrics["val_acc_best"] = float(callback.best_model_score)
+    if cfg.test:
+        if not ckpt_path:
+            print("no checkpoint was saved (fast_dev_run?): testing the weights in memory")
+        # verbose=False: the summary line below reports the result, rounded; Lightning's table printed 9 digits
+        results = trainer.test(
+            module, datamodule=datamodule, ckpt_path=ckpt_path or None, weights_only=True, verbose=False
+        )
+        metrics["test_acc"] = float(results[0]["test/acc"])
+        metrics["test_loss"] = float(results[0]["test/loss"])
+        metrics["test_images"] = int(results[0]["test/images"])  # counted, once each, over all ranks
+        metrics["checkpoint"] = ckpt_path
+        if ckpt_path:  # 1-based, like "epochs": the checkpoint holds the weights after this many epochs
+            saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            metrics["checkpoint_after_epoch"] = int(saved["epoch"]) + 1
+    if compile_counter is not None:  # what really ran compiled, not what was asked for
+        metrics.update(compile_counter.report())
+    # Named after testing: naming a GPU initialises CUDA in this process, after which the ddp_notebook strategy
+    # (DDP inside a notebook, notebooks/train_kaggle_colab.ipynb) could not fork its processes for the test.
+    metrics["device"] = describe_training_device(trainer)
+    clock = run_clock_of(trainer)  # the whole run's, across resumes; without it, this process's
+    metrics["wall_s"] = round(clock.elapsed_s() if clock else time.perf_counter() - start, 1)
+    log_final_hparams(trainer, cfg, metrics)  # TensorBoard's hparams table: settings beside final metrics
+
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        print(summary_line(metrics))
+    return metrics
+
+
+# Trainer settings that make a run a check of the pipeline rather than a result.
+LIMITING_KEYS = (
+    "fast_dev_run",
+    "overfit_batches",
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+)
+
+
+def pipeline_check(cfg: DictConfig) -> bool:
+    """Whether the trainer only runs part of the data (debug=fdr|limit|overfit, limit_*_batches < all)."""
+    trainer = cfg.trainer
+    return (
+        bool(trainer.get("fast_dev_run"))
+        or bool(trainer.get("overfit_batches"))
+        or any(trainer.get(key) not in (None, 1.0) for key in LIMITING_KEYS[2:])
+    )
+
+
+def summary_line(m: dict) -> str:
+    if m.get("pipeline_check"):  # a few batches: an accuracy here would be mistaken for a result
+        tested = f", {m['test_images']:,} test images" if "test_images" in m else ""
+        parts = [f"pipeline check, not a result (limited batches{tested})"]
+    else:
+        parts = [f"test_acc={m['test_acc']:.4f}" if "test_acc" in m else "not tested"]
+    if "checkpoint_after_epoch" in m:
+        parts.append(f"checkpoint after epoch {m['checkpoint_after_epoch']}")
+    parts += [
+        f"{m['epochs']} epochs",
+        f"seed {m['seed']}",
+        m["data"],
+        f"{m['params']:,} params",
+        m["device"],
+        f"{m['wall_s']:.0f} s",
+    ]
+    if m.get("run_folder"):
+        parts.append(f"run folder {m['run_folder']}")
+    return " | ".join(parts)
+
+
+def train_in_locked_folder(cfg: DictConfig) -> dict:
+    """:func:`train`, holding the run folder's lock: a second training into the same folder is refused."""
+    with run_folder_lock(cfg.paths.output_dir):
+        return train(cfg)
