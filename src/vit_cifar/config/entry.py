@@ -32,7 +32,8 @@ PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/submitit_slur
 
 def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     """Run ``job``; a user error ends the process with one line on stderr and the error's exit code.
-    In a ``-m`` sweep a failed job is recorded in its folder instead, and the sweep goes on (``vit_cifar.sweeps.jobs``)."""
+    In a ``-m`` sweep a failed job is recorded in its folder instead, and the sweep goes on
+    (``vit_cifar.sweeps.jobs``)."""
     quiet_library_noise()
     if in_sweep():
         return run_sweep_job(job, cfg)
@@ -99,14 +100,13 @@ def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], N
                 cfg = compose(args.config_name or config_name, overrides=overrides, return_hydra_config=True)
             if check is not None:
                 check(cfg)
-            if config_name == "train":
-                if not args.multirun:
-                    _check_ckpt_path(cfg)
-                # the folder Hydra is about to make, before it makes it
-                sweep_or_run = "sweep" if args.multirun else "run"
-                check_output_place(cfg.hydra[sweep_or_run].dir, f"hydra.{sweep_or_run}.dir", folder=True)
-                if not args.multirun:  # one training per run folder (vit_cifar.training.runlock)
-                    check_run_folder_free(cfg.hydra.run.dir)
+            # train: the folder Hydra is about to make, checked before it makes it
+            if config_name == "train" and args.multirun:
+                check_output_place(cfg.hydra.sweep.dir, "hydra.sweep.dir", folder=True)
+            elif config_name == "train":
+                _check_ckpt_path(cfg)
+                check_output_place(cfg.hydra.run.dir, "hydra.run.dir", folder=True)
+                check_run_folder_free(cfg.hydra.run.dir)  # one training per run folder (training.runlock)
     except VitCifarError as err:
         _exit(str(err), ConfigError.exit_code)
     except (hydra.errors.HydraException, OmegaConfBaseException) as err:

@@ -147,7 +147,8 @@ RULES: dict[str, Rule] = {
     "data.skip_bad": Flag(),
     "data.sha256": Hex(64),
     "data.device_aug": Flag(),
-    "matmul_precision": Choice(MATMUL_PRECISIONS),  # compile, optim.fused (strings or booleans): training/speed.py
+    # compile and optim.fused (strings or booleans) are checked by training/speed.py
+    "matmul_precision": Choice(MATMUL_PRECISIONS),
     "model.img_size": POSITIVE_INT,
     "model.patch_size": POSITIVE_INT,
     "model.in_chans": POSITIVE_INT,

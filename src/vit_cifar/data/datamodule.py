@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from vit_cifar.data import sources
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
-from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler
+from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler, run_seed
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
 from vit_cifar.errors import ConfigError, DataError
 
@@ -347,7 +347,7 @@ class CIFARDataModule(L.LightningDataModule):
             # A generator of its own for the seed a DataLoader draws for its workers at every new iterator
             # (each epoch, unless workers persist): so the training process's generator, which dropout and
             # MixUp draw from, advances the same with any number of workers, persistent or not.
-            generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))),
+            generator=torch.Generator().manual_seed(run_seed()),
             num_workers=self.num_workers,
             pin_memory=resolve_pin_memory(self.pin_memory, device),
             persistent_workers=self.persistent_workers,

@@ -15,6 +15,11 @@ from torch.utils.data import DistributedSampler
 _GOLDEN = 0x9E3779B97F4A7C15  # spreads consecutive positions over the seed space (Weyl sequence)
 
 
+def run_seed() -> int:
+    """The run's seed as ``seed_everything`` publishes it to every process (``PL_GLOBAL_SEED``); 0 without it."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
 def augmentation_seeds(seed: int, epoch: int, rank: int, count: int) -> list[int]:
     """The seed of each of ``count`` items of an epoch: a function of (seed, epoch, rank, position) alone."""
     base = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0])
@@ -38,8 +43,7 @@ class SeededShuffleSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0, seed: int | None = None) -> None:
-        if seed is None:
-            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = run_seed() if seed is None else seed
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
 
     def indices(self) -> list[int]:

@@ -16,7 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from vit_cifar.errors import ConfigError, TrainingError
-from vit_cifar.training.monitoring import budget_timer
+from vit_cifar.training.monitoring import epoch_of_run
 
 
 def capture_rng_states() -> dict:
@@ -292,12 +292,7 @@ class ProgressBar(RichProgressBar):
             self.progress.update(self.train_progress_bar_id, description=self._epoch_label(trainer))
 
     def _epoch_label(self, trainer: L.Trainer) -> str:
-        label = f"Epoch {trainer.current_epoch + 1}"
-        ends_by_epochs = (trainer.max_epochs or 0) > 0 and budget_timer(
-            trainer
-        ) is None  # not by a time budget
-        if ends_by_epochs:
-            label += f"/{trainer.max_epochs}"
+        label = "Epoch " + epoch_of_run(trainer)
         label = f"{label:{len(self.validation_description)}}"  # as wide as "Validation": no flicker
         return f"[{self.theme.description}]{label}" if self.theme.description else label
 

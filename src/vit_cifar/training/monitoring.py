@@ -87,9 +87,7 @@ class EpochLog(L.Callback):
             return
         epoch = trainer.current_epoch + 1  # 1-based, as everywhere a person reads it
         elapsed = time.monotonic() - self._start
-        # "of N" only when the epochs end the run; a time budget (trainer.max_time) ends it before max_epochs
-        of_all = (trainer.max_epochs or 0) > 0 and budget_timer(trainer) is None
-        parts = [f"epoch {epoch}/{trainer.max_epochs}" if of_all else f"epoch {epoch}"]
+        parts = [f"epoch {epoch_of_run(trainer)}"]
         metrics = trainer.callback_metrics
         for stage in ("train", "val"):
             values = [
@@ -117,6 +115,14 @@ class EpochLog(L.Callback):
 
 # The one wording of a clock-driven schedule without a budget (the config check and the module both raise it).
 NO_TIME_BUDGET = "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
+
+
+def epoch_of_run(trainer: L.Trainer) -> str:
+    """The epoch in progress as a person counts it, from 1: "3/100" when the epochs end the run, "3" when a
+    time budget (trainer.max_time) ends it before max_epochs. The epoch log's and the progress bar's wording."""
+    epoch = trainer.current_epoch + 1
+    ends_by_epochs = (trainer.max_epochs or 0) > 0 and budget_timer(trainer) is None
+    return f"{epoch}/{trainer.max_epochs}" if ends_by_epochs else str(epoch)
 
 
 def budget_timer(trainer: L.Trainer) -> Timer | None:
