@@ -88,7 +88,7 @@ preflight("train", sys.argv[1:], validate_config)' "$@" "data.root=$DATA" "hydra
 step environment 30 "$PY" - "$OUT/environment.json" <<'EOF'
 import json, sys
 import lightning, torch
-from vit_cifar.training.speed import local_device, resolve_precision
+from vit_cifar.devices import local_device, resolve_precision
 device = local_device("auto")
 info = {"cuda": torch.cuda.is_available(), "torch": torch.__version__, "lightning": lightning.__version__,
         "device": device.type, "capability": device.capability, "triton": device.triton,

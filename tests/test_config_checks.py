@@ -9,7 +9,7 @@ import pytest
 
 from faults_support import train_cli
 from vit_cifar.config.entry import preflight
-from vit_cifar.config.schema import validate_config
+from vit_cifar.training.run import check_train_command
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 
@@ -72,7 +72,7 @@ def test_bad_override_through_the_cli_writes_nothing(tmp_path: Path, override: s
 )
 def test_preflight_names_the_key_and_the_allowed_range(capsys, overrides: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as stop:
-        preflight("train", overrides, validate_config)
+        preflight("train", overrides, check_train_command)
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ")
@@ -98,5 +98,5 @@ def test_preflight_names_the_key_and_the_allowed_range(capsys, overrides: list[s
     ],
 )
 def test_shipped_configs_pass(capsys, overrides: list[str]) -> None:
-    preflight("train", overrides, validate_config)
+    preflight("train", overrides, check_train_command)
     assert capsys.readouterr().err == ""

@@ -85,7 +85,7 @@ class NoSyncWindow(L.Callback):
 
 def test_the_default_config_trains_on_this_gpu():
     """precision auto, fused AdamW (optim.fused: null), clipping 1.0, EMA, the GPU data path, Inductor."""
-    from vit_cifar.training.speed import local_device, resolve_precision
+    from vit_cifar.devices import local_device, resolve_precision
 
     device = local_device("auto")
     metrics = _train([*TINY, *RUN, "data.device_aug=true", "compile=true"])

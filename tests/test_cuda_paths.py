@@ -1,5 +1,5 @@
 """The CUDA-only code paths, run on CPU: the same library code a GPU run takes, with the device-dependent
-choices made for a CUDA device's description (vit_cifar.training.speed.DeviceSpec).
+choices made for a CUDA device's description (vit_cifar.devices.DeviceSpec).
 
 What each test drives on CPU, and the branch of a GPU run it stands for:
   - Lightning's MixedPrecision plugin in bf16-mixed, and in 16-mixed with its GradScaler (CPU has one), with
@@ -30,9 +30,9 @@ from vit_cifar.data import gpu_aug
 from vit_cifar.data.datamodule import resolve_pin_memory
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches, augmentation_seed
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
+from vit_cifar.devices import CPU, DeviceSpec, local_device, resolve_precision
 from vit_cifar.errors import ConfigError
 from vit_cifar.training.run import train
-from vit_cifar.training.speed import CPU, DeviceSpec, local_device, resolve_precision
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

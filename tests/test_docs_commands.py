@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT
 from vit_cifar.config.entry import preflight
-from vit_cifar.config.schema import validate_config
+from vit_cifar.training.run import check_train_command
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 HYDRA_COMMANDS = {"train": "train", "evaluate": "eval", "visualize": "visualize", "predict": "predict"}
@@ -95,7 +95,7 @@ def test_a_documented_command_runs_as_written(where, command, arguments, tmp_pat
     plugin = next((extra for arg, extra in NEEDS_PLUGIN.items() if arg in argv), None)
     if plugin and importlib.util.find_spec("hydra_plugins") is not None:
         plugin = None  # the plugin is installed: the command must compose
-    check = validate_config if command == "train" else None
+    check = check_train_command if command == "train" else None
     try:
         preflight(HYDRA_COMMANDS[command], argv, check)
     except SystemExit as refused:

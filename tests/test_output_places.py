@@ -14,8 +14,8 @@ import pytest
 from conftest import compose_config, run_module
 from vit_cifar.checkpoints.atomic import check_output_place
 from vit_cifar.config.entry import preflight
-from vit_cifar.config.schema import validate_config
 from vit_cifar.errors import ConfigError
+from vit_cifar.training.run import check_train_command
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_a_training_into_a_run_folder_that_is_a_file_stops_in_the_preflight(tmp_
         (["-m", f"hydra.sweep.dir={a_file}"], "hydra.sweep.dir"),
     ):
         with pytest.raises(SystemExit) as stop:
-            preflight("train", argv, validate_config)
+            preflight("train", argv, check_train_command)
         assert stop.value.code == 2
         assert (
             capsys.readouterr().err

@@ -13,11 +13,10 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from conftest import ROOT, compose_config, run_module
-from vit_cifar.analysis.evaluation import EvalOptions, eval_datamodule
 from vit_cifar.checkpoints.loading import load_classifier
 from vit_cifar.config.entry import CONFIG_DIR
 from vit_cifar.errors import ConfigError
-from vit_cifar.inference.engine import input_spec, predict_probs
+from vit_cifar.inference.engine import input_spec, predict_probs, test_datamodule
 from vit_cifar.inference.predict import load_image, predict, predict_files, write_predictions
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
@@ -102,7 +101,7 @@ def test_predict_preprocesses_like_the_evaluation(tiny_run, tmp_path):
     data = compose_config(
         ["data=synthetic", "data.synthetic.test_per_class=10"], tmp_path, config_name="eval"
     ).data
-    datamodule = eval_datamodule(dict(data), input_spec(loaded), EvalOptions(batch_size=8))
+    datamodule = test_datamodule(dict(data), input_spec(loaded), batch_size=8)
     datamodule.setup("test")
     x, _ = next(iter(datamodule.test_dataloader()))
     expected, _ = predict_probs(loaded.net, [x[:4]], torch.device("cpu"))

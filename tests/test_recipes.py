@@ -18,8 +18,8 @@ from vit_cifar.checkpoints.loading import load_classifier
 from vit_cifar.config.entry import run_cli
 from vit_cifar.errors import ConfigError
 from vit_cifar.models import ResNet18
+from vit_cifar.models.registry import build_network
 from vit_cifar.training.callbacks import EMA
-from vit_cifar.training.module import build_network
 from vit_cifar.training.optim import param_groups
 from vit_cifar.training.run import build_datamodule, train
 

@@ -5,10 +5,11 @@ import torch
 
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config
 from vit_cifar.config.schema import validate_config
+from vit_cifar.devices import DeviceSpec, resolve_compile
 from vit_cifar.errors import ConfigError
 from vit_cifar.models import VisionTransformer
 from vit_cifar.training.run import train
-from vit_cifar.training.speed import DeviceSpec, apply_speed_settings, optimizer_kwargs_for, resolve_compile
+from vit_cifar.training.speed import apply_speed_settings, optimizer_kwargs_for
 
 CPU, CUDA = DeviceSpec("cpu"), DeviceSpec.cuda(9, 0)
 

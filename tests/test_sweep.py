@@ -359,6 +359,7 @@ def test_the_optuna_search_maximises_validation_accuracy(tmp_path):
 
 def test_without_the_optuna_plugin_the_optuna_search_says_how_to_install_it(capsys):
     from vit_cifar.config.entry import preflight
+    from vit_cifar.training.run import check_train_command
 
     try:
         import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
@@ -367,7 +368,7 @@ def test_without_the_optuna_plugin_the_optuna_search_says_how_to_install_it(caps
     else:
         pytest.skip("hydra-optuna-sweeper is installed here")
     with pytest.raises(SystemExit) as stop:
-        preflight("train", ["hparams_search=regularisation_optuna"], validate_config)
+        preflight("train", ["hparams_search=regularisation_optuna"], check_train_command)
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'hydra/sweeper/optuna'" in err

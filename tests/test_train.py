@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module
-from vit_cifar.training.module import build_network
+from vit_cifar.models.registry import build_network
 from vit_cifar.training.run import train
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)

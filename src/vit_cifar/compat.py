@@ -11,7 +11,7 @@ from typing import Any
 
 def hydra_command_line(argv: list[str]) -> Any:
     """Hydra's own parse of a command line (``.overrides``, ``.multirun``, ``.cfg``, ``.help`` ...). The
-    pre-flight (``cli.preflight``) must read the command line exactly as ``@hydra.main`` will, and Hydra keeps
+    pre-flight (``config.entry.preflight``) must read the command line exactly as ``@hydra.main`` will, and Hydra keeps
     its parser in ``hydra._internal.utils``."""
     from hydra._internal.utils import get_args_parser
 

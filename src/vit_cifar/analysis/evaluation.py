@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -26,13 +25,13 @@ from vit_cifar.checkpoints.atomic import check_output_place, staged_results
 from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, required_ckpt_path
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.inference.engine import (
-    InputSpec,
-    autocast_dtype,
     describe_device,
+    inference_dtype,
     input_spec,
     predict_probs,
     resolve_device,
     set_threads,
+    test_datamodule,
 )
 from vit_cifar.inference.runtime import check_runtime_options, count_params, load_for_inference
 
@@ -77,12 +76,12 @@ def evaluate_checkpoint(
     ``output_dir`` (all or nothing) and return the metrics written to ``metrics.json``."""
     start = time.perf_counter()
     options.check()
-    dtype = autocast_dtype(options.precision)
+    dtype = inference_dtype(options.precision)
     set_threads(options.threads)
     device = resolve_device(options.device)
     loaded = load_for_inference(ckpt_path, options.runtime, options.threads)
     history_csv = _history_csv(ckpt_path, options.history)
-    datamodule = eval_datamodule(data_cfg, input_spec(loaded), options)
+    datamodule = test_datamodule(data_cfg, input_spec(loaded), options.batch_size, options.num_workers)
     datamodule.prepare_data()
     datamodule.setup("test")
     classes = _check_classes(loaded, list(datamodule.classes))
@@ -118,23 +117,6 @@ def evaluate_checkpoint(
     print(summary_line(metrics))
     print(f"wrote the figures, metrics.json and report.md to {output_dir}")
     return metrics
-
-
-def eval_datamodule(data_cfg: dict, spec: InputSpec, options: EvalOptions):
-    """The configured DataModule, fed as the network expects (its image size and normalisation), test split
-    only."""
-    cfg = {
-        **data_cfg,
-        "image_size": spec.image_size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "eval_batch_size": int(options.batch_size),
-        "num_workers": int(options.num_workers),
-        "persistent_workers": False,
-        "val_size": 0,
-        "train_subset": None,
-    }
-    return hydra.utils.instantiate(cfg, _convert_="all")
 
 
 def _check_classes(loaded: LoadedClassifier, data_classes: list[str]) -> list[str]:

@@ -40,7 +40,7 @@ from torch import nn
 from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier
 from vit_cifar.errors import ConfigError, VitCifarError, first_line
 from vit_cifar.inference.engine import input_spec, predict_probs
-from vit_cifar.training.module import build_network
+from vit_cifar.models.registry import build_network
 
 SPEED_GOAL = 1.3
 CHUNK = 1000  # images per variant per turn at the evaluation batch size

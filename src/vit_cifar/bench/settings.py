@@ -8,12 +8,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from vit_cifar.devices import CPU, local_device, resolve_precision
 from vit_cifar.errors import ConfigError
-from vit_cifar.training.speed import (
-    CPU,
-    local_device,
-    resolve_precision,
-)
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout: configs/ and benchmarks/ sit here
 CONFIG_DIR = ROOT / "configs"

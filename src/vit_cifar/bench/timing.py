@@ -10,6 +10,8 @@ import time
 import lightning as L
 import torch
 
+from vit_cifar.devices import autocast_dtype
+
 # ------------------------------------------------------------------------------------------ timing
 
 
@@ -54,11 +56,11 @@ def rates(watches: list[Stopwatch], images: int) -> dict:
 
 def autocast_for(precision: str, device: torch.device):
     """The autocast Lightning's precision plugin uses for ``precision``; whether a GradScaler goes with it."""
-    if precision.startswith("bf16") and "mixed" in precision:
-        return torch.autocast(device.type, dtype=torch.bfloat16), False
-    if precision.startswith("16") and "mixed" in precision:  # with a GradScaler, on CPU too (as training)
-        return torch.autocast(device.type, dtype=torch.float16), True
-    return contextlib.nullcontext(), False
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext(), False
+    # float16 goes with a GradScaler, on CPU too (as in training)
+    return torch.autocast(device.type, dtype=dtype), dtype is torch.float16
 
 
 class WindowTimer(L.Callback):

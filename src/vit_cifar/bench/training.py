@@ -50,8 +50,9 @@ from vit_cifar.bench.timing import Stopwatch, WindowTimer, autocast_for, rates
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.data.gpu_aug import DeviceBatches
 from vit_cifar.errors import ConfigError
+from vit_cifar.models.registry import build_network
 from vit_cifar.training.callbacks import FiniteLossGuard, ProgressBar
-from vit_cifar.training.module import ClassifierModule, build_network
+from vit_cifar.training.module import ClassifierModule
 from vit_cifar.training.monitoring import GradNormMonitor
 from vit_cifar.training.optim import param_groups, warmup_cosine_lr, warmup_steps_for
 from vit_cifar.training.speed import (

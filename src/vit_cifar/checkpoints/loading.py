@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError, first_line
-from vit_cifar.training.module import NETWORK_PACKAGES, build_network, locate
+from vit_cifar.models.registry import NETWORK_PACKAGES, build_network, locate
 
 
 @dataclass
@@ -61,6 +61,20 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def read_training_checkpoint(path: str | Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """A checkpoint written by ``python -m vit_cifar.train``, read safely: the whole checkpoint, its network's
+    config (``_target_`` and arguments) and its network's tensors (without the module's ``net.`` prefix)."""
+    checkpoint = read_checkpoint(path)
+    net_config = (checkpoint.get("hyper_parameters") or {}).get("net")
+    if not isinstance(net_config, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(
+            f"checkpoint {path} is not a vit-cifar training checkpoint (it has no network config): "
+            "use a .ckpt written by python -m vit_cifar.train"
+        )
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    return checkpoint, net_config, state
+
+
 def describe_mismatch(net: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
     """One line on how a state dict differs from a network's, or None when it fits."""
     own = net.state_dict()
@@ -90,21 +104,13 @@ def load_classifier(path: str | Path, expect: dict | None = None) -> LoadedClass
     that disagrees gets one error naming the differences.
     """
     path = Path(path)
-    checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    net_config = hparams.get("net")
-    if not isinstance(net_config, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"checkpoint {path} is not a vit-cifar training checkpoint (it has no network config): "
-            "use a .ckpt written by python -m vit_cifar.train"
-        )
+    checkpoint, net_config, state = read_training_checkpoint(path)
     for key, wanted in (expect or {}).items():
         if net_config.get(key) != wanted:
             raise CheckpointError(
                 f"checkpoint {path} is a {_name(net_config)} with {key}={net_config.get(key)}, but {wanted} "
                 f"is needed here: use a checkpoint trained with model.{key}={wanted}"
             )
-    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     # Built first on the meta device (shapes, no memory) and checked against the file's tensors: a small file
     # that declares a huge network is refused before anything is allocated.
     with torch.device("meta"):

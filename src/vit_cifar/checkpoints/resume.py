@@ -13,9 +13,9 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from vit_cifar.checkpoints.loading import describe_mismatch, read_checkpoint
+from vit_cifar.checkpoints.loading import describe_mismatch, read_training_checkpoint
 from vit_cifar.errors import CheckpointError, VitCifarError
-from vit_cifar.training.module import build_network
+from vit_cifar.models.registry import build_network
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
@@ -46,18 +46,12 @@ def resolve_ckpt_path(cfg: DictConfig, error: type[VitCifarError] = CheckpointEr
 def check_fits(path: Path, cfg: DictConfig, resume: bool) -> dict:
     """Read ``path`` safely and check that this run's model can load it (and, to resume, that it holds the
     training state); one :class:`CheckpointError` naming the difference otherwise. Returns the checkpoint."""
-    checkpoint = read_checkpoint(path)
-    saved = (checkpoint.get("hyper_parameters") or {}).get("net")
-    if not isinstance(saved, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"checkpoint {path} is not a vit-cifar training checkpoint (it has no network config)"
-        )
+    checkpoint, saved, state = read_training_checkpoint(path)
     if resume and not checkpoint.get("optimizer_states"):
         raise CheckpointError(
             f"checkpoint {path} holds weights only, not the training state: it cannot be resumed"
         )
     wanted = OmegaConf.to_container(cfg.model, resolve=True)
-    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     mismatch = _mismatch(wanted, state)
     if mismatch:
         # Name the settings that change the weights' shapes (not, say, a dropout rate that also differs).

@@ -4,7 +4,6 @@ line, and one-line errors."""
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +16,10 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from vit_cifar.checkpoints.atomic import check_output_place
 from vit_cifar.compat import hydra_command_line, sweep_jobs
-from vit_cifar.config.console import quiet_library_noise
+from vit_cifar.console import quiet_library_noise
 from vit_cifar.errors import ConfigError, VitCifarError, first_line, one_line
 from vit_cifar.sweeps.jobs import in_sweep, run_sweep_job
-from vit_cifar.training.runlock import check_run_folder_free
 
 # configs/ sits at the top of the checkout, beside src/ (the package is installed in editable mode).
 CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "configs")
@@ -49,10 +46,14 @@ def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
         sys.exit(err.exit_code)
 
 
-def hydra_main(config_name: str, check: Callable[[DictConfig], None] | None = None) -> Callable:
+Check = Callable[[DictConfig, bool], None]  # check(composed config with its hydra node, multirun)
+
+
+def hydra_main(config_name: str, check: Check | None = None) -> Callable:
     """``@hydra.main`` for ``config_name``, preceded by :func:`preflight` on the command line: every command's
-    unknown key or malformed override ends in one line and exit 2. ``check`` validates the values too (the
-    other commands check theirs in the job, before they write anything)."""
+    unknown key or malformed override ends in one line and exit 2. ``check(cfg, multirun)`` is the command's own
+    pre-flight (train's checks its values, its run folder and its checkpoint; the other commands check theirs
+    in the job, before they write anything)."""
 
     def decorator(task: Callable[[DictConfig], Any]) -> Callable:
         hydra_task = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
@@ -81,7 +82,7 @@ def compose_config(overrides: list[str], output_dir: str | Path, config_name: st
     return cfg
 
 
-def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], None] | None = None) -> None:
+def preflight(config_name: str, argv: list[str], check: Check | None = None) -> None:
     """Compose the config the command line asks for, every job of a ``-m`` sweep included, and ``check`` it,
     before Hydra creates a run folder: a bad override ends the process with one line and exit code 2, and
     nothing is written.
@@ -99,14 +100,7 @@ def preflight(config_name: str, argv: list[str], check: Callable[[DictConfig], N
             with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
                 cfg = compose(args.config_name or config_name, overrides=overrides, return_hydra_config=True)
             if check is not None:
-                check(cfg)
-            # train: the folder Hydra is about to make, checked before it makes it
-            if config_name == "train" and args.multirun:
-                check_output_place(cfg.hydra.sweep.dir, "hydra.sweep.dir", folder=True)
-            elif config_name == "train":
-                _check_ckpt_path(cfg)
-                check_output_place(cfg.hydra.run.dir, "hydra.run.dir", folder=True)
-                check_run_folder_free(cfg.hydra.run.dir)  # one training per run folder (training.runlock)
+                check(cfg, bool(args.multirun))
     except VitCifarError as err:
         _exit(str(err), ConfigError.exit_code)
     except (hydra.errors.HydraException, OmegaConfBaseException) as err:
@@ -124,18 +118,6 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
         return sweep_jobs(parsed)
     except hydra.errors.HydraException:  # interval sweeps (Optuna & co.): check the fixed overrides only
         return [[o.input_line for o in parsed if not o.is_sweep_override()]]
-
-
-def _check_ckpt_path(cfg: DictConfig) -> None:
-    """``ckpt_path`` must exist, resolved as the job will resolve it, in the run folder it will use."""
-    from vit_cifar.checkpoints.resume import resolve_ckpt_path
-
-    if not cfg.get("ckpt_path"):
-        return
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = os.path.abspath(cfg.hydra.run.dir)
-    HydraConfig.instance().set_config(cfg)  # so ${hydra:runtime.output_dir} resolves, as it will in the job
-    resolve_ckpt_path(cfg, error=ConfigError)
 
 
 def _one_line(err: BaseException) -> str:

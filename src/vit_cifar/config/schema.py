@@ -1,5 +1,5 @@
 """The configuration's schema in one place: every checked key with its allowed values, and the rules that tie
-keys together. ``validate_config`` runs before Hydra creates a run folder (see ``cli.hydra_main``) and again
+keys together. ``validate_config`` runs before Hydra creates a run folder (``training.run.check_train_command``, called by ``config.entry.preflight``) and again
 at the top of ``train()``; a bad value stops with one line naming the key and what is allowed (exit code 2).
 
 Constructors (the ViT, the transforms, the DataModule) keep their own checks as a second line of defence for
@@ -19,9 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_cifar.data.datamodule import SOURCES
 from vit_cifar.data.transforms import POLICIES
-from vit_cifar.errors import ConfigError
-from vit_cifar.training.monitoring import NO_TIME_BUDGET
-from vit_cifar.training.speed import (
+from vit_cifar.devices import (
     MATMUL_PRECISIONS,
     NATIVE_BF16_CAPABILITY,
     PRECISION_ALIASES,
@@ -32,8 +30,11 @@ from vit_cifar.training.speed import (
     resolve_compile,
     resolve_precision,
 )
+from vit_cifar.errors import ConfigError
 
 _ABSENT = object()
+# The one wording of a clock-driven schedule without a budget (the config check and the module both raise it).
+NO_TIME_BUDGET = "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ RULES: dict[str, Rule] = {
     "data.skip_bad": Flag(),
     "data.sha256": Hex(64),
     "data.device_aug": Flag(),
-    # compile and optim.fused (strings or booleans) are checked by training/speed.py
+    # compile and optim.fused (strings or booleans) are checked by vit_cifar.devices and training/speed.py
     "matmul_precision": Choice(MATMUL_PRECISIONS),
     "model.img_size": POSITIVE_INT,
     "model.patch_size": POSITIVE_INT,

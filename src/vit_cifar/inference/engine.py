@@ -8,11 +8,13 @@ import platform
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import hydra
 import torch
 from torch import nn
 
 from vit_cifar.checkpoints.loading import LoadedClassifier
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
+from vit_cifar.devices import autocast_dtype, canonical_precision
 from vit_cifar.errors import ConfigError
 
 
@@ -75,16 +77,14 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-PRECISIONS = {"32": None, "bf16": torch.bfloat16}
-
-
-def autocast_dtype(precision: str | int) -> torch.dtype | None:
-    """``32``: exact float32; ``bf16``: autocast to bfloat16 (about 2x on CPUs with AVX512-BF16 or AMX, slower
-    on CPUs without; predictions may differ from float32 on borderline images)."""
-    key = str(precision).removesuffix("-true").removesuffix("-mixed")
-    if key not in PRECISIONS:
+def inference_dtype(precision: str | int) -> torch.dtype | None:
+    """``32`` (or ``32-true``): exact float32, no autocast; ``bf16`` (``bf16-mixed``): autocast to bfloat16
+    (about 2x on CPUs with AVX512-BF16 or AMX, slower on CPUs without; predictions may differ from float32 on
+    borderline images). Other precisions are for training."""
+    dtype = autocast_dtype(precision)
+    if dtype is not torch.bfloat16 and canonical_precision(precision) != "32-true":
         raise ConfigError(f"precision={precision} is not supported here: use 32 (exact) or bf16")
-    return PRECISIONS[key]
+    return dtype
 
 
 @torch.inference_mode()
@@ -122,3 +122,20 @@ def predict_probs(
     if not probs:
         raise ConfigError("there are no images to run the network on")
     return torch.cat(probs), (torch.cat(labels) if labels else None)
+
+
+def test_datamodule(data_cfg: dict, spec: InputSpec, batch_size: int, num_workers: int = 0):
+    """The DataModule ``data_cfg`` configures, for the test split only, fed as the network expects (its image
+    size and normalisation)."""
+    cfg = {
+        **data_cfg,
+        "image_size": spec.image_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "eval_batch_size": int(batch_size),
+        "num_workers": int(num_workers),
+        "persistent_workers": False,
+        "val_size": 0,
+        "train_subset": None,
+    }
+    return hydra.utils.instantiate(cfg, _convert_="all")

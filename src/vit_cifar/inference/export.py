@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_cifar.checkpoints.atomic import check_output_place, write_atomic
 from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier, required_ckpt_path
 from vit_cifar.errors import ConfigError, DataError, VitCifarError, first_line
-from vit_cifar.inference.engine import InputSpec, input_spec, predict_probs
+from vit_cifar.inference.engine import InputSpec, input_spec, predict_probs, test_datamodule
 from vit_cifar.inference.interop import (
     LAYER_NORM_EPS,
     TIMM_ARCH,
@@ -185,11 +185,9 @@ def load_back(fmt: str, staged: Path, written) -> torch.nn.Module:
 def check_images(data_cfg: dict | None, spec: InputSpec, count: int) -> tuple[torch.Tensor, str]:
     """The first ``count`` test images of the data ``data_cfg`` describes, normalised as the network expects;
     random images (and a note saying so) when that data cannot be read."""
-    from vit_cifar.analysis.evaluation import EvalOptions, eval_datamodule
-
     if data_cfg:
         try:
-            datamodule = eval_datamodule(data_cfg, spec, EvalOptions(batch_size=max(1, count)))
+            datamodule = test_datamodule(data_cfg, spec, batch_size=max(1, count))
             datamodule.setup("test")
             images, _ = next(iter(datamodule.test_dataloader()))
             return images[:count], f"{len(images[:count])} test images of {datamodule.description}"

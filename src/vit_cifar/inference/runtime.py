@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from vit_cifar.checkpoints.loading import LoadedClassifier, describe_mismatch, load_classifier
+from vit_cifar.devices import canonical_precision
 from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError, first_line
 from vit_cifar.inference.engine import input_spec
-from vit_cifar.training.module import build_network
+from vit_cifar.models.registry import build_network
 
 RUNTIMES = ("torch", "onnx")
 CARD_VERSION = 1
@@ -35,7 +36,7 @@ def model_card(loaded: LoadedClassifier) -> dict:
     spec = input_spec(loaded)
     return {
         "vit_cifar_export": CARD_VERSION,
-        "network": loaded.net_config,  # _target_ and arguments: vit_cifar.training.module.build_network rebuilds it
+        "network": loaded.net_config,  # _target_ and arguments: vit_cifar.models.registry.build_network rebuilds it
         "classes": list(loaded.classes),
         "image_size": spec.image_size,
         "mean": list(spec.mean),
@@ -218,7 +219,7 @@ def check_runtime_options(runtime: str, device: str, precision: str | int = "32"
         return
     if str(device).lower() != "cpu":
         raise ConfigError(f"runtime=onnx runs on the CPU, not device={device}: use device=cpu")
-    if str(precision).removesuffix("-true") != "32":
+    if canonical_precision(precision) != "32-true":
         raise ConfigError(f"runtime=onnx runs float32: use precision=32, not precision={precision}")
 
 

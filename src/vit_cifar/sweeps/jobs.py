@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vit_cifar.checkpoints.atomic import write_atomic
-from vit_cifar.config.console import quiet_device_banner
+from vit_cifar.console import quiet_device_banner
 from vit_cifar.errors import VitCifarError, one_line
 from vit_cifar.sweeps.summary import ERROR_FILE, failure_line, report, summarise
 
@@ -39,7 +39,7 @@ def run_sweep_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
 
     Catches ``Exception`` (a data error, a non-finite loss, CUDA out of memory, a bug), not Ctrl-C: an
     interrupted sweep still stops. The values of a command-line sweep are checked before it starts
-    (``cli.preflight``); what fails here is what only running can tell, or a value that a sweeper's config
+    (``config.entry.preflight``); what fails here is what only running can tell, or a value that a sweeper's config
     (``hydra.sweeper.params``) chose, which the job's own check refuses.
     """
     hydra_cfg = HydraConfig.get()

@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
 from functools import partial
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from vit_cifar.config.schema import NO_TIME_BUDGET
 from vit_cifar.errors import ConfigError
-from vit_cifar.training.monitoring import NO_TIME_BUDGET, budget_timer, time_budget_s
+from vit_cifar.models.registry import OPTIMIZER_PACKAGES, build_network, locate
+from vit_cifar.training.monitoring import budget_timer, time_budget_s
 from vit_cifar.training.optim import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
 from vit_cifar.training.speed import optimizer_kwargs_for
-
-# Checkpoints name the classes they build; only these packages may be named, so a checkpoint cannot run code.
-NETWORK_PACKAGES = ("vit_cifar.models.",)
-OPTIMIZER_PACKAGES = ("torch.optim.",)
-
-
-def locate(target: str, allowed: tuple[str, ...], key: str) -> type:
-    """The class at dotted path ``target``, if it lies in one of the ``allowed`` packages."""
-    if not isinstance(target, str) or not target.startswith(allowed):
-        raise ConfigError(
-            f"{key}._target_={target!r} is not allowed: it must be a class in {', '.join(allowed)}"
-        )
-    module_name, _, name = target.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError):
-        raise ConfigError(f"{key}._target_={target} does not exist") from None
-
-
-def build_network(cfg: dict) -> nn.Module:
-    """Instantiate a network from its config dict (``_target_`` plus constructor arguments)."""
-    kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    return locate(cfg.get("_target_"), NETWORK_PACKAGES, "model")(**kwargs)
 
 
 class ClassifierModule(L.LightningModule):
@@ -80,7 +57,7 @@ class ClassifierModule(L.LightningModule):
         )
         self.run_config: dict | None = None
         # The device the device-dependent choices (fused AdamW) are made for; None: the one the module is on.
-        # A test sets a CUDA description to run CUDA's choices on CPU (vit_cifar.training.speed.DeviceSpec).
+        # A test sets a CUDA description to run CUDA's choices on CPU (vit_cifar.devices.DeviceSpec).
         self.device_spec = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

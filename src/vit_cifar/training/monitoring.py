@@ -113,10 +113,6 @@ class EpochLog(L.Callback):
         log.info(" | ".join(parts))
 
 
-# The one wording of a clock-driven schedule without a budget (the config check and the module both raise it).
-NO_TIME_BUDGET = "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
-
-
 def epoch_of_run(trainer: L.Trainer) -> str:
     """The epoch in progress as a person counts it, from 1: "3/100" when the epochs end the run, "3" when a
     time budget (trainer.max_time) ends it before max_epochs. The epoch log's and the progress bar's wording."""

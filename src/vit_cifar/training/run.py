@@ -6,32 +6,29 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_cifar.analysis.evaluation import evaluate_from_train_config
-from vit_cifar.checkpoints.atomic import write_atomic
+from vit_cifar.checkpoints.atomic import check_output_place, write_atomic
 from vit_cifar.checkpoints.io import SafeCheckpointIO
 from vit_cifar.checkpoints.resume import check_fits, resolve_ckpt_path
 from vit_cifar.config.schema import validate_config
 from vit_cifar.data import CIFARDataModule
+from vit_cifar.devices import DeviceSpec, local_device, resolve_precision
 from vit_cifar.errors import ConfigError
 from vit_cifar.inference.engine import describe_device
 from vit_cifar.training.module import ClassifierModule
 from vit_cifar.training.monitoring import log_final_hparams, run_clock_of
-from vit_cifar.training.runlock import run_folder_lock
-from vit_cifar.training.speed import (
-    DeviceSpec,
-    apply_speed_settings,
-    local_device,
-    precision_for_trainer,
-    resolve_precision,
-)
+from vit_cifar.training.runlock import check_run_folder_free, run_folder_lock
+from vit_cifar.training.speed import apply_speed_settings, precision_for_trainer
 
 
 def instantiate_all(section: DictConfig | None) -> list:
@@ -226,6 +223,25 @@ def summary_line(m: dict) -> str:
     if m.get("run_folder"):
         parts.append(f"run folder {m['run_folder']}")
     return " | ".join(parts)
+
+
+def check_train_command(cfg: DictConfig, multirun: bool) -> None:
+    """train's pre-flight (``config.entry.preflight``), on the composed config with its ``hydra`` node, before
+    Hydra makes the run folder: the values, then the folder Hydra is about to make (a sweep's, or a run's that
+    no other training may be using), then the checkpoint ``ckpt_path`` names, resolved in that run folder."""
+    validate_config(cfg)
+    if multirun:
+        check_output_place(cfg.hydra.sweep.dir, "hydra.sweep.dir", folder=True)
+        return
+    check_output_place(cfg.hydra.run.dir, "hydra.run.dir", folder=True)
+    check_run_folder_free(cfg.hydra.run.dir)
+    if cfg.get("ckpt_path"):
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = os.path.abspath(cfg.hydra.run.dir)
+        HydraConfig.instance().set_config(
+            cfg
+        )  # so ${hydra:runtime.output_dir} resolves, as it will in the job
+        resolve_ckpt_path(cfg, error=ConfigError)
 
 
 def train_in_locked_folder(cfg: DictConfig) -> dict:

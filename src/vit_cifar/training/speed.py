@@ -1,117 +1,17 @@
-"""Speed switches besides the data path: precision, ``torch.compile``, TF32 matmuls and fused AdamW.
+"""Speed switches applied to a training run: ``torch.compile``, TF32 matmuls, fused AdamW and Lightning's
+precision plugin.
 
-Each is a config value (see ``configs/train.yaml``, ``configs/optim/adamw.yaml`` and docs/performance.md); the
-functions here turn those values into settings for the device the run is on. Every device-dependent choice is
-a pure function of a :class:`DeviceSpec` (device type, CUDA compute capability, whether Triton is installed), so
-that a test on a CPU machine can pass it a CUDA device's description; :func:`local_device` is the only function
-that asks this machine.
+Each is a config value (see ``configs/train.yaml``, ``configs/optim/adamw.yaml`` and docs/performance.md);
+what each value means on which device is decided in :mod:`vit_cifar.devices`, and applied here.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from vit_cifar.devices import MATMUL_PRECISIONS, DeviceSpec, has_fused_kernel, resolve_compile
 from vit_cifar.errors import ConfigError
-
-COMPILE_CHOICES = ("auto", True, False)
-MATMUL_PRECISIONS = ("highest", "high", "medium")
-# Lightning's precision values (short aliases such as 16 or "bf16" are refused by the config check: their
-# meaning changed between Lightning versions).
-PRECISIONS = (
-    "auto",
-    "32-true",
-    "16-mixed",
-    "bf16-mixed",
-    "16-true",
-    "bf16-true",
-    "64-true",
-    "transformer-engine",
-)
-MIXED_PRECISIONS = ("16-mixed", "bf16-mixed")
-# Lightning's short forms, and what Lightning 2.x reads them as.
-PRECISION_ALIASES = {
-    "16": "16-mixed",
-    "bf16": "bf16-mixed",
-    "32": "32-true",
-    "64": "64-true",
-    16: "16-mixed",
-    32: "32-true",
-    64: "64-true",
-}
-# bf16 tensor cores arrive with Ampere (compute capability 8.0). Older GPUs (the T4 is 7.5) report
-# torch.cuda.is_bf16_supported() == True because bf16 can be emulated in float32, slowly, and Inductor refuses
-# to compile bf16 kernels for them.
-NATIVE_BF16_CAPABILITY = (8, 0)
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """What the device-dependent choices depend on: ``type`` (``cuda``, ``cpu``, ``mps``), the CUDA compute
-    capability ``(major, minor)`` (None off CUDA), and whether Triton (Inductor's GPU code generator) is
-    installed."""
-
-    type: str
-    capability: tuple[int, int] | None = None
-    triton: bool = False
-
-    @classmethod
-    def cuda(cls, major: int, minor: int, triton: bool = True) -> DeviceSpec:
-        return cls("cuda", (major, minor), triton)
-
-
-CPU = DeviceSpec("cpu")
-
-
-def local_device(accelerator: str = "auto") -> DeviceSpec:
-    """The device ``trainer.accelerator`` selects on this machine (its first GPU for ``gpu``/``cuda``/``auto``
-    when CUDA is available), described for the functions below. The one place that queries CUDA."""
-    accelerator = str(accelerator).lower()
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        return DeviceSpec.cuda(major, minor, triton=importlib.util.find_spec("triton") is not None)
-    if accelerator == "mps":
-        return DeviceSpec("mps")
-    return CPU
-
-
-def resolve_precision(
-    precision: str, device: DeviceSpec | str, capability: tuple[int, int] | None = None
-) -> str:
-    """``auto``: bf16-mixed on GPUs with native bf16 (compute capability 8.0 and newer), 16-mixed on older CUDA
-    GPUs (never emulated bf16), 32-true elsewhere. Other values are returned as they are.
-
-    ``device`` is a :class:`DeviceSpec` or a device type (then ``capability`` gives the CUDA capability)."""
-    if str(precision) != "auto":
-        return PRECISION_ALIASES.get(precision, str(precision))
-    if isinstance(device, str):
-        device = DeviceSpec(device, capability)
-    if device.type != "cuda":
-        return "32-true"
-    if device.capability is None:
-        raise ValueError("resolve_precision needs the compute capability of a CUDA device")
-    return "bf16-mixed" if tuple(device.capability) >= NATIVE_BF16_CAPABILITY else "16-mixed"
-
-
-def resolve_compile(value: str | bool, device: DeviceSpec | torch.device) -> bool:
-    """``compile``: true, false, or auto, which compiles on CUDA (where Triton is installed) and not on CPU.
-
-    Why by device rather than by a measurement at start-up: on CPU, compiling ViT-Tiny's training step takes
-    minutes on a few cores, longer than a CPU run is meant to last; on a GPU the eager step is a long chain of
-    small kernels whose launch cost compiling removes, and the compile (about a minute) is repaid within a few
-    epochs. ``python -m vit_cifar.benchmark --compile`` measures both on any device.
-    """
-    if value not in COMPILE_CHOICES:
-        raise ConfigError(f"compile={value!r} is not one of auto, true, false")
-    if value == "auto":
-        if isinstance(device, torch.device):
-            device = local_device("cuda") if device.type == "cuda" else DeviceSpec(device.type)
-        return device.type == "cuda" and device.triton
-    return bool(value)
 
 
 class CompileCounter:
@@ -174,13 +74,6 @@ def apply_speed_settings(
         net.compile(backend=backend, dynamic=False)  # compiles lazily, at the first forward
         applied |= {"compile_backend": backend, "counter": counter}
     return applied
-
-
-def has_fused_kernel(optimizer_class: type) -> bool:
-    """Whether the optimiser takes ``fused`` (a constructor taking ``**kwargs`` is given the benefit of the
-    doubt: its base class decides)."""
-    parameters = inspect.signature(optimizer_class).parameters
-    return "fused" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def optimizer_kwargs_for(
