@@ -50,10 +50,10 @@ def test_explicit_attention_path_matches_sdpa():
     [
         ({"embed_dim": 192, "num_heads": 5}, "not divisible by model.num_heads=5"),
         ({"img_size": 32, "patch_size": 5}, "does not divide model.img_size=32"),
-        ({"depth": 0}, "model.depth=0 must be a positive integer"),
-        ({"drop_rate": 1.5}, "model.drop_rate=1.5 is not a probability"),
+        ({"depth": 0}, "model.depth=0 is out of range: use an integer >= 1"),
+        ({"drop_rate": 1.5}, r"model.drop_rate=1.5 is out of range: use a number in \[0, 1\)"),
         ({"tokenizer": "conv", "img_size": 24, "patch_size": 3}, "must be a power of two"),
-        ({"tokenizer": "hybrid"}, "model.tokenizer=hybrid is unknown: use one of patch, conv"),
+        ({"tokenizer": "hybrid"}, "model.tokenizer='hybrid' is unknown: use one of patch, conv"),
     ],
 )
 def test_impossible_shapes_fail_at_construction(kwargs, message):

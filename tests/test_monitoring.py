@@ -50,7 +50,8 @@ def test_grad_norm_is_the_norm_clipping_sees_and_is_logged_every_n_steps():
 
 
 def test_figure_settings_are_checked():
-    with pytest.raises(ConfigError, match="every_n_epochs=0 must be >= 1"):
+    line = r"^callbacks.tensorboard_figures.every_n_epochs=0 is out of range: use an integer >= 1$"
+    with pytest.raises(ConfigError, match=line):
         TensorBoardFigures(every_n_epochs=0)
 
 

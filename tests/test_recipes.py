@@ -37,7 +37,7 @@ def test_resnet18_is_the_cifar_variant_with_the_baseline_parameter_count():
     stem = model.relu(model.bn1(model.conv1(x)))
     assert stem.shape == (2, 64, 32, 32)  # 3x3 stride-1 stem and no max-pool: full resolution into layer1
     assert model.layer4(model.layer3(model.layer2(model.layer1(stem)))).shape == (2, 512, 4, 4)
-    with pytest.raises(ConfigError, match="model.num_classes=0 must be a positive integer"):
+    with pytest.raises(ConfigError, match="model.num_classes=0 is out of range: use an integer >= 1"):
         ResNet18(num_classes=0)
 
 
@@ -164,10 +164,13 @@ def test_training_with_ema_validates_selects_and_tests_the_averaged_weights(tmp_
 @pytest.mark.parametrize(
     "override, line",
     [
-        ("data.repeated_aug=0", "error: data.repeated_aug=0 must be a whole number >= 1 (1: off; DeiT: 3)"),
+        (
+            "data.repeated_aug=0",
+            "error: data.repeated_aug=0 is out of range: use an integer >= 1 (1: off; DeiT: 3)",
+        ),
         (
             "callbacks.ema.decay=1.5",
-            "error: callbacks.ema.decay=1.5 must be in [0, 1): 0.9995 averages ~2,000 steps",
+            "error: callbacks.ema.decay=1.5 is out of range: use a number in [0, 1) (0.9995 averages ~2,000 steps)",
         ),
     ],
 )

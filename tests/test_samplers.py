@@ -72,8 +72,8 @@ def test_datamodule_uses_it_for_training_only_and_checks_the_value():
     assert not isinstance(dm.val_dataloader().sampler, RepeatedAugSampler)
     labels = torch.cat([y for _, y in loader])
     assert torch.bincount(labels).tolist() == [24] * 10  # 8 images per class, 3 times each
-    for bad in (0, 1.5):
-        with pytest.raises(ConfigError, match=f"data.repeated_aug={bad} must be a whole number"):
+    for bad, problem in ((0, "is out of range"), (1.5, "is not an integer")):
+        with pytest.raises(ConfigError, match=rf"^data.repeated_aug={bad} {problem}: use an integer >= 1"):
             CIFARDataModule(source="synthetic", num_workers=0, cache_dir=None, repeated_aug=bad)
 
 

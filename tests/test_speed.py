@@ -115,5 +115,5 @@ def test_a_bad_switch_stops_with_one_line_naming_the_key(tmp_path):
     cfg = compose_config(
         [*SYNTHETIC_SMALL, *TINY_MODEL, *QUIET, "trainer=cpu", "debug=fdr", "compile=sometimes"], tmp_path
     )
-    with pytest.raises(ConfigError, match=r"^compile='sometimes' is not one of auto, true, false$"):
+    with pytest.raises(ConfigError, match=r"^compile='sometimes' is unknown: use one of auto, true, false$"):
         train(cfg)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vit_cifar.errors import ConfigError
+from vit_cifar.rules import Choice, check
 
-COMPILE_CHOICES = ("auto", True, False)
+COMPILE = Choice(("auto", True, False))  # compile=auto compiles where it pays: see resolve_compile
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 # Lightning's precision values (short aliases such as 16 or "bf16" are refused by the config check: their
 # meaning changed between Lightning versions).
@@ -102,8 +102,7 @@ def resolve_compile(value: str | bool, device: DeviceSpec | torch.device) -> boo
     small kernels whose launch cost compiling removes, and the compile (about a minute) is repaid within a few
     epochs. ``python -m vit_cifar.benchmark --compile`` measures both on any device.
     """
-    if value not in COMPILE_CHOICES:
-        raise ConfigError(f"compile={value!r} is not one of auto, true, false")
+    check("compile", value, COMPILE)
     if value == "auto":
         if isinstance(device, torch.device):
             device = local_device("cuda") if device.type == "cuda" else DeviceSpec(device.type)

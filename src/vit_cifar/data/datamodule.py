@@ -20,8 +20,27 @@ from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
 from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler, run_seed
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
 from vit_cifar.errors import ConfigError, DataError
+from vit_cifar.rules import COUNT, POSITIVE_INT, Choice, Flag, Hex, Number, check_args
 
 SOURCES = ("auto", "torchvision", "folder", "synthetic")
+# The values each checked argument of CIFARDataModule takes (config.schema checks the data group with them too).
+RULES = {
+    "source": Choice(SOURCES),
+    "num_classes": Number(low=2, integer=True),
+    "image_size": POSITIVE_INT,
+    "val_size": COUNT,
+    "split_seed": COUNT,
+    "train_subset": Number(low=1, integer=True, optional=True),
+    "test_subset": Number(low=1, integer=True, optional=True),
+    "batch_size": POSITIVE_INT,
+    "eval_batch_size": POSITIVE_INT,
+    "num_workers": Number(low=0, integer=True, optional=True),
+    "repeated_aug": Number(low=1, integer=True, hint="1: off; DeiT: 3"),
+    "download": Flag(),
+    "skip_bad": Flag(),
+    "sha256": Hex(64),
+    "device_aug": Flag(),
+}
 log = logging.getLogger(__name__)
 
 
@@ -202,15 +221,25 @@ class CIFARDataModule(L.LightningDataModule):
         device_aug: bool = False,
     ) -> None:
         super().__init__()
-        if source not in SOURCES:
-            raise ConfigError(f"data.source={source} is unknown: use one of {', '.join(SOURCES)}")
-        for key, value in [("batch_size", batch_size), ("eval_batch_size", eval_batch_size)]:
-            if value < 1:
-                raise ConfigError(f"data.{key}={value} must be at least 1")
-        if int(repeated_aug) != repeated_aug or repeated_aug < 1:
-            raise ConfigError(
-                f"data.repeated_aug={repeated_aug} must be a whole number >= 1 (1: off; DeiT: 3)"
-            )
+        check_args(
+            "data",
+            RULES,
+            source=source,
+            num_classes=num_classes,
+            image_size=image_size,
+            val_size=val_size,
+            split_seed=split_seed,
+            train_subset=train_subset,
+            test_subset=test_subset,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            repeated_aug=repeated_aug,
+            download=download,
+            skip_bad=skip_bad,
+            sha256=sha256,
+            device_aug=device_aug,
+        )
         self.root = Path(os.path.expanduser(str(root)))
         self.source = sources.resolve_source(source, self.root, dataset) if source != "synthetic" else source
         self.dataset, self.num_classes, self.download = dataset, num_classes, download

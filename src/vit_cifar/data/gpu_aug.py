@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from vit_cifar.compat import trivial_augment_space
-from vit_cifar.data.transforms import batch_mix, probability
+from vit_cifar.data.transforms import aug_value, batch_mix
 from vit_cifar.errors import ConfigError
 
 NUM_BINS = 31  # torchvision's TrivialAugmentWide default
@@ -300,16 +300,16 @@ class DeviceAugment:
     """
 
     def __init__(self, aug: dict, mean: Sequence[float], std: Sequence[float], num_classes: int) -> None:
-        policy = aug.get("policy") or "none"
+        policy = aug_value(aug, "policy", None) or "none"
         if policy not in ("trivialaugment", "none"):
             raise ConfigError(
                 f"aug.policy={policy} has no batched version for data.device_aug=true: "
                 "use aug.policy=trivialaugment or none, or data.device_aug=false"
             )
         self.trivial_augment = policy == "trivialaugment"
-        self.crop_padding = int(aug.get("random_crop_padding", 0) or 0)
-        self.hflip_p = probability(aug, "hflip_p")
-        self.erasing_p = probability(aug, "erasing_p")
+        self.crop_padding = int(aug_value(aug, "random_crop_padding", 0))
+        self.hflip_p = float(aug_value(aug, "hflip_p"))
+        self.erasing_p = float(aug_value(aug, "erasing_p"))
         self.mean, self.std = tuple(mean), tuple(std)
         self.mix = batch_mix(aug, num_classes)
 

@@ -7,24 +7,28 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
-from vit_cifar.errors import ConfigError
+from vit_cifar.rules import COUNT, OPEN_PROBABILITY, PROBABILITY, Choice, Number, check
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 POLICIES = ("trivialaugment", "randaugment", "autoaugment", "none")  # the values aug.policy takes
+# The values each key of the aug group takes (config.schema checks the group with them too).
+RULES = {
+    "policy": Choice(POLICIES, optional=True),
+    "random_crop_padding": COUNT,
+    "hflip_p": PROBABILITY,
+    "erasing_p": PROBABILITY,
+    "mix_prob": PROBABILITY,
+    "mixup_alpha": Number(low=0, hint="0 switches it off"),
+    "cutmix_alpha": Number(low=0, hint="0 switches it off"),
+    "label_smoothing": OPEN_PROBABILITY,
+}
 
 
-def probability(aug: dict, key: str) -> float:
-    value = float(aug.get(key, 0.0))
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"aug.{key}={value} is not a probability: use a value in [0, 1]")
-    return value
-
-
-def _alpha(aug: dict, key: str) -> float:
-    value = float(aug.get(key, 0.0))
-    if value < 0:
-        raise ConfigError(f"aug.{key}={value} is negative: use 0 to switch it off or a positive alpha")
+def aug_value(aug: dict, key: str, default: float | int | str | None = 0.0):
+    """``aug[key]`` (``default`` when absent), checked against its rule."""
+    value = aug.get(key, default)
+    check(f"aug.{key}", value, RULES[key])
     return value
 
 
@@ -32,23 +36,23 @@ def train_transform(aug: dict, mean: Sequence[float], std: Sequence[float], imag
     """Per-image training pipeline on a uint8 (3, H, W) tensor: geometric and colour augmentation on uint8,
     then scaling and normalisation, then RandomErasing (which fills with 0, the mean, after normalising)."""
     ops: list[v2.Transform] = []
-    if aug.get("random_crop_padding", 0):
-        ops.append(v2.RandomCrop(image_size, padding=int(aug["random_crop_padding"]), padding_mode="reflect"))
-    if probability(aug, "hflip_p"):
-        ops.append(v2.RandomHorizontalFlip(p=float(aug["hflip_p"])))
-    policy = aug.get("policy") or "none"
+    padding = aug_value(aug, "random_crop_padding", 0)
+    if padding:
+        ops.append(v2.RandomCrop(image_size, padding=int(padding), padding_mode="reflect"))
+    hflip_p = aug_value(aug, "hflip_p")
+    if hflip_p:
+        ops.append(v2.RandomHorizontalFlip(p=float(hflip_p)))
+    policy = aug_value(aug, "policy", None) or "none"
     if policy == "trivialaugment":
         ops.append(v2.TrivialAugmentWide())
     elif policy == "randaugment":
         ops.append(v2.RandAugment())
     elif policy == "autoaugment":
         ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
-    elif policy != "none":
-        raise ConfigError(f"aug.policy={policy} is unknown: use one of {', '.join(POLICIES)}")
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    erasing_p = probability(aug, "erasing_p")
+    erasing_p = aug_value(aug, "erasing_p")
     if erasing_p:
-        ops.append(v2.RandomErasing(p=erasing_p, value=0))
+        ops.append(v2.RandomErasing(p=float(erasing_p), value=0))
     return v2.Compose(ops)
 
 
@@ -62,7 +66,7 @@ def batch_mix(aug: dict, num_classes: int) -> v2.Transform | None:
 
     Targets become class probabilities that sum to 1; label smoothing is applied later, in the loss.
     """
-    mixup_alpha, cutmix_alpha = _alpha(aug, "mixup_alpha"), _alpha(aug, "cutmix_alpha")
+    mixup_alpha, cutmix_alpha = float(aug_value(aug, "mixup_alpha")), float(aug_value(aug, "cutmix_alpha"))
     mixes = []
     if mixup_alpha > 0:
         mixes.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
@@ -71,5 +75,5 @@ def batch_mix(aug: dict, num_classes: int) -> v2.Transform | None:
     if not mixes:
         return None
     mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
-    mix_prob = probability(aug, "mix_prob") if "mix_prob" in aug else 1.0
+    mix_prob = float(aug_value(aug, "mix_prob", 1.0))
     return mix if mix_prob == 1.0 else v2.RandomApply([mix], p=mix_prob)

@@ -12,7 +12,9 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from vit_cifar.errors import ConfigError
+from vit_cifar.rules import POSITIVE_INT, check_args
+
+RULES = {"num_classes": POSITIVE_INT, "in_chans": POSITIVE_INT}  # checked by config.schema too
 
 
 class ResNet18(ResNet):
@@ -24,9 +26,7 @@ class ResNet18(ResNet):
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3) -> None:
-        for name, value in [("num_classes", num_classes), ("in_chans", in_chans)]:
-            if int(value) != value or value < 1:
-                raise ConfigError(f"model.{name}={value} must be a positive integer")
+        check_args("model", RULES, num_classes=num_classes, in_chans=in_chans)
         super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)  # (B, 64, H, W)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit_cifar.errors import ConfigError
+from vit_cifar.rules import OPEN_PROBABILITY, POSITIVE_INT, Choice, Flag, Number, check_args
 
 
 class PatchEmbed(nn.Module):
@@ -63,6 +64,22 @@ class ConvTokenizer(nn.Module):
 
 
 TOKENIZERS = {"patch": PatchEmbed, "conv": ConvTokenizer}
+# The values each argument of VisionTransformer takes (config.schema checks the model group with them too).
+RULES = {
+    "img_size": POSITIVE_INT,
+    "patch_size": POSITIVE_INT,
+    "in_chans": POSITIVE_INT,
+    "num_classes": POSITIVE_INT,
+    "embed_dim": POSITIVE_INT,
+    "depth": POSITIVE_INT,
+    "num_heads": POSITIVE_INT,
+    "mlp_ratio": Number(low=0, low_open=True),
+    "qkv_bias": Flag(),
+    "drop_rate": OPEN_PROBABILITY,
+    "attn_drop_rate": OPEN_PROBABILITY,
+    "drop_path_rate": OPEN_PROBABILITY,
+    "tokenizer": Choice(tuple(TOKENIZERS)),
+}
 
 
 class Attention(nn.Module):
@@ -191,21 +208,24 @@ class VisionTransformer(nn.Module):
         tokenizer: str = "patch",
     ) -> None:
         super().__init__()
-        _check_shape(img_size, patch_size, embed_dim, num_heads, depth, mlp_ratio, num_classes)
-        if tokenizer not in TOKENIZERS:
-            raise ConfigError(f"model.tokenizer={tokenizer} is unknown: use one of {', '.join(TOKENIZERS)}")
-        if tokenizer == "conv" and patch_size & (patch_size - 1):
-            raise ConfigError(
-                f"model.patch_size={patch_size} with model.tokenizer=conv must be a power of two "
-                "(each conv stage halves the grid): e.g. 2, 4 or 8"
-            )
-        for name, p in [
-            ("drop_rate", drop_rate),
-            ("attn_drop_rate", attn_drop_rate),
-            ("drop_path_rate", drop_path_rate),
-        ]:
-            if not 0.0 <= p < 1.0:
-                raise ConfigError(f"model.{name}={p} is not a probability in [0, 1)")
+        check_args(
+            "model",
+            RULES,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate,
+            tokenizer=tokenizer,
+        )
+        check_shape(img_size, patch_size, embed_dim, num_heads, tokenizer)
         self.num_classes = num_classes
         self.patch_embed = TOKENIZERS[tokenizer](img_size, patch_size, in_chans, embed_dim)
         num_tokens = self.patch_embed.num_patches + 1
@@ -249,27 +269,11 @@ class VisionTransformer(nn.Module):
         return self.head(self.norm(x[:, 0])), attentions
 
 
-def _check_shape(
-    img_size: int,
-    patch_size: int,
-    embed_dim: int,
-    num_heads: int,
-    depth: int,
-    mlp_ratio: float,
-    num_classes: int,
+def check_shape(
+    img_size: int, patch_size: int, embed_dim: int, num_heads: int, tokenizer: str = "patch"
 ) -> None:
-    for name, value in [
-        ("img_size", img_size),
-        ("patch_size", patch_size),
-        ("embed_dim", embed_dim),
-        ("num_heads", num_heads),
-        ("depth", depth),
-        ("num_classes", num_classes),
-    ]:
-        if int(value) != value or value < 1:
-            raise ConfigError(f"model.{name}={value} must be a positive integer")
-    if mlp_ratio <= 0:
-        raise ConfigError(f"model.mlp_ratio={mlp_ratio} must be positive")
+    """The rules between the ViT's arguments (each already within its own rule): heads divide the width,
+    patches tile the image, and the conv tokenizer's patch is a power of two."""
     if embed_dim % num_heads:
         raise ConfigError(
             f"model.embed_dim={embed_dim} is not divisible by model.num_heads={num_heads}: "
@@ -279,6 +283,11 @@ def _check_shape(
         raise ConfigError(
             f"model.patch_size={patch_size} does not divide model.img_size={img_size}: "
             "choose a patch size that divides the image (e.g. 2, 4 or 8 for 32x32)"
+        )
+    if tokenizer == "conv" and patch_size & (patch_size - 1):
+        raise ConfigError(
+            f"model.patch_size={patch_size} with model.tokenizer=conv must be a power of two "
+            "(each conv stage halves the grid): e.g. 2, 4 or 8"
         )
 
 

@@ -15,7 +15,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpo
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from vit_cifar.errors import ConfigError, TrainingError
+from vit_cifar.config.schema import check_key
+from vit_cifar.errors import TrainingError
 from vit_cifar.training.monitoring import epoch_of_run
 
 
@@ -85,10 +86,7 @@ class FiniteLossGuard(L.Callback):
     """
 
     def __init__(self, check_every_n_steps: int | None = None) -> None:
-        if check_every_n_steps is not None and check_every_n_steps < 1:
-            raise ConfigError(
-                f"callbacks.finite_loss.check_every_n_steps={check_every_n_steps} must be at least 1 (or null)"
-            )
+        check_key("callbacks.finite_loss.check_every_n_steps", check_every_n_steps)
         self.check_every_n_steps = check_every_n_steps
         # On the device: the step (-1: none yet), epoch and value of the first non-finite loss.
         self._bad_step = self._bad_epoch = self._bad_loss = None
@@ -177,10 +175,8 @@ class EMA(EMAWeightAveraging):
     def __init__(
         self, decay: float = 0.9995, update_starting_at_step: int | None = None, update_every_n_steps: int = 1
     ) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ConfigError(f"callbacks.ema.decay={decay} must be in [0, 1): 0.9995 averages ~2,000 steps")
-        if update_every_n_steps < 1:
-            raise ConfigError(f"callbacks.ema.update_every_n_steps={update_every_n_steps} must be at least 1")
+        check_key("callbacks.ema.decay", decay)
+        check_key("callbacks.ema.update_every_n_steps", update_every_n_steps)
         super().__init__(
             decay=decay,
             update_starting_at_step=update_starting_at_step,
@@ -263,11 +259,7 @@ class ProgressBar(RichProgressBar):
     """
 
     def __init__(self, metrics_every_n_steps: int | None = None, **kwargs: Any) -> None:
-        if metrics_every_n_steps is not None and metrics_every_n_steps < 1:
-            raise ConfigError(
-                f"callbacks.progress_bar.metrics_every_n_steps={metrics_every_n_steps} must be at least 1 "
-                "(or null)"
-            )
+        check_key("callbacks.progress_bar.metrics_every_n_steps", metrics_every_n_steps)
         super().__init__(**kwargs)
         self.metrics_every_n_steps = metrics_every_n_steps
         self._shown: dict | None = None

@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from vit_cifar.config.schema import NO_TIME_BUDGET
+from vit_cifar.config.schema import NO_TIME_BUDGET, check_key
 from vit_cifar.errors import ConfigError
 from vit_cifar.models.registry import OPTIMIZER_PACKAGES, build_network, locate
 from vit_cifar.training.monitoring import budget_timer, time_budget_s
@@ -34,8 +34,7 @@ class ClassifierModule(L.LightningModule):
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(f"aug.label_smoothing={label_smoothing} is not a probability in [0, 1)")
+        check_key("aug.label_smoothing", label_smoothing)
         self.save_hyperparameters()
         self.net = build_network(net)
         self.optimizer_class = locate(optimizer.get("_target_"), OPTIMIZER_PACKAGES, "optim")

@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from vit_cifar.errors import ConfigError
+from vit_cifar.config.schema import check_key
 
 log = logging.getLogger("vit_cifar.train")
 
@@ -292,11 +292,8 @@ class TensorBoardFigures(L.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 10, num_images: int = 16) -> None:
-        if every_n_epochs < 1 or num_images < 0:
-            raise ConfigError(
-                f"callbacks.tensorboard_figures: every_n_epochs={every_n_epochs} must be >= 1 and "
-                f"num_images={num_images} >= 0"
-            )
+        check_key("callbacks.tensorboard_figures.every_n_epochs", every_n_epochs)
+        check_key("callbacks.tensorboard_figures.num_images", num_images)
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
         self._active = False

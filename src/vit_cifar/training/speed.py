@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vit_cifar.devices import MATMUL_PRECISIONS, DeviceSpec, has_fused_kernel, resolve_compile
-from vit_cifar.errors import ConfigError
+from vit_cifar.config.schema import check_key
+from vit_cifar.devices import DeviceSpec, has_fused_kernel, resolve_compile
 
 
 class CompileCounter:
@@ -58,11 +58,7 @@ def apply_speed_settings(
     Returns what was applied, for the run's metrics; ``"counter"`` (a :class:`CompileCounter`, when compiled)
     tells afterwards how many forward calls really ran compiled.
     """
-    if matmul_precision not in MATMUL_PRECISIONS:
-        raise ConfigError(
-            f"matmul_precision={matmul_precision!r} is not one of {', '.join(MATMUL_PRECISIONS)} "
-            "(high: TF32 matmuls on Ampere and newer GPUs)"
-        )
+    check_key("matmul_precision", matmul_precision)
     torch.set_float32_matmul_precision(matmul_precision)
     compiled = resolve_compile(compile, device)
     applied: dict = {"compile": compiled, "matmul_precision": matmul_precision}
@@ -91,8 +87,7 @@ def optimizer_kwargs_for(
     if "fused" not in kwargs:
         return kwargs
     fused = kwargs.pop("fused")
-    if fused not in (None, True, False):
-        raise ConfigError(f"optim.fused={fused!r} must be null (fused on CUDA), true or false")
+    check_key("optim.fused", fused)
     device_type = device if isinstance(device, str) else device.type
     if fused is None:
         fused = True if device_type == "cuda" and has_fused_kernel(optimizer_class) else None
