@@ -13,6 +13,7 @@ Visualization".
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -122,3 +123,54 @@ def attention_and_gradients(
         score = logits.gather(1, target.view(-1, 1)).sum()  # images are independent: one backward for all
         gradients = torch.autograd.grad(score, attentions)
     return logits.detach(), [a.detach() for a in attentions], list(gradients)
+
+
+# ------------------------------------------------------------------------ the attention of images
+
+BATCH = 64  # images explained per forward pass: attention maps are (B, heads, N, N) per layer
+
+
+@dataclass
+class Explanation:
+    """Per image: prediction, per-layer head maps (H, S, S) and rollout maps (S, S), all in [0, 1]."""
+
+    preds: list[int]
+    probs: list[float]
+    head_maps: list[dict[int, torch.Tensor]]
+    rollout: torch.Tensor  # (K, S, S)
+    grad_rollout: torch.Tensor | None  # (K, S, S)
+    grad_targets: list[int] | None
+
+
+def explain(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    layers: list[int],
+    head_fusion: str,
+    discard_ratio: float,
+    grad_class: int | str | None,
+) -> Explanation:
+    """Attention of normalised images ``x`` (K, 3, S, S), ``BATCH`` at a time, through the explicit path."""
+    grid = net.patch_embed.grid_size
+    to_image = lambda maps: scale_to_unit(upsample_maps(maps, x.shape[-1]))  # (..., g, g) -> (..., S, S)
+    preds, probs, head_maps, rollouts, grad_rollouts, targets = [], [], [], [], [], []
+    for chunk in x.split(BATCH):
+        with torch.no_grad():
+            logits, attentions = net.forward_with_attention(chunk)  # attentions: depth x (B, H, N, N)
+        p = logits.softmax(dim=-1)
+        pred = p.argmax(dim=-1)
+        preds += pred.tolist()
+        probs += p.gather(1, pred[:, None]).squeeze(1).tolist()
+        # per layer (B, H, N, N) -> (B, H, g, g) -> (B, H, S, S)
+        per_layer = {i: to_image(cls_patch_maps(attentions[i], grid)) for i in layers}
+        head_maps += [{i: maps[b].cpu() for i, maps in per_layer.items()} for b in range(len(chunk))]
+        rollout = attention_rollout(attentions, head_fusion, discard_ratio)  # (B, N, N)
+        rollouts.append(to_image(cls_patch_maps(rollout, grid)).cpu())  # (B, S, S)
+        if grad_class is not None:
+            target = pred if grad_class == "predicted" else torch.full_like(pred, grad_class)
+            _, attentions, gradients = attention_and_gradients(net, chunk, target)
+            weighted = attention_rollout(attentions, head_fusion, discard_ratio, gradients=gradients)
+            grad_rollouts.append(to_image(cls_patch_maps(weighted, grid)).cpu())
+            targets += target.tolist()
+    grad_rollout = torch.cat(grad_rollouts) if grad_rollouts else None
+    return Explanation(preds, probs, head_maps, torch.cat(rollouts), grad_rollout, targets or None)

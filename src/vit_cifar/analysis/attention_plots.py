@@ -1,7 +1,9 @@
-"""Figures of attention maps and rollout over the images they explain (matplotlib, no display needed)."""
+"""Figures of attention maps and rollout over the images they explain (matplotlib, no display needed), and
+the index page that lists them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,9 @@ import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+
+from vit_cifar.analysis.attention import Explanation
+from vit_cifar.analysis.picking import Group
 
 CMAP = "jet"  # the usual choice for attention heat maps: weak -> blue, strong -> red
 ALPHA = 0.5  # heat map opacity over the image
@@ -87,3 +92,70 @@ def rollout_overview(images: torch.Tensor, rollouts: torch.Tensor, titles: list[
 
 def save_figure(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=100)
+
+
+# ------------------------------------------------------------------------------------ the index page
+
+
+@dataclass
+class Drawn:
+    """One image's figure, as the index lists it."""
+
+    file: str
+    source: str
+    true: str | None
+    predicted: str
+    prob: float
+
+    @property
+    def verdict(self) -> str:
+        """The caption: "cat -> dog (p 0.61)", or "predicted dog (p 0.61)" for an image without a label."""
+        pred = f"{self.predicted} (p {self.prob:.2f})"
+        return f"{self.true} -> {pred}" if self.true is not None else f"predicted {pred}"
+
+
+def draw_group(group: Group, ex: Explanation, classes: list[str], folder: Path) -> list[Drawn]:
+    """One figure per image and an overview of the rollouts, into ``folder``."""
+    picked, drawn = group.picked, []
+    for i, name in enumerate(picked.names):
+        label = picked.labels[i]
+        d = Drawn(
+            f"{name}.png",
+            picked.sources[i],
+            classes[label] if label is not None else None,
+            classes[ex.preds[i]],
+            ex.probs[i],
+        )
+        grad = ex.grad_rollout[i] if ex.grad_rollout is not None else None
+        grad_title = f"toward {classes[ex.grad_targets[i]]}" if ex.grad_targets else ""
+        fig = attention_figure(
+            picked.images[i], ex.head_maps[i], ex.rollout[i], f"{d.source}: {d.verdict}", grad, grad_title
+        )
+        save_figure(fig, folder / d.file)
+        drawn.append(d)
+    short = [d.verdict.replace(" (p", "\n(p") for d in drawn]  # two lines: long names fit narrow panels
+    fig = rollout_overview(picked.images, ex.rollout, short, f"{group.title}: attention rollout")
+    save_figure(fig, folder / group.overview)
+    return drawn
+
+
+def write_index(folder: Path, header: list[str], sections: list[tuple[Group, list[Drawn]]]) -> None:
+    """index.md: the settings, then per section its overview, a table of predictions and each figure."""
+    lines = [*header, ""]
+    for group, drawn in sections:
+        lines += [f"## {group.title}", "", group.note, ""]
+        if not drawn:
+            continue
+        lines += [
+            f"![{group.title}: rollout overview]({group.overview})",
+            "",
+            "| # | image | true | predicted | p | figure |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k, d in enumerate(drawn, 1):
+            row = [str(k), d.source, d.true or "-", d.predicted, f"{d.prob:.2f}", f"[{d.file}]({d.file})"]
+            lines.append(f"| {' | '.join(row)} |")
+        lines.append("")
+        for k, d in enumerate(drawn, 1):
+            lines += [f"### {k}. {d.source}: {d.verdict}", "", f"![{d.source}: {d.verdict}]({d.file})", ""]
+    (folder / "index.md").write_text("\n".join(lines))
