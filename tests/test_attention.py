@@ -84,7 +84,7 @@ def test_head_fusion_modes():
     assert torch.equal(fuse_heads(attn, "min"), attn.min(dim=1).values)
     assert torch.allclose(fuse_heads(attn, "mean"), (attn[:, 0] + attn[:, 1] + attn[:, 2]) / 3)
     assert not torch.allclose(attention_rollout([attn], "max"), attention_rollout([attn], "min"))
-    with pytest.raises(ConfigError, match="head_fusion=avg is unknown: use one of mean, max, min"):
+    with pytest.raises(ConfigError, match="head_fusion='avg' is unknown: use one of mean, max, min"):
         fuse_heads(attn, "avg")
 
 
@@ -96,7 +96,7 @@ def test_discard_drops_the_weakest_patch_links_per_row_but_never_the_cls_token()
     assert torch.equal(out[0, 1], torch.tensor([0.35, 0.3, 0.2, 0, 0]))
     assert torch.equal(discard_lowest(attn, 0.0), attn)
     for ratio in (1.0, -0.1):
-        with pytest.raises(ConfigError, match=r"discard_ratio=.* must be in \[0, 1\)"):
+        with pytest.raises(ConfigError, match=r"^discard_ratio=.* is out of range: use a number in \[0, 1\)"):
             attention_rollout([attn[:, None]], discard_ratio=ratio)
 
 
@@ -329,11 +329,11 @@ def test_bad_checkpoints_stop_with_one_line_and_write_nothing(kind, message, tmp
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("head_fusion=avg", "head_fusion=avg is unknown"),
-        ("discard_ratio=1.0", "discard_ratio=1.0 must be in [0, 1)"),
+        ("head_fusion=avg", "head_fusion='avg' is unknown"),
+        ("discard_ratio=1.0", "discard_ratio=1.0 is out of range: use a number in [0, 1)"),
         ("layers=[0,2]", "not a block of this 2-block model: use indices 0..1"),
         ("grad_rollout_class=zebra", "grad_rollout_class=zebra is not a class of this checkpoint"),
-        ("num_images=-1", "num_images=-1 must be a whole number"),
+        ("num_images=-1", "num_images=-1 is out of range: use an integer >= 0"),
         ("inputs=/no/such/image.png", "inputs: /no/such/image.png: no such file or folder"),
         (f"inputs={__file__}", "test_attention.py is not a .bmp/.jpeg/.jpg/.png/.webp image"),
         ("device=tpu9", "device=tpu9 is unknown: use cpu, cuda"),

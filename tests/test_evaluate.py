@@ -244,7 +244,7 @@ def test_jpeg_archive_classes_and_source_are_reported(jpeg_archive, tiny_run, tm
 
 def test_bad_options_are_refused(tiny_run, tmp_path):
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
-    with pytest.raises(ConfigError, match="batch_size=0 must be at least 1"):
+    with pytest.raises(ConfigError, match="^batch_size=0 is out of range: use an integer >= 1$"):
         run_evaluate(ckpt, tmp_path, "batch_size=0")
     with pytest.raises(ConfigError, match="precision=16 is not supported here: use 32 .* or bf16"):
         run_evaluate(ckpt, tmp_path, "precision=16")

@@ -201,7 +201,7 @@ def test_timm_cannot_hold_a_resnet_or_a_conv_tokenizer(tmp_path):
     assert not (tmp_path / "out").exists()
     result = run_module("vit_cifar.export", [f"ckpt_path={ckpt}", "format=tflite"])
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        "error: format=tflite is unknown: use one of onnx, safetensors, timm"
+        "error: format='tflite' is unknown: use one of onnx, safetensors, timm"
     ]
 
 

@@ -16,7 +16,7 @@ from conftest import ROOT, compose_config, run_module
 from vit_cifar.checkpoints.loading import load_classifier
 from vit_cifar.config.entry import CONFIG_DIR
 from vit_cifar.errors import ConfigError
-from vit_cifar.inference.engine import input_spec, predict_probs, test_datamodule
+from vit_cifar.inference.engine import evaluation_datamodule, input_spec, predict_probs
 from vit_cifar.inference.predict import load_image, predict, predict_files, write_predictions
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
@@ -101,7 +101,7 @@ def test_predict_preprocesses_like_the_evaluation(tiny_run, tmp_path):
     data = compose_config(
         ["data=synthetic", "data.synthetic.test_per_class=10"], tmp_path, config_name="eval"
     ).data
-    datamodule = test_datamodule(dict(data), input_spec(loaded), batch_size=8)
+    datamodule = evaluation_datamodule(dict(data), input_spec(loaded), batch_size=8)
     datamodule.setup("test")
     x, _ = next(iter(datamodule.test_dataloader()))
     expected, _ = predict_probs(loaded.net, [x[:4]], torch.device("cpu"))
@@ -133,7 +133,7 @@ def test_bad_options_are_refused(tiny_run, images, tmp_path):
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
     for overrides, message in [
         ([f"inputs={images}", f"output={tmp_path / 'p.txt'}"], "must end in .json or .csv"),
-        ([f"inputs={images}", "top_k=0"], "top_k=0 .* at least 1"),
+        ([f"inputs={images}", "top_k=0"], "^top_k=0 is out of range: use an integer >= 1$"),
         ([], "inputs=<image file, folder"),
         ([f"inputs={tmp_path}"], "holds no image files"),
     ]:

@@ -19,17 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vit_cifar.errors import ConfigError
+from vit_cifar.rules import Choice, Number, check
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
 def check_options(head_fusion: str, discard_ratio: float) -> None:
     """Raise a one-line ConfigError for an unknown head fusion or a discard ratio outside [0, 1)."""
-    if head_fusion not in HEAD_FUSIONS:
-        raise ConfigError(f"head_fusion={head_fusion} is unknown: use one of {', '.join(HEAD_FUSIONS)}")
-    if not 0.0 <= float(discard_ratio) < 1.0:
-        raise ConfigError(f"discard_ratio={discard_ratio} must be in [0, 1): the share of weak links to drop")
+    check("head_fusion", head_fusion, Choice(HEAD_FUSIONS))
+    check(
+        "discard_ratio",
+        discard_ratio,
+        Number(low=0, high=1, high_open=True, hint="the share of weak links to drop"),
+    )
 
 
 def fuse_heads(attn: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:

@@ -26,14 +26,15 @@ from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, required
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.inference.engine import (
     describe_device,
+    evaluation_datamodule,
     inference_dtype,
     input_spec,
     predict_probs,
     resolve_device,
     set_threads,
-    test_datamodule,
 )
 from vit_cifar.inference.runtime import check_runtime_options, count_params, load_for_inference
+from vit_cifar.rules import POSITIVE_INT, Number, check
 
 SAMPLE_SEED = 42  # the seed's sample and misclassified grids draw 16 images with seed 42
 SAMPLES = 16
@@ -63,10 +64,8 @@ class EvalOptions:
 
     def check(self) -> None:
         check_runtime_options(self.runtime, self.device, self.precision)
-        if int(self.batch_size) < 1:
-            raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
-        if int(self.num_workers) < 0:
-            raise ConfigError(f"num_workers={self.num_workers} must be 0 (load in this process) or more")
+        check("batch_size", self.batch_size, POSITIVE_INT)
+        check("num_workers", self.num_workers, Number(low=0, integer=True, hint="0 loads in this process"))
 
 
 def evaluate_checkpoint(
@@ -81,7 +80,7 @@ def evaluate_checkpoint(
     device = resolve_device(options.device)
     loaded = load_for_inference(ckpt_path, options.runtime, options.threads)
     history_csv = _history_csv(ckpt_path, options.history)
-    datamodule = test_datamodule(data_cfg, input_spec(loaded), options.batch_size, options.num_workers)
+    datamodule = evaluation_datamodule(data_cfg, input_spec(loaded), options.batch_size, options.num_workers)
     datamodule.prepare_data()
     datamodule.setup("test")
     classes = _check_classes(loaded, list(datamodule.classes))

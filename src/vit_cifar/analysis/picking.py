@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from vit_cifar.checkpoints.loading import LoadedClassifier
 from vit_cifar.data.sources import collect_image_files, decode_image
 from vit_cifar.errors import ConfigError, DataError, first_line
+from vit_cifar.rules import COUNT, check
 
 Normalise = Callable[[torch.Tensor], torch.Tensor]  # uint8 images -> the network's normalised input
 
@@ -43,8 +44,7 @@ class Group:
 
 def _count(cfg: DictConfig, key: str) -> int:
     value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{key}={value} must be a whole number, 0 or more")
+    check(key, value, COUNT)
     return value
 
 

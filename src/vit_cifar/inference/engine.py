@@ -16,6 +16,7 @@ from vit_cifar.checkpoints.loading import LoadedClassifier
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
 from vit_cifar.devices import autocast_dtype, canonical_precision
 from vit_cifar.errors import ConfigError
+from vit_cifar.rules import Number, check
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,8 @@ def cpu_model() -> str:
 
 def set_threads(threads: int | None) -> None:
     """Intra-op CPU threads; None keeps torch's default (one per core)."""
+    check("threads", threads, Number(low=1, integer=True, optional=True, hint="null: one per core"))
     if threads is not None:
-        if int(threads) < 1:
-            raise ConfigError(f"threads={threads} must be at least 1 (or null for one per core)")
         torch.set_num_threads(int(threads))
 
 
@@ -124,7 +124,7 @@ def predict_probs(
     return torch.cat(probs), (torch.cat(labels) if labels else None)
 
 
-def test_datamodule(data_cfg: dict, spec: InputSpec, batch_size: int, num_workers: int = 0):
+def evaluation_datamodule(data_cfg: dict, spec: InputSpec, batch_size: int, num_workers: int = 0):
     """The DataModule ``data_cfg`` configures, for the test split only, fed as the network expects (its image
     size and normalisation)."""
     cfg = {

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_cifar.checkpoints.atomic import check_output_place, write_atomic
 from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier, required_ckpt_path
 from vit_cifar.errors import ConfigError, DataError, VitCifarError, first_line
-from vit_cifar.inference.engine import InputSpec, input_spec, predict_probs, test_datamodule
+from vit_cifar.inference.engine import InputSpec, evaluation_datamodule, input_spec, predict_probs
 from vit_cifar.inference.interop import (
     LAYER_NORM_EPS,
     TIMM_ARCH,
@@ -51,6 +51,8 @@ from vit_cifar.inference.runtime import (
     onnx_session,
     require,
 )
+from vit_cifar.rules import POSITIVE_INT, Choice, Number
+from vit_cifar.rules import check as check_value
 
 FORMATS = ("onnx", "safetensors", "timm")
 ONNX_INPUT, ONNX_OUTPUT = "images", "logits"
@@ -187,7 +189,7 @@ def check_images(data_cfg: dict | None, spec: InputSpec, count: int) -> tuple[to
     random images (and a note saying so) when that data cannot be read."""
     if data_cfg:
         try:
-            datamodule = test_datamodule(data_cfg, spec, batch_size=max(1, count))
+            datamodule = evaluation_datamodule(data_cfg, spec, batch_size=max(1, count))
             datamodule.setup("test")
             images, _ = next(iter(datamodule.test_dataloader()))
             return images[:count], f"{len(images[:count])} test images of {datamodule.description}"
@@ -229,10 +231,9 @@ def export_checkpoint(
 ) -> dict:
     """Export ``ckpt_path`` as ``fmt``, check it against PyTorch, then write it; returns the report."""
     start = time.perf_counter()
-    if fmt not in FORMATS:
-        raise ConfigError(f"format={fmt} is unknown: use one of {', '.join(FORMATS)}")
-    if int(images) < 1 or not float(tolerance) > 0:
-        raise ConfigError(f"check_images={images} must be at least 1 and tolerance={tolerance} above 0")
+    check_value("format", fmt, Choice(FORMATS))
+    check_value("check_images", images, POSITIVE_INT)
+    check_value("tolerance", tolerance, Number(low=0, low_open=True))
     ckpt_path = Path(ckpt_path)
     loaded = load_classifier(ckpt_path)
     if fmt == "timm":

@@ -25,6 +25,7 @@ from vit_cifar.data.transforms import eval_transform
 from vit_cifar.errors import ConfigError, DataError, SkippedInputsError, first_line
 from vit_cifar.inference.engine import InputSpec, input_spec, predict_probs, resolve_device, set_threads
 from vit_cifar.inference.runtime import check_runtime_options, load_for_inference
+from vit_cifar.rules import COUNT, POSITIVE_INT, check
 
 OUTPUT_FORMATS = (".json", ".csv")
 
@@ -77,11 +78,9 @@ def predict_files(
     runtime: str = "torch",
 ) -> PredictResult:
     """Top-``k`` classes of every readable image among ``inputs``, and the paths skipped with why."""
-    if int(top_k) < 1 or int(batch_size) < 1 or int(num_workers) < 0:
-        raise ConfigError(
-            f"top_k={top_k} and batch_size={batch_size} must be at least 1, "
-            f"num_workers={num_workers} at least 0"
-        )
+    check("top_k", top_k, POSITIVE_INT)
+    check("batch_size", batch_size, POSITIVE_INT)
+    check("num_workers", num_workers, COUNT)
     check_runtime_options(runtime, device)
     # Names that give no image are skipped and reported, as unreadable files are; none at all is a setting.
     files, skipped = collect_image_files(inputs)

@@ -21,6 +21,7 @@ from vit_cifar.devices import canonical_precision
 from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError, first_line
 from vit_cifar.inference.engine import input_spec
 from vit_cifar.models.registry import build_network
+from vit_cifar.rules import Choice, check
 
 RUNTIMES = ("torch", "onnx")
 CARD_VERSION = 1
@@ -188,9 +189,7 @@ def load_for_inference(
 ) -> LoadedClassifier:
     """The classifier ``path`` holds, to be run by ``runtime``: ``torch`` for a training checkpoint (``.ckpt``)
     or an exported ``.safetensors``; ``onnx`` for an exported ``.onnx``."""
-    runtime = str(runtime)
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"runtime={runtime} is unknown: use {' or '.join(RUNTIMES)}")
+    check("runtime", runtime, Choice(RUNTIMES))
     suffix = Path(path).suffix.lower()
     if runtime == "onnx":
         if suffix != ".onnx":
