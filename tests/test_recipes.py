@@ -116,7 +116,9 @@ def test_ema_matches_hand_computed_averages_in_validation_checkpoint_and_test(tm
 
 
 def test_ema_rejects_a_decay_outside_0_1():
-    with pytest.raises(ConfigError, match=r"callbacks.ema.decay=1.0 must be in \[0, 1\)"):
+    with pytest.raises(
+        ConfigError, match=r"^callbacks.ema.decay=1.0 is out of range: use a number in \[0, 1\)"
+    ):
         EMA(decay=1.0)
 
 
