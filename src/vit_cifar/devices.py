@@ -18,8 +18,7 @@ from vit_cifar.rules import Choice, check
 
 COMPILE = Choice(("auto", True, False))  # compile=auto compiles where it pays: see resolve_compile
 MATMUL_PRECISIONS = ("highest", "high", "medium")
-# Lightning's precision values (short aliases such as 16 or "bf16" are refused by the config check: their
-# meaning changed between Lightning versions).
+# Lightning's precision values; its short forms (PRECISION_ALIASES) are read as Lightning 2.x reads them.
 PRECISIONS = (
     "auto",
     "32-true",
@@ -122,6 +121,11 @@ def autocast_dtype(precision: str | int) -> torch.dtype | None:
     """The dtype autocast computes in under ``precision`` (float16 for 16-mixed, bfloat16 for bf16-mixed), or
     None where there is no autocast (``32-true`` and the ``-true`` precisions, which convert the weights)."""
     return AUTOCAST_DTYPES.get(canonical_precision(precision))
+
+
+def computes_in_bf16(precision: str | int) -> bool:
+    """Whether ``precision`` computes in bfloat16 (``bf16-mixed`` autocast, or ``bf16-true`` weights)."""
+    return canonical_precision(precision).startswith("bf16")
 
 
 def has_fused_kernel(optimizer_class: type) -> bool:

@@ -26,6 +26,7 @@ from vit_cifar.devices import (
     PRECISION_ALIASES,
     PRECISIONS,
     DeviceSpec,
+    computes_in_bf16,
     has_fused_kernel,
     local_device,
     resolve_compile,
@@ -162,7 +163,7 @@ def _check_device_choices(cfg: DictConfig, device: DeviceSpec | None) -> None:
             if (
                 compiled
                 and backend == "inductor"
-                and resolved.startswith("bf16")
+                and computes_in_bf16(resolved)
                 and tuple(device.capability) < NATIVE_BF16_CAPABILITY
             ):
                 major, minor = device.capability
