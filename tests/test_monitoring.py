@@ -99,3 +99,34 @@ def test_hparams_are_the_settings_that_matter_plus_the_command_line(tmp_path):
     assert len(hp) <= 25  # a table a person can read
     smoke = flat_hparams(compose_config(["experiment=smoke"], tmp_path))
     assert smoke["experiment"] == "smoke" and smoke["model.depth"] == 4
+
+
+def test_the_run_clock_goes_on_from_a_checkpoint_only_when_training_resumes_from_it(tmp_path):
+    """Testing a checkpoint restores its callbacks' states too (train() tests its selected checkpoint after
+    fitting): the clock must not add that checkpoint's count to its own, which once doubled wall_s."""
+    import time
+
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from vit_cifar.training.monitoring import RunClock
+
+    def trainer(clock: RunClock, epochs: int) -> L.Trainer:
+        quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+        saved = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+        return L.Trainer(max_epochs=epochs, callbacks=[clock, saved], default_root_dir=tmp_path, **quiet)
+
+    started = time.perf_counter()
+    clock = RunClock()
+    first = trainer(clock, epochs=2)
+    first.fit(BoringModel())
+    first.test(BoringModel(), ckpt_path=first.checkpoint_callback.best_model_path, verbose=False)
+    assert 0 < clock.elapsed_s() <= time.perf_counter() - started  # this process's time, once
+
+    saved_s = torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"]["RunClock"]["wall_s"]
+    resumed_clock = RunClock()
+    resumed = trainer(resumed_clock, epochs=3)
+    resumed_started = time.perf_counter()
+    resumed.fit(BoringModel(), ckpt_path=tmp_path / "last.ckpt")
+    assert saved_s < resumed_clock.elapsed_s() <= saved_s + time.perf_counter() - resumed_started + 0.5

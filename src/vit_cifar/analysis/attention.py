@@ -1,4 +1,5 @@
-"""Attention maps and attention rollout, as pure functions on attention tensors.
+"""Attention maps and attention rollout, as pure functions on attention tensors, and :func:`explain`, which
+runs them over a batch of images through a ViT's explicit attention path.
 
 Shapes: B images, H heads, N tokens (the CLS token first, then the patches in row-major order, as
 ``PatchEmbed`` flattens them), g the side of the patch grid (N = 1 + g * g).

@@ -154,6 +154,7 @@ class RunClock(L.Callback):
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.before_s = 0.0  # the parts of the run before the checkpoint it resumed from
+        self.saved_s = 0.0  # the count the last checkpoint loaded holds
 
     def restart(self, started: float) -> None:
         """Count this process from ``started`` (a ``time.perf_counter()`` taken before the Trainer was built)."""
@@ -166,7 +167,12 @@ class RunClock(L.Callback):
         return {"wall_s": self.elapsed_s()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.before_s = float(state_dict.get("wall_s", 0.0))
+        # Lightning restores callbacks also when a checkpoint is only tested (trainer.test(ckpt_path=...), as
+        # train() does after fitting): the count goes on from a checkpoint only when training resumes from it.
+        self.saved_s = float(state_dict.get("wall_s", 0.0))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.before_s = self.saved_s  # after every restore, whichever the strategy's order
 
 
 def run_clock_of(trainer: L.Trainer) -> RunClock | None:
