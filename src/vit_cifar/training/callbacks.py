@@ -17,7 +17,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from vit_cifar.config.schema import check_key
 from vit_cifar.errors import TrainingError
-from vit_cifar.training.monitoring import epoch_of_run
+from vit_cifar.training.monitoring import epoch_metrics, epoch_of_run
 
 
 def capture_rng_states() -> dict:
@@ -290,6 +290,7 @@ class ProgressBar(RichProgressBar):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._shown = None  # the epoch's values are read at its end
+        epoch_metrics(trainer)  # on every rank: the bar reads them on rank 0 only (see epoch_metrics)
         super().on_train_epoch_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -42,6 +42,17 @@ def duration(seconds: float) -> str:
     return str(timedelta(seconds=round(max(seconds, 0.0))))
 
 
+def epoch_metrics(trainer: L.Trainer) -> dict:
+    """``trainer.callback_metrics``, to be read on EVERY rank by a callback that shows them on rank 0 only.
+
+    At a training epoch's end the first read computes the epoch's metrics, and under DDP each metric's compute is
+    a collective (torchmetrics gathers every rank's state). Lightning computes them only after every
+    ``on_train_epoch_end`` hook; a read on rank 0 alone would pair rank 0's gather with the other ranks' next
+    collective (FiniteLossGuard's, a checkpoint's) and hang the run. Read on every rank at the same hook, the
+    gathers pair up, and later reads use the computed values."""
+    return trainer.callback_metrics
+
+
 class EpochLog(L.Callback):
     """One line per epoch through Python logging, so it reaches ``train.log``, a redirected stdout, nohup and
     SLURM logs, where the progress bar does not::
@@ -83,12 +94,12 @@ class EpochLog(L.Callback):
             )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = epoch_metrics(trainer)  # on every rank, before the rank-0 check: see epoch_metrics
         if trainer.sanity_checking or not trainer.is_global_zero or self._start is None:
             return
         epoch = trainer.current_epoch + 1  # 1-based, as everywhere a person reads it
         elapsed = time.monotonic() - self._start
         parts = [f"epoch {epoch_of_run(trainer)}"]
-        metrics = trainer.callback_metrics
         for stage in ("train", "val"):
             values = [
                 f"{name} {float(metrics[key]):.{digits}f}"
