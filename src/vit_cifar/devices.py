@@ -8,8 +8,13 @@ the only function that asks this machine.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib.util
 import inspect
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -65,14 +70,63 @@ CPU = DeviceSpec("cpu")
 
 def local_device(accelerator: str = "auto") -> DeviceSpec:
     """The device ``trainer.accelerator`` selects on this machine (its first GPU for ``gpu``/``cuda``/``auto``
-    when CUDA is available), described for the functions below. The one place that queries CUDA."""
+    when CUDA is available), described for the functions below without initialising CUDA. The one place that
+    queries CUDA (with :func:`cuda_description`)."""
     accelerator = str(accelerator).lower()
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():  # NVML's count under Lightning
+        major, minor = cuda_description()[1]
         return DeviceSpec.cuda(major, minor, triton=importlib.util.find_spec("triton") is not None)
     if accelerator == "mps":
         return DeviceSpec("mps")
     return CPU
+
+
+def cuda_description(index: int = 0) -> tuple[str, tuple[int, int]]:
+    """The name and compute capability of visible CUDA device ``index``, read without initialising CUDA here.
+
+    Lightning's ``ddp_notebook`` forks one process per GPU from the notebook's kernel and refuses to once CUDA
+    is initialised in it, which ``torch.cuda.get_device_capability`` does. So, until CUDA is running, the driver's
+    management library (NVML, which torch and Lightning already use to count GPUs without starting CUDA)
+    answers; where it cannot be loaded, a child process asks torch."""
+    if torch.cuda.is_initialized():
+        return torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
+    try:
+        return _nvml_description(index)
+    except OSError:
+        return _child_process_description(index)
+
+
+def _nvml_description(index: int) -> tuple[str, tuple[int, int]]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    if index < len(visible) and visible[index].strip().isdigit():  # NVML numbers every GPU, visible or not
+        index = int(visible[index])
+    nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    if nvml.nvmlInit_v2() != 0:
+        raise OSError("NVML did not start")
+    try:
+        handle, name = ctypes.c_void_p(), ctypes.create_string_buffer(96)
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        failed = (
+            nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle))
+            or nvml.nvmlDeviceGetName(handle, name, len(name))
+            or nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major), ctypes.byref(minor))
+        )
+        if failed:
+            raise OSError(f"NVML could not describe GPU {index} (error {failed})")
+        return name.value.decode(), (major.value, minor.value)
+    finally:
+        nvml.nvmlShutdown()
+
+
+@functools.cache
+def _child_process_description(index: int) -> tuple[str, tuple[int, int]]:
+    ask = (
+        "import sys, torch; i = int(sys.argv[1]); "
+        "print(*torch.cuda.get_device_capability(i), torch.cuda.get_device_name(i))"
+    )
+    out = subprocess.run([sys.executable, "-c", ask, str(index)], capture_output=True, text=True, check=True)
+    major, minor, name = out.stdout.strip().split(" ", 2)
+    return name, (int(major), int(minor))
 
 
 def resolve_precision(

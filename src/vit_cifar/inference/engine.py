@@ -14,7 +14,7 @@ from torch import nn
 
 from vit_cifar.checkpoints.loading import LoadedClassifier
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
-from vit_cifar.devices import autocast_dtype, canonical_precision
+from vit_cifar.devices import autocast_dtype, canonical_precision, cuda_description
 from vit_cifar.errors import ConfigError
 from vit_cifar.rules import Number, check
 
@@ -57,7 +57,7 @@ def resolve_device(name: str) -> torch.device:
 def describe_device(device: torch.device) -> str:
     """What ran it, for reports: the GPU's name, or the CPU's model and the threads torch uses."""
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
+        return f"cuda ({cuda_description(device.index or 0)[0]})"
     return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 

@@ -102,6 +102,11 @@ class ClassifierModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def on_train_epoch_end(self) -> None:
+        # The epochs done, as a callback metric: under ddp_notebook the ranks train in forked processes and the
+        # kernel's trainer gets back their callback metrics, not their loop counters (current_epoch stays 0).
+        self.log("epochs", float(self.current_epoch + 1), logger=False)
+
     def configure_optimizers(self):
         opt_cfg = {k: v for k, v in self.hparams.optimizer.items() if not k.startswith("_")}
         lr = float(opt_cfg.pop("lr"))

@@ -138,7 +138,7 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
 
     metrics = {
         "params": sum(p.numel() for p in module.net.parameters()),
-        "epochs": trainer.current_epoch,
+        "epochs": int(trainer.callback_metrics.get("epochs", trainer.current_epoch)),
         "seed": cfg.seed,
         "data": datamodule.description,
         "skipped_files": len(datamodule.skipped_files),  # unreadable images left out with data.skip_bad=true
