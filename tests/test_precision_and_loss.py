@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config
+from vit_cifar.devices import DeviceSpec, resolve_precision
 from vit_cifar.training.run import train
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
@@ -30,3 +31,9 @@ def test_fused_adamw_clips_by_the_algorithm_asked_for(tmp_path, monkeypatch, alg
     ]
     train(compose_config(overrides, tmp_path))
     assert calls == [f"clip_grad_{algorithm}_"]  # debug=fdr: one training step
+
+
+@pytest.mark.parametrize(("capability", "precision"), [((9, 0), "bf16-mixed"), ((7, 5), "16-mixed")])
+def test_trainer_gpu_takes_the_precision_the_gpu_supports_best(tmp_path, capability, precision):
+    cfg = compose_config(["experiment=seed", "trainer=gpu"], tmp_path)
+    assert resolve_precision(cfg.trainer.precision, DeviceSpec.cuda(*capability)) == precision
