@@ -40,8 +40,9 @@ class ClassifierModule(L.LightningModule):
         self.net = build_network(net)
         self.optimizer_class = locate(optimizer.get("_target_"), OPTIMIZER_PACKAGES, "optim")
         num_classes = self.net.num_classes
-        # Takes hard labels (N,) or MixUp/CutMix class probabilities (N, C); smoothing applies to both.
-        self.loss_fn = partial(F.cross_entropy, label_smoothing=label_smoothing)
+        # Takes hard labels (N,) or MixUp/CutMix class probabilities (N, C); smoothing applies to both. One loss
+        # per image, for the loss metrics (see _step).
+        self.loss_fn = partial(F.cross_entropy, label_smoothing=label_smoothing, reduction="none")
         # One metric object per stage, so their states never mix. Metric objects (not tensors) for the loss
         # too: their epoch values are sums over every image of every rank, reduced once at the epoch's end, so
         # under DDP each image counts once, whatever share each rank had. No argument validation (its
@@ -68,21 +69,22 @@ class ClassifierModule(L.LightningModule):
         test, how many images were counted)."""
         x, target = batch
         logits = self(x)
-        loss = self.loss_fn(logits, target)
+        losses = self.loss_fn(logits, target)
+        loss = losses.mean()
         # Under MixUp/CutMix the target is a mixture; accuracy counts the class with the largest share.
         hard = target.argmax(dim=1) if target.ndim == 2 else target
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         n = len(x)
-        # The batch size as a device tensor made by a fill kernel: given a Python number, torchmetrics would copy
-        # it from the host (torch.as_tensor(..., device=...)), which waits for the GPU.
-        weight = torch.full_like(loss, n, dtype=torch.float32)
+        # Every image's loss, so that the epoch loss is a mean over images, not over batches of unequal sizes. Not
+        # the batch mean with a weight: nan_strategy="disable" replaces weights by ones. The image count as ones
+        # made on the device (a Python number would be copied from the host, a wait for the GPU).
         if stage == "train":  # the step's own values for the step logs, the epoch's mean at its end
             accuracy(logits, hard)
-            mean_loss(loss.detach(), weight)
+            mean_loss(losses.detach())
         else:  # epoch values only
             accuracy.update(logits, hard)
-            mean_loss.update(loss.detach(), weight)
-            getattr(self, f"{stage}_images").update(weight)
+            mean_loss.update(losses.detach())
+            getattr(self, f"{stage}_images").update(torch.ones_like(losses))
             self.log(f"{stage}/images", getattr(self, f"{stage}_images"), on_step=False, on_epoch=True)
         on_step = stage == "train"
         # Not prog_bar for the step value: Lightning converts every step value shown in the progress bar to a
