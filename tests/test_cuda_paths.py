@@ -396,7 +396,13 @@ def test_ddp_with_the_gpu_data_path_counts_every_image_once(tmp_path):
         f"+callbacks.record={{_target_:fault_callbacks.RecordAugmentationSeeds,out_dir:'{tmp_path / 'aug'}'}}"
     )
     args = [*FAST_RUN, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=3", "trainer.max_epochs=2"]
-    args += ["data.device_aug=true", "trainer.precision=16-mixed", "optim.fused=true", record]
+    args += [
+        "data.batch_size=96",  # the global batch: 32 images per rank
+        "data.device_aug=true",
+        "trainer.precision=16-mixed",
+        "optim.fused=true",
+        record,
+    ]
     result = train_cli([*args, f"hydra.run.dir={run}"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())

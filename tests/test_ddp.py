@@ -48,7 +48,7 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
     for epoch in ("0", "1"):
         seen = [set(r["train"][epoch]) for r in ranks]
         assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] <= train_images
-        assert [len(r["train"][epoch]) for r in ranks] == [4 * 32, 4 * 32]  # 150 each, full batches
+        assert [len(r["train"][epoch]) for r in ranks] == [9 * 16, 9 * 16]  # 150 each; 32 a step, 16 a rank
     assert set(ranks[0]["val"]).isdisjoint(ranks[1]["val"])
     assert sorted(ranks[0]["val"] + ranks[1]["val"]) == sorted(image_hashes(val_x))  # every image once
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vit_cifar.data import datamodule, transforms
 from vit_cifar.devices import (
@@ -139,6 +139,9 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
         raise ConfigError(
             f"trainer.max_time={show(max_time)} is not a duration: use DD:HH:MM:SS, e.g. 00:00:55:00"
         )
+    processes = _processes(cfg)
+    if "data.batch_size" in values and processes:
+        datamodule.rank_batch_size(values["data.batch_size"], processes)  # the global batch, shared out
     _check_device_choices(cfg, device)
 
 
@@ -183,6 +186,29 @@ def _check_device_choices(cfg: DictConfig, device: DeviceSpec | None) -> None:
             raise ConfigError(
                 f"optim.fused=true but {target} has no fused kernel: set optim.fused=null or false"
             )
+
+
+def _processes(cfg: DictConfig) -> int | None:
+    """How many processes the trainer config trains in (devices x nodes), counted as Lightning counts them,
+    without initialising CUDA; None where Lightning will refuse the devices."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto")).lower()
+    devices = OmegaConf.select(cfg, "trainer.devices", default="auto")
+    devices = OmegaConf.to_object(devices) if isinstance(devices, ListConfig) else devices
+    if accelerator in ("auto", "gpu", "cuda") and CUDAAccelerator.is_available():
+        kind = CUDAAccelerator
+    elif accelerator in ("auto", "cpu"):
+        kind = CPUAccelerator
+    else:
+        return None  # one Apple GPU, or a GPU asked for where there is none (train() says so)
+    try:
+        parsed = kind.parse_devices(kind.auto_device_count() if devices == "auto" else devices)
+        per_node = len(kind.get_parallel_devices(parsed)) if parsed else 0
+    except (MisconfigurationException, TypeError):  # Lightning's own message comes from the Trainer
+        return None
+    return per_node * int(OmegaConf.select(cfg, "trainer.num_nodes", default=1))
 
 
 def _compile_backends() -> list[str]:

@@ -178,7 +178,9 @@ class CIFARDataModule(L.LightningDataModule):
         val_size: training images held out for validation, stratified; 0 trains on all of them.
         split_seed: seed of the validation split and of the subsets, independent of the training seed.
         train_subset, test_subset: optional class-balanced subset sizes for quick runs.
-        batch_size, eval_batch_size: per-device batch sizes.
+        batch_size: the global training batch, images per optimiser step: under DDP each process takes
+            ``batch_size / world size`` (:func:`rank_batch_size`), so a recipe trains the same on any number of GPUs.
+        eval_batch_size: images per evaluation batch, per process (it does not change a result).
         num_workers: DataLoader workers; None picks min(8, CPUs - 1).
         pin_memory: None pins when the trainer runs on CUDA.
         persistent_workers: keep workers alive between epochs.
@@ -403,19 +405,21 @@ class CIFARDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         if self.repeated_aug == 1:
             return SeededShuffleSampler(self.train_set, num_replicas=world, rank=rank)
-        group = max(1, self.batch_size // self.repeated_aug)  # so that the copies of an image share a batch
+        # so that the copies of an image share a batch
+        group = max(1, rank_batch_size(self.batch_size, world) // self.repeated_aug)
         return RepeatedAugSampler(self.train_set, self.repeated_aug, group, num_replicas=world, rank=rank)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         if self.device_augment is not None:
             return self._device_batches()
         sampler = self._train_sampler()
+        batch_size = rank_batch_size(self.batch_size, sampler.num_replicas)
         # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one.
         return self._loader(
             self.train_set,
-            self.batch_size,
+            batch_size,
             sampler=sampler,
-            drop_last=len(sampler) > self.batch_size,
+            drop_last=len(sampler) > batch_size,
             loader_class=LazyStartDataLoader,
         )
 
@@ -433,11 +437,12 @@ class CIFARDataModule(L.LightningDataModule):
         images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
         # Shuffled from the training seed (seed_everything), so every rank draws the same permutation; each
         # rank's augmentation draws come from a generator of its own, seeded from (seed, epoch, rank).
-        drop_last = len(labels) > self.batch_size  # as train_dataloader
+        batch_size = rank_batch_size(self.batch_size, world)
+        drop_last = len(labels) > batch_size  # as train_dataloader
         self.device_batches = DeviceBatches(
             images,
             labels,
-            self.batch_size,
+            batch_size,
             drop_last=drop_last,
             seed=torch.initial_seed(),
             rank=rank,
@@ -455,6 +460,17 @@ class CIFARDataModule(L.LightningDataModule):
             if self.mix is not None:
                 batch = self.mix(*batch)
         return batch
+
+
+def rank_batch_size(batch_size: int, world_size: int) -> int:
+    """Each process's share of ``data.batch_size``, the global batch. Kept global, as in a recipe's numbers:
+    the learning rate, warmup and schedule were tuned for that many images per step, whatever the GPUs."""
+    if batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size={batch_size} (the global batch) does not divide among {world_size} processes: "
+            f"set it to a multiple of {world_size}"
+        )
+    return batch_size // world_size
 
 
 def resolve_pin_memory(pin_memory: bool | None, device_type: str) -> bool:
