@@ -435,8 +435,8 @@ class CIFARDataModule(L.LightningDataModule):
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
-        # Shuffled from the training seed (seed_everything), so every rank draws the same permutation; each
-        # rank's augmentation draws come from a generator of its own, seeded from (seed, epoch, rank).
+        # Shuffled from the run's seed (not torch's, which each rank reseeds from (seed, rank)), so every rank
+        # draws the same permutation; its augmentation draws come from a generator seeded from (seed, epoch, rank).
         batch_size = rank_batch_size(self.batch_size, world)
         drop_last = len(labels) > batch_size  # as train_dataloader
         self.device_batches = DeviceBatches(
@@ -444,7 +444,7 @@ class CIFARDataModule(L.LightningDataModule):
             labels,
             batch_size,
             drop_last=drop_last,
-            seed=torch.initial_seed(),
+            seed=run_seed(),
             rank=rank,
             world_size=world,
         )

@@ -56,17 +56,25 @@ class RNGStateCheckpoint(L.Callback):
 
     The states are restored as the checkpoint is loaded, which Lightning does before it makes the first
     training iterator; nothing in between draws random numbers (the sanity check runs in ``isolate_rng``).
-    Under DDP the file holds rank 0's states and every rank gets them back: Lightning seeds all ranks alike
-    and every rank draws the same number of values per step, so the ranks' generators are in step anyway.
+    Under DDP each rank draws its own numbers (seeded from (seed, rank), ``module.seed_rank_generators``): every
+    rank's states are gathered into the file as it is made (all ranks make it) and each rank gets its own back.
     Exactness needs ``data.num_workers=0`` or ``data.persistent_workers=false``: persistent workers keep their
     own generators, which no checkpoint holds.
     """
 
     def state_dict(self) -> dict:
-        return capture_rng_states()
+        states = capture_rng_states()
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return {"ranks": [states]}
+        ranks = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(ranks, states)
+        return {"ranks": ranks}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        restore_rng_states(state_dict)
+        ranks = state_dict.get("ranks", [state_dict])  # older checkpoints hold one process's states
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if rank < len(ranks):  # a run resumed on more processes: the new ranks keep their own seeding
+            restore_rng_states(ranks[rank])
 
 
 class FiniteLossGuard(L.Callback):

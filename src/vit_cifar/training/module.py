@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from functools import partial
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import GradClipAlgorithmType
@@ -13,6 +15,7 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_cifar.config.schema import NO_TIME_BUDGET, check_key
+from vit_cifar.data.samplers import run_seed
 from vit_cifar.errors import ConfigError
 from vit_cifar.models.registry import OPTIMIZER_PACKAGES, build_network, locate
 from vit_cifar.training.monitoring import budget_timer, time_budget_s
@@ -60,6 +63,10 @@ class ClassifierModule(L.LightningModule):
         # The device the device-dependent choices (fused AdamW) are made for; None: the one the module is on.
         # A test sets a CUDA description to run CUDA's choices on CPU (vit_cifar.devices.DeviceSpec).
         self.device_spec = None
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            seed_rank_generators(self.trainer.global_rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -193,6 +200,17 @@ class ClassifierModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.run_config = checkpoint.get("config")
+
+
+def seed_rank_generators(rank: int) -> None:
+    """Lightning seeds every DDP rank alike (``seed_everything``, and again as the processes start), so all
+    ranks would draw the same dropout masks and MixUp/CutMix parameters. Ranks above 0 reseed Python's, NumPy's
+    and torch's generators from (seed, rank); rank 0 keeps the run's seed, so one process draws as it did."""
+    if rank > 0:
+        seed = int(np.random.SeedSequence([run_seed(), rank]).generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
 
 def _accuracy(num_classes: int) -> MulticlassAccuracy:
