@@ -32,7 +32,6 @@ RECIPE_DDP = [
     "aug.cutmix_alpha=1.0",
     "scheduler.warmup_epochs=1",
     "test=false",
-    "callbacks.progress_bar=null",  # only until finding 0 (the hang at the first epoch's end) is fixed
 ]
 
 
