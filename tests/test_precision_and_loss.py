@@ -56,7 +56,12 @@ UNEVEN = [
     "scheduler.warmup_epochs=0",
     "optim.lr=3e-3",
 ]
-DDP3 = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=3"]
+DDP3 = [
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=3",
+    "data.batch_size=30",
+]  # the global batch
 
 
 def _mean_loss(net, dataset) -> float:

@@ -63,6 +63,7 @@ def test_a_ddp_run_with_the_default_callbacks_ends(tmp_path: Path, processes: in
             "trainer=ddp",
             "trainer.accelerator=cpu",
             f"trainer.devices={processes}",
+            f"data.batch_size={processes * 15}",  # the global batch, shared out among the processes
             "trainer.max_epochs=2",
             "scheduler.warmup_epochs=1",
             f"hydra.run.dir={run}",
