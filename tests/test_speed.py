@@ -32,6 +32,10 @@ def test_the_switches_are_config_values(tmp_path):
 
 def test_compile_auto_compiles_on_cuda_only():
     assert resolve_compile("auto", CPU) is False and resolve_compile("auto", CUDA) is True
+    # from compute capability 8.0 only: a T4's (7.5) float16 Inductor has never run; asked for, it compiles
+    t4 = DeviceSpec.cuda(7, 5)
+    assert resolve_compile("auto", t4) is False and resolve_compile(True, t4) is True
+    assert resolve_compile("auto", DeviceSpec.cuda(8, 0)) is True
     assert (
         resolve_compile("auto", DeviceSpec.cuda(9, 0, triton=False)) is False
     )  # Inductor needs Triton there

@@ -148,18 +148,21 @@ def resolve_precision(
 
 
 def resolve_compile(value: str | bool, device: DeviceSpec | torch.device) -> bool:
-    """``compile``: true, false, or auto, which compiles on CUDA (where Triton is installed) and not on CPU.
+    """``compile``: true, false, or auto, which compiles on CUDA GPUs of compute capability 8.0 and newer (where
+    Triton is installed), not on older GPUs (a T4 is 7.5) and not on CPU.
 
     Why by device rather than by a measurement at start-up: on CPU, compiling ViT-Tiny's training step takes
     minutes on a few cores, longer than a CPU run is meant to last; on a GPU the eager step is a long chain of
     small kernels whose launch cost compiling removes, and the compile (about a minute) is repaid within a few
-    epochs. ``python -m vit_cifar.benchmark --compile`` measures both on any device.
+    epochs. ``python -m vit_cifar.benchmark --compile`` measures both on any device. Below 8.0, auto takes the
+    path known to work: float16 Inductor there has never been run (docs/performance.md); ``compile=true`` asks.
     """
     check("compile", value, COMPILE)
     if value == "auto":
         if isinstance(device, torch.device):
             device = local_device("cuda") if device.type == "cuda" else DeviceSpec(device.type)
-        return device.type == "cuda" and device.triton
+        # the GPUs the device check runs on; a T4's float16 Inductor never ran (the seed trained eagerly)
+        return device.type == "cuda" and device.triton and tuple(device.capability) >= NATIVE_BF16_CAPABILITY
     return bool(value)
 
 
