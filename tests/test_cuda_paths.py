@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.loggers.logger import DummyLogger
+from omegaconf import OmegaConf
 
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config
 from faults_support import FAST_RUN, error_lines, train_cli
@@ -170,20 +171,24 @@ def test_clipping_sees_the_true_gradients_in_mixed_precision(tmp_path, monkeypat
 
 
 def test_the_16_mixed_scaler_path_runs_with_a_fused_optimiser(tmp_path, monkeypatch):
-    """The GradScaler's bookkeeping with fused AdamW: unscaled once (by our clipping), stepped with
-    ``found_inf`` and no scale; the scale is updated after the step."""
-    scales: list[float] = []
-    from lightning.pytorch.plugins.precision import MixedPrecision
+    """The GradScaler's bookkeeping with fused AdamW, seen inside the optimiser's step (``GradScaler.step``
+    deletes both attributes afterwards): unscaled once by our clipping, so the kernel gets ``found_inf`` and no
+    scale (a scale there would divide the already unscaled gradients by 65,536 again); the scale is updated
+    after the step."""
+    seen: list[tuple] = []
+    unscaled: list[int] = []
+    real_step, real_unscale = torch.optim.AdamW.step, torch.amp.GradScaler.unscale_
 
-    original = MixedPrecision.optimizer_step
+    def step(self, closure=None):
+        seen.append((getattr(self, "grad_scale", None), getattr(self, "found_inf", None)))
+        return real_step(self, closure)
 
-    def spy(self, optimizer, model, closure, **kwargs):
-        out = original(self, optimizer, model=model, closure=closure, **kwargs)
-        scales.append(self.scaler.get_scale())
-        assert getattr(optimizer, "grad_scale", None) is None  # unscaled before the step: no scale passed
-        return out
+    def unscale(self, optimizer):
+        unscaled.append(id(optimizer))
+        return real_unscale(self, optimizer)
 
-    monkeypatch.setattr(MixedPrecision, "optimizer_step", spy)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    monkeypatch.setattr(torch.amp.GradScaler, "unscale_", unscale)
     overrides = [*TINY_RUN, "trainer.precision=16-mixed", "optim.fused=true"]
     overrides += [
         "trainer.max_epochs=1",
@@ -192,19 +197,51 @@ def test_the_16_mixed_scaler_path_runs_with_a_fused_optimiser(tmp_path, monkeypa
         "+trainer.limit_val_batches=1",
     ]
     train(compose_config([*overrides, "test=false", "~logger", "callbacks.lr_monitor=null"], tmp_path))
-    assert scales == [65536.0] * 3  # finite gradients: the scale stays (it grows after 2,000 good steps)
+    assert len(seen) == 3 and len(unscaled) == 3 and len(set(unscaled)) == 1  # once per step, one optimiser
+    for grad_scale, found_inf in seen:
+        assert grad_scale is None  # unscaled before the step: no scale passed
+        assert isinstance(found_inf, torch.Tensor) and float(found_inf) == 0.0  # finite gradients: stepped
 
 
 # ------------------------------------------------------------------------------------------ the whole config
 
 
+def _changed_keys(cfg, reference, prefix: str = "") -> set[str]:
+    """The dotted keys whose values differ between two configs (or exist in one only)."""
+    if not (isinstance(cfg, dict) and isinstance(reference, dict)):
+        return set() if cfg == reference else {prefix.rstrip(".")}
+    return {
+        key
+        for name in cfg.keys() | reference.keys()
+        for key in _changed_keys(
+            cfg.get(name, "<absent>"), reference.get(name, "<absent>"), f"{prefix}{name}."
+        )
+    }
+
+
+# The default config, only smaller: a tiny network, 500 synthetic images, one epoch, no worker processes, CPU,
+# and Dynamo's capture without Inductor's code generation. The test checks that nothing else differs.
+SMALL_DEFAULT = [*TINY_MODEL, *SYNTHETIC_SMALL, "data.num_workers=0", "trainer.accelerator=cpu"]
+SMALL_DEFAULT += ["trainer.max_epochs=1", "scheduler.warmup_epochs=0", "compile_backend=aot_eager"]
+SMALLER = {f"model.{k}" for k in ("embed_dim", "depth", "num_heads", "drop_rate")}
+SMALLER |= {f"data.{k}" for k in ("synthetic.train_per_class", "synthetic.test_per_class", "val_size")}
+SMALLER |= {"data.batch_size", "data.num_workers", "trainer.accelerator", "trainer.max_epochs"}
+SMALLER |= {"scheduler.warmup_epochs", "compile_backend"}
+
+
 @pytest.mark.parametrize(
-    ("device", "precision"), [(T4, "16-mixed"), (A100, "bf16-mixed"), (H100, "bf16-mixed")], ids=str
+    ("device", "precision", "compiled"),
+    [(T4, "16-mixed", False), (A100, "bf16-mixed", True), (H100, "bf16-mixed", True)],
+    ids=str,
 )
-def test_the_default_config_trains_with_cudas_choices(tmp_path, monkeypatch, device, precision):
-    """The shipped defaults (precision auto, optim.fused null, compile auto, clipping 1.0, EMA, the GPU data
-    path) with every device-dependent choice made for a CUDA GPU, trained on CPU. Compile runs Dynamo with
-    the aot_eager backend (the same graphs, without Inductor's code generation)."""
+def test_the_default_config_trains_with_cudas_choices(tmp_path, monkeypatch, device, precision, compiled):
+    """The shipped defaults (precision auto, optim.fused null, compile auto, clipping 1.0, the seed's
+    augmentation in the DataLoader, every default callback and logger) with every device-dependent choice made
+    for a CUDA GPU, trained on CPU. Compile runs Dynamo with the aot_eager backend (the same graphs, without
+    Inductor's code generation); compile=auto leaves a T4 eager."""
+    cfg = compose_config(SMALL_DEFAULT, tmp_path)
+    reference = OmegaConf.to_container(compose_config(["data=synthetic"], tmp_path))  # the defaults
+    assert _changed_keys(OmegaConf.to_container(cfg), reference) == SMALLER
     fused = []
     real_init = torch.optim.AdamW.__init__
 
@@ -213,19 +250,12 @@ def test_the_default_config_trains_with_cudas_choices(tmp_path, monkeypatch, dev
         real_init(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "__init__", spy_init)
-    overrides = [*TINY_MODEL, *QUIET, *SYNTHETIC_SMALL, "trainer.accelerator=cpu", "callbacks=ema"]
-    overrides += [
-        "trainer.max_epochs=1",
-        "scheduler.warmup_epochs=0",
-        "data.device_aug=true",
-        "compile_backend=aot_eager",
-        "~logger",
-        "callbacks.lr_monitor=null",
-    ]
-    metrics = train(compose_config(overrides, tmp_path), device=device)
+    spy = ClipSpy(monkeypatch)
+    metrics = train(cfg, device=device)
     assert metrics["precision"] == precision
     assert fused == [True]
-    assert metrics["compile"] is True and metrics["eager_calls"] == 0
+    assert len(spy.norms) == 9  # clipped at every step: 9 full batches of 32 of the 400 - 100 training images
+    assert metrics["compile"] is compiled and metrics.get("eager_calls", 0) == 0
     assert metrics["test_images"] == 100 and 0.0 <= metrics["test_acc"] <= 1.0
 
 
