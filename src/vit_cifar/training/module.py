@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from functools import partial
 
 import lightning as L
@@ -75,7 +76,11 @@ class ClassifierModule(L.LightningModule):
         """The loss and the logits of a batch; logs the stage's loss and accuracy (and, for validation and
         test, how many images were counted)."""
         x, target = batch
-        logits = self(x)
+        # Evaluation runs eagerly: compiled, every evaluation batch shape (the last batch of each split and rank)
+        # and grad mode (validation's no_grad, test's inference_mode) would compile a graph of its own, minutes
+        # each on a notebook's CPUs, to save little at evaluation's large batches.
+        with nullcontext() if stage == "train" else torch.compiler.set_stance("force_eager"):
+            logits = self(x)
         losses = self.loss_fn(logits, target)
         loss = losses.mean()
         # Under MixUp/CutMix the target is a mixture; accuracy counts the class with the largest share.

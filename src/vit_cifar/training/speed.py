@@ -15,7 +15,8 @@ from vit_cifar.devices import DeviceSpec, has_fused_kernel, resolve_compile
 
 
 class CompileCounter:
-    """Tells whether a compiled network's forward calls really ran compiled, and counts those that did not.
+    """Tells whether a compiled network's training forward calls really ran compiled, and counts those that did
+    not (evaluation runs eagerly by design).
 
     Forward pre-hooks on the network's direct children read ``torch.compiler.is_compiling()``. The hooks sit on
     the children because Dynamo compiles ``nn.Module.__call__`` and the network's ``forward`` as two frames, and
@@ -29,6 +30,8 @@ class CompileCounter:
         self.eager = 0
 
     def hook(self, module: nn.Module, args) -> None:
+        if not module.training:
+            return
         if torch.compiler.is_compiling():
             self.ran_compiled = True
         else:
@@ -49,8 +52,7 @@ def apply_speed_settings(
     """Set the float32 matmul precision for the process and compile ``net`` in place when chosen.
 
     Compiling: static shapes (``dynamic=False``): the training batch has one shape (the last, shorter batch is
-    dropped) and is compiled once; evaluation's shapes get graphs of their own instead of turning the training
-    graph dynamic, which is what automatic dynamic shapes did after the sanity check's differently-sized batch.
+    dropped) and is compiled once, never turned dynamic; evaluation runs eagerly (``ClassifierModule._step``).
     ``torch.compiler.reset()`` first, so that every run (each job of a ``-m`` sweep runs in the same process)
     starts from a clean cache and never meets the recompile limit left by the jobs before it.
 
