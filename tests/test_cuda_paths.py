@@ -527,8 +527,9 @@ def test_a_finished_sweep_job_frees_the_gpu_and_the_compiled_graphs(monkeypatch)
 
 
 def test_the_gpu_check_is_prepared(tmp_path):
-    """scripts/gpu_check.sh --dry-run: the inputs it needs, each training run's config check (as
-    python -m vit_cifar.train does first), and every command with its time limit, which fit 8 minutes."""
+    """scripts/gpu_check.sh --dry-run: the inputs it needs, each run's config check (as python -m vit_cifar.train
+    does first), and every command with its time limit: what users run (the seed recipe on trainer=gpu with its
+    default data path, experiment=fast, the notebook on one GPU and on two), in 8 minutes on one GPU."""
     import os
     import re
     import subprocess
@@ -563,11 +564,22 @@ def test_the_gpu_check_is_prepared(tmp_path):
     assert list(steps) == [
         "environment",
         "cuda_tests",
+        "seed_dataloader",
         "seed_16-mixed",
-        "seed_bf16-mixed",
-        "benchmark",
         "fast",
+        "notebook_1gpu",
+        "notebook_2gpu",
     ]
-    assert sum(map(int, steps.values())) <= 8 * 60 - 10  # the wheels' install and the summary fit too
-    assert "tests/test_cuda_device.py --json" in result.stdout
-    assert "trainer.precision=16-mixed" in result.stdout and "trainer.precision=bf16-mixed" in result.stdout
+    assert "(only where 2 GPUs are visible:)\n[notebook_2gpu," in result.stdout
+    one_gpu = sum(int(limit) for name, limit in steps.items() if name != "notebook_2gpu")
+    assert one_gpu <= 8 * 60 - 10  # the wheels' install and the summary fit too
+    assert all(int(steps[name]) >= 90 for name in ("seed_16-mixed", "fast"))  # a cold Inductor compile fits
+    commands = {name: line for line in lines if (name := line[1:].split(",")[0]) in steps}
+    assert "tests/test_cuda_device.py --json" in commands["cuda_tests"]
+    # what users run: the seed recipe on trainer=gpu with its default data path and the default callbacks
+    assert "experiment=seed trainer=gpu trainer.max_epochs=1 " in commands["seed_dataloader"]
+    seed = commands["seed_16-mixed"]
+    assert "experiment=seed trainer=gpu " in seed and "trainer.precision=16-mixed compile=true" in seed
+    assert "experiment=fast" in commands["fast"]  # bf16-mixed, compiled, the GPU data path
+    assert all("device_aug" not in line and "progress_bar" not in line for line in lines)
+    assert " - 1 " in commands["notebook_1gpu"] and " - 2 " in commands["notebook_2gpu"]
