@@ -21,6 +21,7 @@ from vit_cifar.bench.settings import ROOT, parse_args, settings_from
 from vit_cifar.bench.training import (
     measure_augmentation,
     measure_inference,
+    measure_loader,
     measure_optimizer,
     measure_training,
 )
@@ -81,14 +82,14 @@ def git_state() -> dict:
         return {"sha": "unknown", "dirty": None}
 
 
-def result_path(out: Path, device: dict, tiny: bool) -> Path:
-    """``<date>-<device>.json``, e.g. ``2026-11-27-cpu-2threads.json``,
-    ``2026-11-28-cuda-nvidia-h100-80gb-hbm3.json``; a later run of the same day and device gets -2, -3, ...
-    rather than replacing it."""
+def result_path(out: Path, device: dict, tiny: bool, mode: str = "") -> Path:
+    """``<date>-<device><mode>.json``, e.g. ``2026-11-27-cpu-2threads.json``,
+    ``2026-11-28-cuda-nvidia-h100-80gb-hbm3.json``, ``2026-12-06-cpu-2threads-loader.json``; a later run of
+    the same day and device gets -2, -3, ... rather than replacing it."""
     slug = f"cpu-{device['threads']}thread{'' if device['threads'] == 1 else 's'}"
     if device["type"] == "cuda":
         slug = "cuda-" + re.sub(r"[^a-z0-9]+", "-", device["name"].lower()).strip("-")
-    stem = f"{dt.date.today().isoformat()}-{slug}{'-tiny' if tiny else ''}"
+    stem = f"{dt.date.today().isoformat()}-{slug}{mode}{'-tiny' if tiny else ''}"
     path, n = out / f"{stem}.json", 1
     while path.exists():
         n += 1
@@ -149,20 +150,24 @@ def run(argv: list[str] | None = None) -> dict:
         "versions": versions(),
         "git": git_state(),
         "config": {k: str(v) if k in ("device", "device_spec") else v for k, v in s.items()},
-        "training": measure_training(s, log),
-        "inference": measure_inference(s, log),
-        "optimizer": measure_optimizer(s, log),
-        "augmentation": measure_augmentation(s),
     }
+    if s["loader"]:
+        report["loader"] = measure_loader(s, log)
+    else:
+        report["training"] = measure_training(s, log)
+        report["inference"] = measure_inference(s, log)
+        report["optimizer"] = measure_optimizer(s, log)
+        report["augmentation"] = measure_augmentation(s)
     report["load_average"] = {
         "before": list(load_before),
         "after": list(os.getloadavg()),
         "cpu_count": os.cpu_count(),
     }
-    out = result_path(Path(args.out), report["device"], s["tiny"])
+    out = result_path(Path(args.out), report["device"], s["tiny"], "-loader" if s["loader"] else "")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    log(table(report))
+    if not s["loader"]:  # the loader's rates were printed as measured
+        log(table(report))
     log(f"written: {out}")
     report["path"] = str(out)
     return report

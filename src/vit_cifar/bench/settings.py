@@ -21,12 +21,13 @@ TINY_MODEL = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 # ------------------------------------------------------------------------------------------ configuration
 
 
+def group(name: str) -> dict:
+    """A config group's file, e.g. ``aug/seed``."""
+    return yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+
+
 def load_recipe(tiny: bool) -> dict:
     """The seed recipe from the config groups training uses by default (``configs/train.yaml``)."""
-
-    def group(name: str) -> dict:
-        return yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
-
     data, model = group("data/cifar10"), group("model/vit_tiny")
     # The model's ${data.image_size} and ${data.num_classes}: the only interpolations these groups hold.
     model = {k: _from_data(v, data) for k, v in model.items()}
@@ -63,6 +64,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", help="dataset root as data.root (default: synthetic images)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the results JSON")
     p.add_argument("--tiny", action="store_true", help="tiny model, a few steps: checks that everything runs")
+    p.add_argument(
+        "--loader",
+        action="store_true",
+        help="only the training DataLoader a run uses, per worker count and aug preset (configs/aug), "
+        "and the per-image cost of seeding",
+    )
+    p.add_argument("--workers", type=int, nargs="+", help="--loader: worker counts (default: 1 2 3 7)")
     # CPU inference side by side (issue #16): vit_cifar/bench/inference.py; --batch-size is then the eval batch
     p.add_argument("--inference", action="store_true", help="only CPU inference: eager, compile, ONNX, timm")
     p.add_argument(
@@ -82,6 +90,8 @@ def settings_from(args: argparse.Namespace) -> dict:
     cuda = device.type == "cuda"
     recipe = load_recipe(args.tiny)
     defaults = {"steps": 50 if cuda else 3, "warmup": 10 if cuda else 1, "repeats": 5 if cuda else 3}
+    if args.loader:  # steps are batches; the warmup is at least the batches the workers prefetch
+        defaults = {"steps": 10, "warmup": 1, "repeats": 3}
     if args.tiny:
         defaults = {"steps": 2, "warmup": 1, "repeats": 2}
     if args.compile:  # the first steps compile (and recompile for new shapes): keep them out of the window
@@ -90,10 +100,12 @@ def settings_from(args: argparse.Namespace) -> dict:
     batch = args.batch_size
     if batch is None:
         batch = 16 if args.tiny else recipe["data"]["batch_size"]
-    least = {"steps": 1, "repeats": 1, "warmup": 0}
-    for key, value in [*((k, s[k]) for k in least), ("batch-size", batch)]:
-        if value < least.get(key, 1):
-            raise ConfigError(f"--{key}={value} must be at least {least.get(key, 1)}")
+    workers = args.workers or ([1] if args.tiny else [1, 2, 3, 7])
+    least = {"steps": 1, "repeats": 1, "warmup": 0, "batch-size": 1, "workers": 0}
+    given = [*((k, s[k]) for k in ("steps", "repeats", "warmup")), ("batch-size", batch)]
+    for key, value in given + [("workers", w) for w in workers]:
+        if value < least[key]:
+            raise ConfigError(f"--{key}={value} must be at least {least[key]}")
     spec = local_device("cuda") if cuda else CPU
     return {
         "device": device,
@@ -106,5 +118,7 @@ def settings_from(args: argparse.Namespace) -> dict:
         "device_aug": args.device_aug,
         "data": args.data,
         "tiny": args.tiny,
+        "loader": args.loader,
+        "workers": workers,
         "recipe": recipe,
     }

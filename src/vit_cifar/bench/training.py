@@ -8,6 +8,8 @@ Claims (the goals of issue #6; each result file says which were met on its devic
      patch 4, dim 192, depth 12, heads 3, no qkv bias, patch-embedding LayerNorm, 10 classes), both eager.
   3. Augmentation: images/s of the per-image CPU pipeline per DataLoader worker, against the batched GPU
      data path (``data.device_aug``), which needs no workers.
+  4. ``--loader``: the training DataLoader a run uses (``CIFARDataModule.train_dataloader``), per worker count
+     and ``aug`` preset, and the per-image cost of seeding: whether CPU workers can feed a GPU.
 Evidence: ``benchmarks/results/<date>-<device>.json``, one file per run, holding the device, threads, load
 average, library versions, git SHA, the whole configuration and every repeat; docs/performance.md sums up.
 The measured figures and their conditions are in docs/performance.md and benchmarks/results/.
@@ -25,6 +27,7 @@ Figures are the mean and standard deviation over the repeats. Training uses synt
     python -m vit_cifar.benchmark --device-aug     # train with the GPU data path
     python -m vit_cifar.benchmark --compile        # torch.compile our network and timm's
     python -m vit_cifar.benchmark --tiny           # a tiny model and a few steps: does it all run?
+    python -m vit_cifar.benchmark --loader --data /path/to/cifar10-jpeg.tar.gz   # the training DataLoader
 
 argparse, not Hydra: the benchmark runs where only torch, torchvision and lightning are installed. The
 recipe is read from ``configs/``, so it cannot drift from training's.
@@ -45,10 +48,12 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import default_collate
 
-from vit_cifar.bench.settings import AUG_BATCHES, OVERHEAD_GOAL
-from vit_cifar.bench.timing import Stopwatch, WindowTimer, autocast_for, rates
+from vit_cifar.bench.settings import AUG_BATCHES, CONFIG_DIR, OVERHEAD_GOAL, group
+from vit_cifar.bench.timing import Stopwatch, WindowTimer, autocast_for, rates, summary
 from vit_cifar.data import CIFARDataModule
+from vit_cifar.data.datamodule import seeded_torch_rng
 from vit_cifar.data.gpu_aug import DeviceBatches
+from vit_cifar.data.samplers import SeededShuffleSampler
 from vit_cifar.errors import ConfigError
 from vit_cifar.models.registry import build_network
 from vit_cifar.training.callbacks import FiniteLossGuard, ProgressBar
@@ -64,27 +69,26 @@ from vit_cifar.training.speed import (
 # ------------------------------------------------------------------------------------------ training
 
 
-def make_datamodule(s: dict) -> CIFARDataModule:
+def make_datamodule(s: dict, batches: int = 0, **data) -> CIFARDataModule:
     """The training data as ``python -m vit_cifar.train`` builds them: all training images (no validation
-    split), the seed augmentation, the configured workers; synthetic images unless ``--data``."""
+    split), the seed augmentation, the configured workers; synthetic images unless ``--data``. ``data``:
+    other CIFARDataModule arguments; ``batches``: at least that many batches of synthetic images."""
     recipe = s["recipe"]
     # One epoch covers a whole training run (no epoch boundary inside a window) and an augmentation one.
-    needed = s["batch_size"] * max(s["warmup"] + s["steps"] + 1, AUG_BATCHES)
+    needed = s["batch_size"] * max(s["warmup"] + s["steps"] + 1, AUG_BATCHES, batches)
     source = {"source": "synthetic", "synthetic": {"train_per_class": -(-needed // 10), "test_per_class": 1}}
     if s["data"]:
         source = {"root": s["data"], "cache_dir": os.environ.get("VIT_CIFAR_CACHE", ".cache/vit_cifar")}
-    dm = CIFARDataModule(
-        **source,
-        download=False,
-        val_size=0,
-        batch_size=s["batch_size"],
-        eval_batch_size=s["eval_batch_size"],
-        num_workers=0 if s["tiny"] else recipe["data"]["num_workers"],
-        mean=recipe["data"]["mean"],
-        std=recipe["data"]["std"],
-        aug=recipe["aug"],
-        device_aug=s["device_aug"],
-    )
+    recipe_data = {
+        "batch_size": s["batch_size"],
+        "eval_batch_size": s["eval_batch_size"],
+        "num_workers": 0 if s["tiny"] else recipe["data"]["num_workers"],
+        "mean": recipe["data"]["mean"],
+        "std": recipe["data"]["std"],
+        "aug": recipe["aug"],
+        "device_aug": s["device_aug"],
+    }
+    dm = CIFARDataModule(**source, download=False, val_size=0, **(recipe_data | data))
     dm.setup("fit")
     return dm
 
@@ -371,10 +375,13 @@ def measure_augmentation(s: dict) -> dict:
     batch, device = s["batch_size"], s["device"]
     n_batches = 2 if s["tiny"] else AUG_BATCHES
     n = batch * n_batches
+    items = list(
+        SeededShuffleSampler(dm_cpu.train_set, seed=0)
+    )  # (index, seed): seeded per image, as in training
 
     def per_image(dataset) -> None:  # a worker: __getitem__ per image, then collate per batch
         for b in range(n_batches):
-            default_collate([dataset[i] for i in range(b * batch, (b + 1) * batch)])
+            default_collate([dataset[item] for item in items[b * batch : (b + 1) * batch]])
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
@@ -403,3 +410,71 @@ def measure_augmentation(s: dict) -> dict:
         "device_augment": rate(lambda: device_epoch(dm_dev.device_augment), n, s["repeats"], device)
         | {"what": f"device_aug's batched augmentation and MixUp/CutMix {where}, batch {batch}"},
     }
+
+
+# ------------------------------------------------------------------------------------------ the training loader
+
+
+def measure_loader(s: dict, log) -> dict:
+    """images/s of the training DataLoader as a run uses it, ``CIFARDataModule.train_dataloader``: persistent
+    workers, the SeededShuffleSampler's order and per-image seeds, per-image augmentation, collation, and on
+    CUDA pinned memory and the copy to the device; for each worker count and ``aug`` preset. One iterator per
+    setting: untimed batches first (at least the two each worker prefetches), then ``repeats`` windows of
+    ``steps`` batches; the training step is left out, so this is the most the loader can feed."""
+    device, batch = s["device"], s["batch_size"]
+    result = {"unit": "images/s by the wall clock", "seeding_us_per_image": seeding_cost()}
+    for aug in sorted(p.stem for p in (CONFIG_DIR / "aug").glob("*.yaml")):
+        for workers in s["workers"]:
+            warmup = max(s["warmup"], 2 * workers)
+            dm = make_datamodule(
+                s,
+                warmup + s["steps"] * s["repeats"] + 1,
+                num_workers=workers,
+                aug=group(f"aug/{aug}"),
+                pin_memory=device.type == "cuda",
+            )
+            loader = dm.train_dataloader()
+            batches = iter(loader)
+            for _ in range(warmup):
+                next(batches)
+            watches = []
+            for _ in range(s["repeats"]):
+                watch = Stopwatch(device)
+                watch.start()
+                for _ in range(s["steps"]):
+                    x, y = next(batches)
+                    x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                watches.append(watch.stop())
+            del batches  # ends the workers
+            rate = summary([batch * s["steps"] / w.wall for w in watches])
+            result[f"{aug}, {workers} workers"] = rate | {
+                "aug": aug,
+                "workers": loader.num_workers,
+                "sampler": type(loader.sampler).__name__,
+                "pin_memory": loader.pin_memory,
+            }
+            log(f"  loader, aug={aug}, {workers} workers: {rate['mean']:,.0f} ± {rate['std']:,.0f} images/s")
+    return result
+
+
+def seeding_cost(calls: int = 2000) -> dict:
+    """Microseconds per image of per-image seeding: in a worker (the CPU generator alone), in the training
+    process (``num_workers=0``: its state is also saved and restored), and ``torch.manual_seed``, which also
+    seeds every device backend (what per-image seeding called until 2026-12)."""
+    state = torch.get_rng_state()
+
+    def in_process(k: int) -> None:
+        with seeded_torch_rng(k):
+            pass
+
+    ways = {"worker": torch.default_generator.manual_seed, "training_process": in_process}
+    ways["torch.manual_seed"] = torch.manual_seed
+    cost = {}
+    for name, seed in ways.items():
+        watch = Stopwatch(torch.device("cpu"))
+        watch.start()
+        for k in range(calls):
+            seed(k)
+        cost[name] = 1e6 * watch.stop().wall / calls
+    torch.set_rng_state(state)
+    return cost
