@@ -141,6 +141,9 @@ def run(argv: list[str] | None = None) -> dict:
     log = partial(print, flush=True)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available: ..." per fit
     warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings(
+        "ignore", message="This DataLoader will create"
+    )  # --loader: more workers than CPUs
     load_before = os.getloadavg()
     log(f"benchmark on {s['device']}, {torch.get_num_threads()} threads, load average {load_before[0]:.1f}")
     report = {

@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only the training DataLoader a run uses, per worker count and aug preset (configs/aug), "
         "and the per-image cost of seeding",
     )
-    p.add_argument("--workers", type=int, nargs="+", help="--loader: worker counts (default: 1 2 3 7)")
+    p.add_argument("--workers", type=int, nargs="+", help="--loader: worker counts (default: 0 1 2 3 7)")
     # CPU inference side by side (issue #16): vit_cifar/bench/inference.py; --batch-size is then the eval batch
     p.add_argument("--inference", action="store_true", help="only CPU inference: eager, compile, ONNX, timm")
     p.add_argument(
@@ -100,7 +100,7 @@ def settings_from(args: argparse.Namespace) -> dict:
     batch = args.batch_size
     if batch is None:
         batch = 16 if args.tiny else recipe["data"]["batch_size"]
-    workers = args.workers or ([1] if args.tiny else [1, 2, 3, 7])
+    workers = args.workers or ([1] if args.tiny else [0, 1, 2, 3, 7])
     least = {"steps": 1, "repeats": 1, "warmup": 0, "batch-size": 1, "workers": 0}
     given = [*((k, s[k]) for k in ("steps", "repeats", "warmup")), ("batch-size", batch)]
     for key, value in given + [("workers", w) for w in workers]:

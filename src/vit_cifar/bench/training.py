@@ -418,43 +418,55 @@ def measure_augmentation(s: dict) -> dict:
 def measure_loader(s: dict, log) -> dict:
     """images/s of the training DataLoader as a run uses it, ``CIFARDataModule.train_dataloader``: persistent
     workers, the SeededShuffleSampler's order and per-image seeds, per-image augmentation, collation, and on
-    CUDA pinned memory and the copy to the device; for each worker count and ``aug`` preset. One iterator per
-    setting: untimed batches first (at least the two each worker prefetches), then ``repeats`` windows of
-    ``steps`` batches; the training step is left out, so this is the most the loader can feed."""
-    device, batch = s["device"], s["batch_size"]
+    CUDA pinned memory and the copy to the device; for each worker count and ``aug`` preset. The training step
+    is left out, so this is the most the loader can feed."""
     result = {"unit": "images/s by the wall clock", "seeding_us_per_image": seeding_cost()}
-    for aug in sorted(p.stem for p in (CONFIG_DIR / "aug").glob("*.yaml")):
-        for workers in s["workers"]:
-            warmup = max(s["warmup"], 2 * workers)
-            dm = make_datamodule(
-                s,
-                warmup + s["steps"] * s["repeats"] + 1,
-                num_workers=workers,
-                aug=group(f"aug/{aug}"),
-                pin_memory=device.type == "cuda",
-            )
-            loader = dm.train_dataloader()
-            batches = iter(loader)
-            for _ in range(warmup):
-                next(batches)
-            watches = []
-            for _ in range(s["repeats"]):
-                watch = Stopwatch(device)
-                watch.start()
-                for _ in range(s["steps"]):
-                    x, y = next(batches)
-                    x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                watches.append(watch.stop())
-            del batches  # ends the workers
-            rate = summary([batch * s["steps"] / w.wall for w in watches])
-            result[f"{aug}, {workers} workers"] = rate | {
-                "aug": aug,
-                "workers": loader.num_workers,
-                "sampler": type(loader.sampler).__name__,
-                "pin_memory": loader.pin_memory,
-            }
-            log(f"  loader, aug={aug}, {workers} workers: {rate['mean']:,.0f} ± {rate['std']:,.0f} images/s")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker (for 0 workers)
+    try:
+        for aug in sorted(p.stem for p in (CONFIG_DIR / "aug").glob("*.yaml")):
+            for workers in s["workers"]:
+                result[f"{aug}, {workers} workers"] = loader_rate(s, aug, workers, log)
+    finally:
+        torch.set_num_threads(threads)
     return result
+
+
+def loader_rate(s: dict, aug: str, workers: int, log) -> dict:
+    """One iterator: untimed batches first (at least the two each worker prefetches), then ``repeats`` windows
+    of ``steps`` batches."""
+    device, warmup = s["device"], max(s["warmup"], 2 * workers)
+    dm = make_datamodule(
+        s,
+        warmup + s["steps"] * s["repeats"] + 1,
+        num_workers=workers,
+        aug=group(f"aug/{aug}"),
+        pin_memory=device.type == "cuda",
+    )
+    loader = dm.train_dataloader()
+    batches = iter(loader)
+    for _ in range(warmup):
+        next(batches)
+    watches = []
+    for _ in range(s["repeats"]):
+        watch = Stopwatch(device)
+        watch.start()
+        for _ in range(s["steps"]):
+            x, y = next(batches)
+            x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        watches.append(watch.stop())
+    del batches  # ends the workers
+    # With 0 workers the training process does all the work: its rate per CPU-second is what one worker does
+    # on a core of its own, whatever else runs on the machine.
+    images = s["batch_size"] * s["steps"]
+    rate = rates(watches, images) if workers == 0 else summary([images / w.wall for w in watches])
+    cpu = rate.get("per_cpu_second")
+    log(
+        f"  loader, aug={aug}, {workers} workers: {rate['mean']:,.0f} ± {rate['std']:,.0f} images/s"
+        + (f", {cpu['mean']:,.0f} per CPU-second" if cpu else "")
+    )
+    sampler = type(loader.sampler).__name__
+    return rate | {"aug": aug, "workers": workers, "sampler": sampler, "pin_memory": loader.pin_memory}
 
 
 def seeding_cost(calls: int = 2000) -> dict:
