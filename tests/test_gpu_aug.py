@@ -229,9 +229,8 @@ def test_device_batches_cover_the_data_once_per_epoch_and_reshuffle():
 
 
 def test_training_with_device_aug_runs_through_lightning(tmp_path):
-    assert (
-        compose_config([], tmp_path).data.device_aug is False
-    )  # the GPU data path is a switch, off by default
+    # the GPU data path is on by default on CUDA only (tests/test_device_aug_default.py); here it is forced on
+    assert compose_config([], tmp_path).data.device_aug == "auto"
     cfg = compose_config(
         [
             *SYNTHETIC_SMALL,

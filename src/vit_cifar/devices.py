@@ -22,6 +22,10 @@ import torch
 from vit_cifar.rules import Choice, check
 
 COMPILE = Choice(("auto", True, False))  # compile=auto compiles where it pays: see resolve_compile
+DEVICE_AUG = Choice(
+    ("auto", True, False),
+    hint="auto: on CUDA where the aug recipe has a batched version; true or false forces it",
+)
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 # Lightning's precision values; its short forms (PRECISION_ALIASES) are read as Lightning 2.x reads them.
 PRECISIONS = (
@@ -163,6 +167,20 @@ def resolve_compile(value: str | bool, device: DeviceSpec | torch.device) -> boo
             device = local_device("cuda") if device.type == "cuda" else DeviceSpec(device.type)
         # the GPUs the device check runs on; a T4's float16 Inductor never ran (the seed trained eagerly)
         return device.type == "cuda" and device.triton and tuple(device.capability) >= NATIVE_BF16_CAPABILITY
+    return bool(value)
+
+
+def resolve_device_aug(value: str | bool, device: DeviceSpec, batched: bool) -> bool:
+    """``data.device_aug``: auto augments the training batches on the device (the GPU data path) on CUDA,
+    where the recipe has a batched version (``batched``), and in DataLoader workers elsewhere.
+
+    Why on CUDA: one worker runs the seed's per-image augmentation at about 2,600 images per CPU-second
+    (docs/performance.md, ``python -m vit_cifar.benchmark --loader``); a T4 trains the seed at about 1,900
+    images/s, so Colab's single worker, sharing its core with the training process, cannot keep up, and a
+    compiled H100 step wants over 20,000, more cores than its hosts give the workers."""
+    check("data.device_aug", value, DEVICE_AUG)
+    if value == "auto":
+        return device.type == "cuda" and batched
     return bool(value)
 
 

@@ -90,7 +90,8 @@ def load_test_set(
     cfg: DictConfig, loaded: LoadedClassifier, image_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The test images (uint8 (N, 3, S, S)) and labels of the data group, checked against the checkpoint."""
-    datamodule = hydra.utils.instantiate(cfg.data, image_size=image_size, _convert_="all")
+    # device_aug concerns training batches only (auto is resolved for training runs)
+    datamodule = hydra.utils.instantiate(cfg.data, image_size=image_size, device_aug=False, _convert_="all")
     datamodule.setup("test")
     classes = list(datamodule.classes)
     if classes != loaded.classes:

@@ -32,6 +32,7 @@ OPS: tuple[str, ...] = tuple(AUGMENTATION_SPACE)
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 ERASING_SCALE, ERASING_RATIO = (0.02, 0.33), (0.3, 3.3)  # torchvision's RandomErasing defaults
 ERASING_TRIES = 10  # as torchvision: an image whose 10 draws all fail is left as it is
+BATCHED_POLICIES = ("trivialaugment", "none")  # the aug.policy values this module has a batched version of
 # Devices where every op is computed for the whole batch and selected per image (see _where_op).
 MASKED_DEVICES = ("cuda",)
 
@@ -301,7 +302,7 @@ class DeviceAugment:
 
     def __init__(self, aug: dict, mean: Sequence[float], std: Sequence[float], num_classes: int) -> None:
         policy = aug_value(aug, "policy", None) or "none"
-        if policy not in ("trivialaugment", "none"):
+        if policy not in BATCHED_POLICIES:
             raise ConfigError(
                 f"aug.policy={policy} has no batched version for data.device_aug=true: "
                 "use aug.policy=trivialaugment or none, or data.device_aug=false"

@@ -137,5 +137,6 @@ def evaluation_datamodule(data_cfg: dict, spec: InputSpec, batch_size: int, num_
         "persistent_workers": False,
         "val_size": 0,
         "train_subset": None,
+        "device_aug": False,  # training batches only (auto is resolved for training runs)
     }
     return hydra.utils.instantiate(cfg, _convert_="all")

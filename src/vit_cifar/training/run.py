@@ -22,7 +22,8 @@ from vit_cifar.checkpoints.io import SafeCheckpointIO
 from vit_cifar.checkpoints.resume import check_fits, resolve_ckpt_path
 from vit_cifar.config.schema import validate_config
 from vit_cifar.data import CIFARDataModule
-from vit_cifar.devices import DeviceSpec, local_device, resolve_precision
+from vit_cifar.data.gpu_aug import BATCHED_POLICIES
+from vit_cifar.devices import CPU, DeviceSpec, local_device, resolve_device_aug, resolve_precision
 from vit_cifar.errors import ConfigError
 from vit_cifar.inference.engine import describe_device
 from vit_cifar.training.module import ClassifierModule
@@ -38,10 +39,12 @@ def instantiate_all(section: DictConfig | None) -> list:
     return [hydra.utils.instantiate(entry) for entry in section.values() if entry is not None]
 
 
-def build_datamodule(cfg: DictConfig) -> CIFARDataModule:
-    return hydra.utils.instantiate(
-        cfg.data, aug=OmegaConf.to_container(cfg.aug, resolve=True), _convert_="all"
-    )
+def build_datamodule(cfg: DictConfig, device: DeviceSpec = CPU) -> CIFARDataModule:
+    """The DataModule of ``cfg.data``, with ``data.device_aug: auto`` resolved for ``device``."""
+    aug = OmegaConf.to_container(cfg.aug, resolve=True)
+    batched = (aug.get("policy") or "none") in BATCHED_POLICIES and cfg.data.repeated_aug == 1
+    device_aug = resolve_device_aug(cfg.data.device_aug, device, batched)
+    return hydra.utils.instantiate(cfg.data, aug=aug, device_aug=device_aug, _convert_="all")
 
 
 def build_module(cfg: DictConfig) -> ClassifierModule:
@@ -117,12 +120,12 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
                 if OmegaConf.select(cfg, f"logger.{name}") is not None:
                     cfg.logger[name].resume_step = int(resumed.get("global_step", 0))
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
+    choices_for = device or local_device(cfg.trainer.accelerator)
+    datamodule = build_datamodule(cfg, choices_for)
     module = build_module(cfg)
     trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0, device=device)
     if clock := run_clock_of(trainer):
         clock.restart(start)
-    choices_for = device or local_device(cfg.trainer.accelerator)
     module.device_spec = choices_for
     speed = apply_speed_settings(
         module.net,
