@@ -582,5 +582,8 @@ def test_the_gpu_check_is_prepared(tmp_path):
     seed = commands["seed_16-mixed"]
     assert "experiment=seed trainer=gpu " in seed and "trainer.precision=16-mixed compile=true" in seed
     assert "experiment=fast" in commands["fast"]  # bf16-mixed, compiled, the GPU data path
-    assert all("device_aug" not in line and "progress_bar" not in line for line in lines)
+    # the default data path everywhere; the DataLoader step measures the CPU workers' path, which it names
+    assert all("progress_bar" not in line for line in lines)
+    assert all("device_aug" not in line for name, line in commands.items() if name != "seed_dataloader")
+    assert "data.device_aug=false" in commands["seed_dataloader"]
     assert " - 1 " in commands["notebook_1gpu"] and " - 2 " in commands["notebook_2gpu"]

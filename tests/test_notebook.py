@@ -26,8 +26,6 @@ SMOKE = [
     "aug=none",
     "trainer.max_epochs=1",
     "scheduler.warmup_epochs=0",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
     "compile=false",
 ]
 

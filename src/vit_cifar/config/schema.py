@@ -21,7 +21,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from vit_cifar.data import datamodule, transforms
 from vit_cifar.devices import (
     COMPILE,
-    DEVICE_AUG,
     MATMUL_PRECISIONS,
     NATIVE_BF16_CAPABILITY,
     PRECISION_ALIASES,
@@ -75,7 +74,6 @@ RULES: dict[str, Rule] = {
     # the groups whose constructors check the same rules (models, the DataModule, the transforms)
     **{f"model.{key}": rule for rules in (vit.RULES, resnet.RULES) for key, rule in rules.items()},
     **{f"data.{key}": rule for key, rule in datamodule.RULES.items()},
-    "data.device_aug": DEVICE_AUG,  # auto: resolved by the device before the DataModule is built
     **{f"aug.{key}": rule for key, rule in transforms.RULES.items()},
 }
 

@@ -19,6 +19,7 @@ from vit_cifar.data import sources
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
 from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler, run_seed
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
+from vit_cifar.devices import DEVICE_AUG
 from vit_cifar.errors import ConfigError, DataError
 from vit_cifar.rules import COUNT, POSITIVE_INT, Choice, Flag, Hex, Number, check_args
 
@@ -39,7 +40,7 @@ RULES = {
     "download": Flag(),
     "skip_bad": Flag(),
     "sha256": Hex(64),
-    "device_aug": Flag(),
+    "device_aug": DEVICE_AUG,
 }
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,9 @@ class CIFARDataModule(L.LightningDataModule):
         sha256: the expected SHA-256 of an image-folder archive; another file stops the run.
         aug: the ``aug`` config group (see ``configs/aug``).
         device_aug: the GPU data path: the uint8 training images are held on the accelerator and augmented
-            there, per sample, in batches (:mod:`vit_cifar.data.gpu_aug`); no DataLoader for training.
+            there, per sample, in batches (:mod:`vit_cifar.data.gpu_aug`); no DataLoader for training. ``auto``
+            is resolved for the device before the DataModule is built (``training.run.build_datamodule``);
+            left unresolved it means the workers.
     """
 
     def __init__(
@@ -270,7 +273,7 @@ class CIFARDataModule(L.LightningDataModule):
         self.eval_tf = eval_transform(self.mean, self.std)
         self.mix = batch_mix(self.aug, num_classes)
         self.device_augment = None
-        if device_aug:  # the GPU data path: augmentation of whole batches on the device
+        if device_aug is True:  # the GPU data path: augmentation of whole batches on the device
             if self.repeated_aug != 1:
                 raise ConfigError(
                     f"data.repeated_aug={repeated_aug} has no GPU data path: "
