@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from vit_cifar.errors import ConfigError
 
 @dataclass(frozen=True)
 class Number:
-    """An int or float within bounds; ``integer`` rejects 2.5, ``optional`` also accepts null."""
+    """A finite int or float within bounds; ``integer`` rejects 2.5, ``optional`` also accepts null."""
 
     low: float | None = None
     high: float | None = None
@@ -34,6 +35,8 @@ class Number:
             return None if self.optional else "is not set"
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             return "has the wrong type"
+        if not math.isfinite(value):  # inf passes any open bound; no setting means it
+            return "is not finite"
         if self.integer and int(value) != value:
             return "is not an integer"
         above = self.low is None or (value > self.low if self.low_open else value >= self.low)
@@ -50,6 +53,22 @@ class Number:
         else:
             bounds = ""
         return _with_hint(f"{'null or ' if self.optional else ''}{kind} {bounds}".strip(), self.hint)
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """A list of ``length`` numbers, each as ``item`` takes it (``optim.betas``, ``data.mean``)."""
+
+    item: Number
+    length: int
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != self.length:
+            return "is not a list of the right length"
+        return next(filter(None, map(self.item.problem, value)), None)
+
+    def describe(self) -> str:
+        return f"a list of {self.length}, each {self.item.describe()}"
 
 
 @dataclass(frozen=True)
@@ -93,7 +112,7 @@ class Hex:
         return f"null or {self.digits} hexadecimal digits"
 
 
-Rule = Number | Choice | Flag | Hex
+Rule = Number | Numbers | Choice | Flag | Hex
 
 POSITIVE_INT = Number(low=1, integer=True)
 COUNT = Number(low=0, integer=True)

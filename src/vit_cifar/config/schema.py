@@ -34,20 +34,25 @@ from vit_cifar.devices import (
 )
 from vit_cifar.errors import ConfigError
 from vit_cifar.models import resnet, vit
-from vit_cifar.rules import COUNT, POSITIVE_INT, Choice, Flag, Number, Rule, check, show
+from vit_cifar.rules import COUNT, POSITIVE_INT, Choice, Flag, Number, Numbers, Rule, check, show
 
 _ABSENT = object()
+ANY_NUMBER = Number()
 # The one wording of a clock-driven schedule without a budget (the config check and the module both raise it).
 NO_TIME_BUDGET = "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
 
 
-# Key -> allowed values. Keys absent from a config (another model, a switched-off group) are not checked.
+# Key -> allowed values. Keys absent from a config (another model, a switched-off group) are not checked; a
+# number under any other key (one Lightning or a constructor takes, or one added with +key=) must be finite.
 RULES: dict[str, Rule] = {
     "seed": Number(low=0, high=2**32 - 1, integer=True),
     "train": Flag(),
     "test": Flag(),
     "optim.lr": Number(low=0, low_open=True),
     "optim.weight_decay": Number(low=0),
+    "optim.betas": Numbers(Number(low=0, high=1, high_open=True), 2),
+    "optim.eps": Number(low=0, low_open=True),
+    "optim.momentum": Number(low=0, high=1, high_open=True),
     "scheduler.warmup_epochs": Number(low=0),
     "scheduler.min_lr": Number(low=0),
     "scheduler.by": Choice(("steps", "time")),
@@ -55,6 +60,11 @@ RULES: dict[str, Rule] = {
     "trainer.max_epochs": POSITIVE_INT,
     "trainer.num_nodes": POSITIVE_INT,
     "trainer.log_every_n_steps": POSITIVE_INT,
+    "trainer.check_val_every_n_epoch": Number(low=1, integer=True, optional=True),
+    **{
+        f"trainer.{key}": Number(low=0, optional=True, hint="a share in [0, 1] or a number of batches")
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "overfit_batches")
+    },
     "trainer.gradient_clip_val": Number(low=0, optional=True),
     "trainer.gradient_clip_algorithm": Choice(("norm", "value"), optional=True),
     "trainer.precision": Choice(tuple(PRECISIONS) + tuple(PRECISION_ALIASES)),
@@ -69,11 +79,17 @@ RULES: dict[str, Rule] = {
     "callbacks.tensorboard_figures.num_images": COUNT,
     "callbacks.ema.decay": Number(low=0, high=1, high_open=True, hint="0.9995 averages ~2,000 steps"),
     "callbacks.ema.update_every_n_steps": POSITIVE_INT,
+    "callbacks.ema.update_starting_at_step": Number(low=0, integer=True, optional=True),
+    **{
+        f"callbacks.{name}.save_top_k": Number(low=-1, integer=True, hint="-1 keeps every checkpoint")
+        for name in ("model_checkpoint", "last_checkpoint")
+    },
     "callbacks.progress_bar.metrics_every_n_steps": Number(low=1, integer=True, optional=True),
     "compile": COMPILE,
     # the groups whose constructors check the same rules (models, the DataModule, the transforms)
-    **{f"model.{key}": rule for rules in (vit.RULES, resnet.RULES) for key, rule in rules.items()},
+    # data before model: model.img_size and model.num_classes are ${data...}, named where they are set
     **{f"data.{key}": rule for key, rule in datamodule.RULES.items()},
+    **{f"model.{key}": rule for rules in (vit.RULES, resnet.RULES) for key, rule in rules.items()},
     **{f"aug.{key}": rule for key, rule in transforms.RULES.items()},
 }
 
@@ -124,6 +140,7 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
             continue
         check(key, value, rule)
         values[key] = value
+    _check_other_numbers(cfg, "")
     shape = [values.get(f"model.{k}") for k in ("img_size", "patch_size", "embed_dim", "num_heads")]
     if all(v is not None for v in shape):  # a ViT
         vit.check_shape(*shape, tokenizer=values.get("model.tokenizer", "patch"))
@@ -209,6 +226,24 @@ def _processes(cfg: DictConfig) -> int | None:
     except (MisconfigurationException, TypeError):  # Lightning's own message comes from the Trainer
         return None
     return per_node * int(OmegaConf.select(cfg, "trainer.num_nodes", default=1))
+
+
+def _check_other_numbers(node: Any, prefix: str) -> None:
+    """Every number the config holds under a key without a rule must be finite (``+optim.foo=inf``)."""
+    if isinstance(node, DictConfig):
+        items = [(f"{prefix}{k}", k) for k in node if f"{prefix}{k}" != "hydra"]
+    elif isinstance(node, ListConfig):
+        items = [(f"{prefix.rstrip('.')}[{i}]", i) for i in range(len(node))]
+    else:
+        return
+    for key, child in items:
+        if key in RULES or OmegaConf.is_missing(node, child) or OmegaConf.is_interpolation(node, child):
+            continue  # a ruled key, or one whose value is the key it points to (checked there)
+        value = node[child]
+        if isinstance(value, DictConfig | ListConfig):
+            _check_other_numbers(value, f"{key}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            check(key, value, ANY_NUMBER)
 
 
 def _compile_backends() -> list[str]:

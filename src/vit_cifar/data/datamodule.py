@@ -21,7 +21,7 @@ from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler, ru
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
 from vit_cifar.devices import DEVICE_AUG
 from vit_cifar.errors import ConfigError, DataError
-from vit_cifar.rules import COUNT, POSITIVE_INT, Choice, Flag, Hex, Number, check_args
+from vit_cifar.rules import COUNT, POSITIVE_INT, PROBABILITY, Choice, Flag, Hex, Number, Numbers, check_args
 
 SOURCES = ("auto", "torchvision", "folder", "synthetic")
 # The values each checked argument of CIFARDataModule takes (config.schema checks the data group with them too).
@@ -41,6 +41,12 @@ RULES = {
     "skip_bad": Flag(),
     "sha256": Hex(64),
     "device_aug": DEVICE_AUG,
+    "mean": Numbers(PROBABILITY, 3),  # per RGB channel, of images scaled to [0, 1]
+    "std": Numbers(Number(low=0, low_open=True), 3),
+    "synthetic.train_per_class": POSITIVE_INT,
+    "synthetic.test_per_class": POSITIVE_INT,
+    "synthetic.noise": Number(low=0),
+    "synthetic.seed": COUNT,
 }
 log = logging.getLogger(__name__)
 
@@ -247,6 +253,9 @@ class CIFARDataModule(L.LightningDataModule):
             skip_bad=skip_bad,
             sha256=sha256,
             device_aug=device_aug,
+            mean=mean,
+            std=std,
+            **{f"synthetic.{k}": v for k, v in (synthetic or {}).items() if f"synthetic.{k}" in RULES},
         )
         self.root = Path(os.path.expanduser(str(root)))
         self.source = sources.resolve_source(source, self.root, dataset) if source != "synthetic" else source
