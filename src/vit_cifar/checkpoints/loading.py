@@ -71,6 +71,10 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict, dict, dict[str, to
             f"checkpoint {path} is not a vit-cifar training checkpoint (it has no network config): "
             "use a .ckpt written by python -m vit_cifar.train"
         )
+    try:  # every command that reads a checkpoint meets a name that is not a network class here
+        locate(net_config.get("_target_"), NETWORK_PACKAGES, "model")
+    except VitCifarError as err:
+        raise CheckpointError(f"checkpoint {path} names a network that cannot be built: {err}") from err
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     return checkpoint, net_config, state
 
@@ -143,10 +147,9 @@ def load_classifier(path: str | Path, expect: dict | None = None) -> LoadedClass
 
 def _build(net_config: dict, path: Path) -> nn.Module:
     """The network of a checkpoint's config; one line naming the file for arguments it cannot take."""
-    try:
-        target = locate(net_config.get("_target_"), NETWORK_PACKAGES, "model")
-    except VitCifarError as err:
-        raise CheckpointError(f"checkpoint {path} names a network that cannot be built: {err}") from err
+    target = locate(
+        net_config.get("_target_"), NETWORK_PACKAGES, "model"
+    )  # read_training_checkpoint checked it
     accepted = inspect.signature(target).parameters
     unknown = sorted(k for k in net_config if not k.startswith("_") and k not in accepted)
     if unknown:
