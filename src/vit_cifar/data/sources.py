@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import tarfile
 import zlib
@@ -27,6 +28,7 @@ SPLITS = ("train", "test")
 MAX_IMAGE_FILE_BYTES = 64 * 2**20
 TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 SKIP_HINT = ", or set data.skip_bad=true to leave out unreadable files"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -277,6 +279,42 @@ def _cache_key(root: Path, image_size: int) -> str:
     return h.hexdigest()[:16]
 
 
+def _read_cache(cache: Path, root: Path, image_size: int) -> ImageArrays | None:
+    """The arrays a decode cache holds, or None (said in one log line) when it cannot be read or does not hold
+    what the data needs (a truncated copy, a full disk, another file in its place): it is then rebuilt."""
+    try:
+        with np.load(cache) as z:
+            arrays = ImageArrays(
+                train_x=z["train_x"],
+                train_y=z["train_y"],
+                test_x=z["test_x"],
+                test_y=z["test_y"],
+                classes=[str(c) for c in z["classes"]],
+                description=f"image folder {root}",
+                skipped=[str(p) for p in z["skipped"]] if "skipped" in z else [],
+            )
+        problem = _cache_problem(arrays, image_size)
+    except (
+        Exception
+    ) as err:  # whatever a damaged file raises (BadZipFile, KeyError, ValueError, zlib, OSError)
+        problem = f"{type(err).__name__}: {first_line(err)[:200]}"
+    if problem is None:
+        return arrays
+    log.warning("decode cache %s is unusable (%s): decoding %s again to rebuild it", cache, problem, root)
+    return None
+
+
+def _cache_problem(arrays: ImageArrays, image_size: int) -> str | None:
+    """What makes cached arrays unfit for the data they stand for, or None."""
+    for split in SPLITS:
+        x, y = getattr(arrays, f"{split}_x"), getattr(arrays, f"{split}_y")
+        if x.dtype != np.uint8 or x.shape[1:] != (image_size, image_size, 3) or len(x) == 0:
+            return f"{split}_x is {x.dtype} {x.shape}, not {image_size}x{image_size} RGB images"
+        if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= len(arrays.classes):
+            return f"{split}_y does not label the {len(x)} images with {len(arrays.classes)} classes"
+    return None
+
+
 def verify_sha256(path: Path, expected: str) -> None:
     """Stop unless the file's SHA-256 is ``expected``: a truncated download or another file."""
     if not is_archive(path):
@@ -311,17 +349,8 @@ def load_image_folder(
     if cache_dir is not None:
         name = root.name.split(".")[0] or "images"
         cache = Path(cache_dir) / f"{name}-{image_size}px-{_cache_key(root, image_size)}.npz"
-        if cache.exists():
-            with np.load(cache) as z:
-                arrays = ImageArrays(
-                    train_x=z["train_x"],
-                    train_y=z["train_y"],
-                    test_x=z["test_x"],
-                    test_y=z["test_y"],
-                    classes=[str(c) for c in z["classes"]],
-                    description=f"image folder {root}",
-                    skipped=[str(p) for p in z["skipped"]] if "skipped" in z else [],
-                )
+        arrays = _read_cache(cache, root, image_size) if cache.exists() else None
+        if arrays is not None:
             if arrays.skipped and not skip_bad:  # cached with skip_bad=true: fail as a fresh read would
                 raise DataError(
                     f"cannot decode image {root}/{arrays.skipped[0]} (left out of the cache with "
