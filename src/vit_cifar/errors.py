@@ -15,9 +15,13 @@ def one_line(err: BaseException | str) -> str:
 
 
 class VitCifarError(Exception):
-    """A problem the user can fix; the message says what was wrong and how to fix it."""
+    """A problem the user can fix; the message says what was wrong and how to fix it, on one line (a library's
+    message quoted in it may span several)."""
 
     exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 class ConfigError(VitCifarError):

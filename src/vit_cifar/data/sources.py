@@ -223,13 +223,20 @@ def _iter_images(root: Path):
                 yield *key, relative, path.read_bytes() if small else path.stat().st_size
         return
     try:
+        if not tarfile.is_tarfile(root):  # rather than tarfile.open's message, a line per method it tried
+            raise DataError(
+                f"data.root={root} does not open as a tar archive (plain, gzip, bz2 or xz): point it at a "
+                ".tar/.tar.gz of an image folder, or fetch the archive again"
+            )
         with tarfile.open(root, "r:*") as tar:
             for member in tar:
                 if member.isfile() and (key := _split_class_of(member.name)):
                     small = member.size <= MAX_IMAGE_FILE_BYTES  # the header's size: checked before reading
                     yield *key, member.name, tar.extractfile(member).read() if small else member.size
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-        raise DataError(f"cannot read archive {root} ({err}): is it a complete .tar/.tar.gz?") from err
+        raise DataError(
+            f"cannot read archive {root} ({first_line(err)}): is it a complete .tar/.tar.gz?"
+        ) from err
 
 
 def _read_folder(root: Path, image_size: int, skip_bad: bool) -> ImageArrays:
