@@ -12,6 +12,7 @@ checks its arguments with them; the rest are here, and the training package chec
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -160,6 +161,7 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
     if "data.batch_size" in values and processes:
         datamodule.rank_batch_size(values["data.batch_size"], processes)  # the global batch, shared out
     _check_device_choices(cfg, device)
+    _check_memory(cfg, values, device)
 
 
 def check_key(key: str, value: Any) -> None:
@@ -244,6 +246,68 @@ def _check_other_numbers(node: Any, prefix: str) -> None:
             _check_other_numbers(value, f"{key}.")
         elif isinstance(value, int | float) and not isinstance(value, bool):
             check(key, value, ANY_NUMBER)
+
+
+def _check_memory(cfg: DictConfig, values: dict, device: DeviceSpec | None) -> None:
+    """Refuse, before anything is allocated, a model and batch whose training takes more memory than the device
+    has: the weights with their gradients and AdamW's two moments, and the outputs of the layers with weights
+    for a batch (a lower bound: attention maps and the like come on top), measured on the meta device."""
+    if "model" not in cfg or values.get("data.batch_size") is None:
+        return
+    net_config = OmegaConf.to_container(cfg.model, resolve=True)
+    size, depth = values.get("data.image_size") or 32, net_config.get("depth")
+    try:
+        if isinstance(depth, int) and depth > 2:  # blocks alike: two measured, the rest extrapolated (fast)
+            (w1, all1, top), (w2, all2, _) = (_measure({**net_config, "depth": d}, size) for d in (1, 2))
+            weights, outputs = w1 + (depth - 1) * (w2 - w1), all1 + (depth - 1) * (all2 - all1)
+        else:
+            weights, outputs, top = _measure(net_config, size)
+    except (TypeError, ValueError):
+        return  # arguments the network does not take: the run names them
+    device = device or local_device(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    precision = resolve_precision(OmegaConf.select(cfg, "trainer.precision", default="32-true"), device)
+    batch, eval_batch = values["data.batch_size"], values.get("data.eval_batch_size", 1)
+    need = 16 * weights + (2 if "16" in precision else 4) * max(batch * outputs, eval_batch * top)
+    have, where = _device_memory(device)
+    if have and need > have:
+        raise ConfigError(
+            f"data.image_size={size}, data.batch_size={batch} and data.eval_batch_size={eval_batch} with this "
+            f"model ({weights:,} weights) need at least {_gb(need)}, more than the {_gb(have)} of {where}: "
+            "use a smaller data.image_size, batch size or model"
+        )
+
+
+def _measure(net_config: dict, size: int) -> tuple[int, int, int]:
+    """A network's weights, and the values its layers with weights output for one image (all, and the
+    largest), from one pass on the meta device: shapes only, no memory whatever the sizes."""
+    import torch
+
+    from vit_cifar.models.registry import build_network
+
+    with torch.device("meta"):
+        net = build_network(net_config)
+    outputs: list[int] = []
+    for module in net.modules():
+        if next(module.parameters(recurse=False), None) is not None:
+            module.register_forward_hook(lambda m, args, out: outputs.append(getattr(out, "numel", int)()))
+    net(torch.empty(1, net_config.get("in_chans", 3), size, size, device="meta"))
+    return sum(p.numel() for p in net.parameters()), sum(outputs), max(outputs, default=0)
+
+
+def _device_memory(device: DeviceSpec) -> tuple[int | None, str]:
+    """The memory the device has, and what it is called (a GPU's, or this machine's RAM)."""
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory, "memory on the GPU"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory on this machine"
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): not checked
+        return None, ""
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def _compile_backends() -> list[str]:
