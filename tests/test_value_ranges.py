@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from PIL import Image
 
 from conftest import compose_config
 from faults_support import train_cli
@@ -112,3 +115,43 @@ def test_an_infinite_learning_rate_is_refused_before_any_run_folder(tmp_path: Pa
     assert result.returncode == 2
     assert result.stderr.strip() == "error: optim.lr=inf is not finite: use a number > 0"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("command", "args", "line"),
+    [
+        ("predict", ["top_k=inf"], "error: top_k=inf is not finite: use an integer >= 1"),
+        (
+            "evaluate",
+            ["batch_size=inf", "data=synthetic"],
+            "error: batch_size=inf is not finite: use an integer",
+        ),
+        ("visualize", ["seed=inf"], "error: seed=inf is not finite: use an integer >= 0"),
+        ("visualize", ["seed=-1"], "error: seed=-1 is out of range: use an integer >= 0"),
+        ("export", ["opset=inf"], "error: opset=inf is not finite: use an integer >= 7"),
+    ],
+)
+def test_the_other_commands_refuse_a_value_outside_its_range_in_one_line(
+    attention_ckpt: Path, tmp_path: Path, command: str, args: list[str], line: str
+):
+    from faults_support import cli_env, error_lines
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32)).save(image)
+    inputs = [f"inputs={image}"] if command in ("predict", "visualize") else []
+    out = tmp_path / "out"
+    where = {"predict": [], "export": [f"output={out}.onnx"]}.get(command, [f"output_dir={out}"])
+    result = subprocess.run(
+        [sys.executable, "-m", f"vit_cifar.{command}", f"ckpt_path={attention_ckpt}", *inputs, *where, *args],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    [error] = error_lines(result)
+    assert error.startswith(line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]

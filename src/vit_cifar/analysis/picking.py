@@ -144,7 +144,7 @@ def pick_groups(
     cfg: DictConfig, loaded: LoadedClassifier, image_size: int, normalise: Normalise, device: torch.device
 ) -> tuple[list[Group], str]:
     """The images to explain, by section, and a line on where they come from."""
-    num_images, num_wrong = _count(cfg, "num_images"), _count(cfg, "num_misclassified")
+    num_images, num_wrong, seed = (_count(cfg, key) for key in ("num_images", "num_misclassified", "seed"))
     if cfg.get("inputs"):
         if num_images == 0:
             raise ConfigError("num_images=0 leaves none of the inputs to explain: set it to 1 or more")
@@ -157,7 +157,7 @@ def pick_groups(
         raise ConfigError("num_images=0 and num_misclassified=0 leave nothing to explain: set one above 0")
     images, labels, description = load_test_set(cfg, loaded, image_size)
     # One seeded permutation serves both sections: its first images, and its first misclassified images.
-    order = np.random.default_rng(int(cfg.seed)).permutation(len(labels))
+    order = np.random.default_rng(seed).permutation(len(labels))
     groups = []
     if num_images:
         chosen = [int(i) for i in order[:num_images]]

@@ -234,6 +234,7 @@ def export_checkpoint(
     check_value("format", fmt, Choice(FORMATS))
     check_value("check_images", images, POSITIVE_INT)
     check_value("tolerance", tolerance, Number(low=0, low_open=True))
+    check_value("opset", opset, Number(low=7, integer=True, hint="18: the default"))
     ckpt_path = Path(ckpt_path)
     loaded = load_classifier(ckpt_path)
     if fmt == "timm":
