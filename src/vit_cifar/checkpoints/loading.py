@@ -147,9 +147,8 @@ def load_classifier(path: str | Path, expect: dict | None = None) -> LoadedClass
 
 def _build(net_config: dict, path: Path) -> nn.Module:
     """The network of a checkpoint's config; one line naming the file for arguments it cannot take."""
-    target = locate(
-        net_config.get("_target_"), NETWORK_PACKAGES, "model"
-    )  # read_training_checkpoint checked it
+    # read_training_checkpoint has checked the name
+    target = locate(net_config.get("_target_"), NETWORK_PACKAGES, "model")
     accepted = inspect.signature(target).parameters
     unknown = sorted(k for k in net_config if not k.startswith("_") and k not in accepted)
     if unknown:

@@ -301,9 +301,8 @@ def _read_cache(cache: Path, root: Path, image_size: int) -> ImageArrays | None:
                 skipped=[str(p) for p in z["skipped"]] if "skipped" in z else [],
             )
         problem = _cache_problem(arrays, image_size)
-    except (
-        Exception
-    ) as err:  # whatever a damaged file raises (BadZipFile, KeyError, ValueError, zlib, OSError)
+    # whatever a damaged file raises: BadZipFile, KeyError, ValueError, EOFError, zlib.error, OSError, ...
+    except Exception as err:
         problem = f"{type(err).__name__}: {first_line(err)[:200]}"
     if problem is None:
         return arrays
