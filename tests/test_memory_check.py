@@ -54,3 +54,21 @@ def test_a_huge_image_size_is_refused_before_any_run_folder(tmp_path: Path):
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: data.image_size=100000, data.batch_size=128") and "GiB" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_image_size_the_data_does_not_have_is_refused(tmp_path: Path, capsys):
+    """torchvision's CIFAR is 32x32 and is not resized; an image folder is resized on decode."""
+    from conftest import write_image_folder
+
+    torchvision_folder = tmp_path / "cifar"  # what auto takes for torchvision's folder
+    torchvision_folder.mkdir()
+    with pytest.raises(SystemExit) as stop:
+        preflight("train", [f"data.root={torchvision_folder}", "data.image_size=64"], check_train_command)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(
+        "error: data.image_size=64 but torchvision's cifar10 images are 32x32 and are not resized"
+    )
+    images = write_image_folder(tmp_path / "images", size=16)
+    schema.validate_config(compose_config([f"data.root={images}", "data.image_size=64"], tmp_path))

@@ -15,11 +15,13 @@ import importlib
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from vit_cifar.data import datamodule, transforms
+from vit_cifar.data import datamodule, sources, transforms
 from vit_cifar.devices import (
     COMPILE,
     MATMUL_PRECISIONS,
@@ -33,7 +35,7 @@ from vit_cifar.devices import (
     resolve_compile,
     resolve_precision,
 )
-from vit_cifar.errors import ConfigError
+from vit_cifar.errors import ConfigError, VitCifarError
 from vit_cifar.models import resnet, vit
 from vit_cifar.rules import COUNT, POSITIVE_INT, Choice, Flag, Number, Numbers, Rule, check, show
 
@@ -162,6 +164,7 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
         datamodule.rank_batch_size(values["data.batch_size"], processes)  # the global batch, shared out
     _check_device_choices(cfg, device)
     _check_memory(cfg, values, device)
+    _check_image_size(cfg, values)
 
 
 def check_key(key: str, value: Any) -> None:
@@ -246,6 +249,24 @@ def _check_other_numbers(node: Any, prefix: str) -> None:
             _check_other_numbers(value, f"{key}.")
         elif isinstance(value, int | float) and not isinstance(value, bool):
             check(key, value, ANY_NUMBER)
+
+
+def _check_image_size(cfg: DictConfig, values: dict) -> None:
+    """torchvision's CIFAR is 32x32 and is not resized (image folders and archives are, on decode)."""
+    size, source = values.get("data.image_size"), values.get("data.source")
+    if size in (None, 32) or source not in ("auto", "torchvision"):
+        return
+    dataset = OmegaConf.select(cfg, "data.dataset", default="cifar10")
+    try:
+        root = Path(os.path.expanduser(str(OmegaConf.select(cfg, "data.root"))))
+        source = sources.resolve_source(source, root, dataset)
+    except (VitCifarError, OmegaConfBaseException):
+        return  # the run says what is wrong with the data
+    if source == "torchvision":
+        raise ConfigError(
+            f"data.image_size={size} but torchvision's {dataset} images are 32x32 and are not resized: use "
+            "data.image_size=32, or an image folder or archive (data.root=...), which is resized on decode"
+        )
 
 
 def _check_memory(cfg: DictConfig, values: dict, device: DeviceSpec | None) -> None:
