@@ -113,3 +113,15 @@ def test_a_run_after_the_cache_was_truncated_trains_as_the_first(tmp_path: Path,
     assert f"decode cache {cache} is unusable" in second.stdout + second.stderr
     with np.load(cache) as z:
         assert z["train_x"].shape[1:] == (32, 32, 3)
+
+
+def test_a_cache_that_cannot_be_written_loses_nothing(tmp_path, caplog):
+    """A full disk, a read-only cache or a file in the way: the decoded data is used, and one log line says so."""
+    images, in_the_way = write_image_folder(tmp_path / "images"), tmp_path / "cache"
+    in_the_way.write_text("a file where the cache folder should be\n")
+    with caplog.at_level(logging.WARNING, logger="vit_cifar.data.sources"):
+        arrays = load_image_folder(images, 32, in_the_way)
+    assert arrays.train_x.shape == (36, 32, 32, 3) and arrays.classes == ["cat", "dog", "frog"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "vit_cifar.data.sources"]
+    assert line.startswith(f"cannot write decode cache {in_the_way}/") and "\n" not in line
+    assert in_the_way.read_text() == "a file where the cache folder should be\n"

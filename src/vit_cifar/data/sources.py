@@ -6,6 +6,7 @@ are decoded on first use into an ``.npz`` cache, so later runs and epochs never 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -365,18 +366,26 @@ def load_image_folder(
             return arrays
     arrays = _read_folder(root, image_size, skip_bad)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(
-            tmp,
-            train_x=arrays.train_x,
-            train_y=arrays.train_y,
-            test_x=arrays.test_x,
-            test_y=arrays.test_y,
-            classes=np.array(arrays.classes),
-            skipped=np.array(arrays.skipped, dtype=str),
-        )
-        os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                tmp,
+                train_x=arrays.train_x,
+                train_y=arrays.train_y,
+                test_x=arrays.test_x,
+                test_y=arrays.test_y,
+                classes=np.array(arrays.classes),
+                skipped=np.array(arrays.skipped, dtype=str),
+            )
+            os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
+        # a full disk, a read-only cache, a file in the way: the decoded data is not lost
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            log.warning(
+                "cannot write decode cache %s (%s): the next run decodes again", cache, first_line(err)
+            )
     return arrays
 
 
