@@ -283,8 +283,8 @@ def _check_memory(cfg: DictConfig, values: dict, device: DeviceSpec | None) -> N
             weights, outputs = w1 + (depth - 1) * (w2 - w1), all1 + (depth - 1) * (all2 - all1)
         else:
             weights, outputs, top = _measure(net_config, size)
-    except (TypeError, ValueError):
-        return  # arguments the network does not take: the run names them
+    except (TypeError, ValueError, RuntimeError):
+        return  # arguments the network does not take, or input it cannot run: the run names them
     device = device or local_device(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     precision = resolve_precision(OmegaConf.select(cfg, "trainer.precision", default="32-true"), device)
     batch, eval_batch = values["data.batch_size"], values.get("data.eval_batch_size", 1)
