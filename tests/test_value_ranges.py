@@ -25,7 +25,7 @@ VARIANTS = [[], ["callbacks=ema", "optim=sgd", "data=synthetic", "debug=limit"],
 
 
 def _numbers(node, prefix: str = ""):
-    """(key, path in the config) of every number the config holds, list items included."""
+    """The key of every number the config holds, list items included (``optim.betas[0]``)."""
     items = node.items() if isinstance(node, dict) else enumerate(node)
     for key, value in items:
         name = f"{prefix}{key}" if isinstance(node, dict) else f"{prefix.rstrip('.')}[{key}]"
