@@ -67,7 +67,7 @@ def test_the_local_device_is_read_from_the_driver(monkeypatch):
     """The one function that asks the machine: a CUDA machine is described by its first GPU's capability, as
     NVML reports it (tests/test_seed_platform.py checks that CUDA is not initialised for it)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("vit_cifar.devices._nvml_description", lambda index: ("Tesla T4", (7, 5)))
+    monkeypatch.setattr("vit_cifar.devices._nvml_description", lambda index: ("Tesla T4", (7, 5), 15 * 2**30))
     assert local_device("auto").type == "cuda" and local_device("gpu").capability == (7, 5)
     assert resolve_precision("auto", local_device("gpu")) == "16-mixed"
     assert local_device("cpu") == CPU  # trainer.accelerator=cpu on a GPU machine
@@ -496,7 +496,7 @@ def test_the_benchmark_on_a_gpu_synchronises_at_window_edges_and_names_the_gpu(m
     assert report.result_path(tmp_path, info, tiny=False).name.endswith("-cuda-nvidia-h200.json")
     # precision auto on a T4, through the benchmark's settings; 16-mixed keeps its GradScaler
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("vit_cifar.devices._nvml_description", lambda index: ("Tesla T4", (7, 5)))
+    monkeypatch.setattr("vit_cifar.devices._nvml_description", lambda index: ("Tesla T4", (7, 5), 15 * 2**30))
     settings = settings.settings_from(settings.parse_args(["--tiny", "--device", "cuda"]))
     assert settings["precision"] == "16-mixed" and settings["device_spec"].capability == (7, 5)
     assert timing.autocast_for("16-mixed", torch.device("cpu"))[1] is True
@@ -507,7 +507,9 @@ def test_evaluation_names_the_gpu_and_picks_it_for_auto(monkeypatch):
     from vit_cifar.inference import engine as inference
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("vit_cifar.devices._nvml_description", lambda index: ("NVIDIA H200", (9, 0)))
+    monkeypatch.setattr(
+        "vit_cifar.devices._nvml_description", lambda index: ("NVIDIA H200", (9, 0), 141 * 2**30)
+    )
     assert inference.resolve_device("auto") == torch.device("cuda")
     assert inference.resolve_device("gpu") == torch.device("cuda")
     assert inference.describe_device(torch.device("cuda")) == "cuda (NVIDIA H200)"

@@ -91,7 +91,7 @@ def cuda_tripwire_source() -> str:
             "    return _init(*args, **kwargs)",
             "torch.cuda._lazy_init = _tripwire",
             "torch.cuda.is_available = lambda: os.getpid() == _kernel or _available()",
-            "vit_cifar.devices._nvml_description = lambda index: ('Tesla T4', (7, 5))",
+            "vit_cifar.devices._nvml_description = lambda index: ('Tesla T4', (7, 5), 15 * 2**30)",
         ]
     )
 
@@ -103,21 +103,24 @@ def cuda_tripwire(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "_lazy_init", initialised)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("vit_cifar.devices._nvml_description", lambda index: ("Tesla T4", (7, 5)))
+    monkeypatch.setattr("vit_cifar.devices._nvml_description", lambda index: ("Tesla T4", (7, 5), 15 * 2**30))
 
 
-def test_the_gpu_is_described_without_initialising_cuda(tmp_path, cuda_tripwire):
+def test_the_gpu_is_described_without_initialising_cuda(tmp_path, cuda_tripwire, capsys):
     from vit_cifar.config.entry import preflight
     from vit_cifar.devices import DeviceSpec, local_device
     from vit_cifar.inference.engine import describe_device
     from vit_cifar.training.run import check_train_command
 
-    assert local_device("gpu") == local_device("auto") == DeviceSpec.cuda(7, 5, triton=local_device().triton)
+    t4 = DeviceSpec.cuda(7, 5, triton=local_device().triton, memory=15 * 2**30)
+    assert local_device("gpu") == local_device("auto") == t4
     assert describe_device(torch.device("cuda")) == "cuda (Tesla T4)"
     # train's whole pre-flight for the seed recipe on the GPU, as `python -m vit_cifar.train` runs it
-    preflight(
-        "train", ["experiment=seed", "trainer=gpu", f"hydra.run.dir={tmp_path / 'run'}"], check_train_command
-    )
+    seed_on_gpu = ["experiment=seed", "trainer=gpu", f"hydra.run.dir={tmp_path / 'run'}"]
+    preflight("train", seed_on_gpu, check_train_command)
+    with pytest.raises(SystemExit):  # a batch the GPU cannot hold, against the memory the driver reports
+        preflight("train", [*seed_on_gpu, "data.batch_size=100000"], check_train_command)
+    assert "15.0 GiB of memory on the GPU" in capsys.readouterr().err
     assert not torch.cuda.is_initialized()
 
 

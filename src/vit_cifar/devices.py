@@ -57,16 +57,17 @@ NATIVE_BF16_CAPABILITY = (8, 0)
 @dataclass(frozen=True)
 class DeviceSpec:
     """What the device-dependent choices depend on: ``type`` (``cuda``, ``cpu``, ``mps``), the CUDA compute
-    capability ``(major, minor)`` (None off CUDA), and whether Triton (Inductor's GPU code generator) is
-    installed."""
+    capability ``(major, minor)`` (None off CUDA), whether Triton (Inductor's GPU code generator) is
+    installed, and a GPU's memory in bytes (None: unknown)."""
 
     type: str
     capability: tuple[int, int] | None = None
     triton: bool = False
+    memory: int | None = None
 
     @classmethod
-    def cuda(cls, major: int, minor: int, triton: bool = True) -> DeviceSpec:
-        return cls("cuda", (major, minor), triton)
+    def cuda(cls, major: int, minor: int, triton: bool = True, memory: int | None = None) -> DeviceSpec:
+        return cls("cuda", (major, minor), triton, memory)
 
 
 CPU = DeviceSpec("cpu")
@@ -78,29 +79,31 @@ def local_device(accelerator: str = "auto") -> DeviceSpec:
     queries CUDA (with :func:`cuda_description`)."""
     accelerator = str(accelerator).lower()
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():  # NVML's count under Lightning
-        major, minor = cuda_description()[1]
-        return DeviceSpec.cuda(major, minor, triton=importlib.util.find_spec("triton") is not None)
+        _, (major, minor), memory = cuda_description()
+        return DeviceSpec.cuda(major, minor, importlib.util.find_spec("triton") is not None, memory)
     if accelerator == "mps":
         return DeviceSpec("mps")
     return CPU
 
 
-def cuda_description(index: int = 0) -> tuple[str, tuple[int, int]]:
-    """The name and compute capability of visible CUDA device ``index``, read without initialising CUDA here.
+def cuda_description(index: int = 0) -> tuple[str, tuple[int, int], int]:
+    """The name, compute capability and memory (bytes) of visible CUDA device ``index``, read without
+    initialising CUDA here.
 
     Lightning's ``ddp_notebook`` forks one process per GPU from the notebook's kernel and refuses to once CUDA
     is initialised in it, which ``torch.cuda.get_device_capability`` does. So, until CUDA is running, the driver's
     management library (NVML, which torch and Lightning already use to count GPUs without starting CUDA)
     answers; where it cannot be loaded, a child process asks torch."""
     if torch.cuda.is_initialized():
-        return torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
+        props = torch.cuda.get_device_properties(index)
+        return props.name, (props.major, props.minor), props.total_memory
     try:
         return _nvml_description(index)
     except OSError:
         return _child_process_description(index)
 
 
-def _nvml_description(index: int) -> tuple[str, tuple[int, int]]:
+def _nvml_description(index: int) -> tuple[str, tuple[int, int], int]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
     if index < len(visible) and visible[index].strip().isdigit():  # NVML numbers every GPU, visible or not
         index = int(visible[index])
@@ -110,27 +113,29 @@ def _nvml_description(index: int) -> tuple[str, tuple[int, int]]:
     try:
         handle, name = ctypes.c_void_p(), ctypes.create_string_buffer(96)
         major, minor = ctypes.c_int(), ctypes.c_int()
+        memory = (ctypes.c_ulonglong * 3)()  # nvmlMemory_t: total, free, used
         failed = (
             nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle))
             or nvml.nvmlDeviceGetName(handle, name, len(name))
             or nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major), ctypes.byref(minor))
+            or nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory))
         )
         if failed:
             raise OSError(f"NVML could not describe GPU {index} (error {failed})")
-        return name.value.decode(), (major.value, minor.value)
+        return name.value.decode(), (major.value, minor.value), int(memory[0])
     finally:
         nvml.nvmlShutdown()
 
 
 @functools.cache
-def _child_process_description(index: int) -> tuple[str, tuple[int, int]]:
+def _child_process_description(index: int) -> tuple[str, tuple[int, int], int]:
     ask = (
-        "import sys, torch; i = int(sys.argv[1]); "
-        "print(*torch.cuda.get_device_capability(i), torch.cuda.get_device_name(i))"
+        "import sys, torch; p = torch.cuda.get_device_properties(int(sys.argv[1])); "
+        "print(p.major, p.minor, p.total_memory, p.name)"
     )
     out = subprocess.run([sys.executable, "-c", ask, str(index)], capture_output=True, text=True, check=True)
-    major, minor, name = out.stdout.strip().split(" ", 2)
-    return name, (int(major), int(minor))
+    major, minor, memory, name = out.stdout.strip().split(" ", 3)
+    return name, (int(major), int(minor)), int(memory)
 
 
 def resolve_precision(

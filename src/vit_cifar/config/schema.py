@@ -317,10 +317,8 @@ def _measure(net_config: dict, size: int) -> tuple[int, int, int]:
 
 def _device_memory(device: DeviceSpec) -> tuple[int | None, str]:
     """The memory the device has, and what it is called (a GPU's, or this machine's RAM)."""
-    import torch
-
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory, "memory on the GPU"
+    if device.type == "cuda":  # as the driver reports it (asking torch would initialise CUDA here)
+        return device.memory, "memory on the GPU"
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory on this machine"
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows): not checked
