@@ -38,8 +38,15 @@ def cli_env() -> dict[str, str]:
 
 def train_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -m vit_cifar.train <args>`` as a user runs it."""
+    return command_cli("train", args, cwd, timeout)
+
+
+def command_cli(
+    command: str, args: list[str], cwd: Path = ROOT, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """``python -m vit_cifar.<command> <args>`` as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "vit_cifar.train", *args],
+        [sys.executable, "-m", f"vit_cifar.{command}", *args],
         cwd=cwd,
         env=cli_env(),
         capture_output=True,

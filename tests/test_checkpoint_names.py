@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL
-from faults_support import cli_env, error_lines
+from faults_support import command_cli, error_lines
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.models.registry import NETWORK_PACKAGES, OPTIMIZER_PACKAGES, locate
 
@@ -84,19 +82,14 @@ def test_every_command_refuses_it_in_one_line_and_writes_nothing(tmp_path, comma
     ckpts.mkdir()
     path = _crafted(ckpts, "vit_cifar.models.__builtins__")
     run = tmp_path / "run"
-    result = subprocess.run(
+    result = command_cli(
+        command,
         [
-            sys.executable,
-            "-m",
-            f"vit_cifar.{command}",
             f"ckpt_path={path}",
             *(a.format(image=image) for a in args),
             *([f"hydra.run.dir={run}"] if command == "train" else []),
         ],
         cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
         timeout=180,
     )
     assert result.returncode == 1, result.stderr[-2000:]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -135,20 +133,15 @@ def test_an_infinite_learning_rate_is_refused_before_any_run_folder(tmp_path: Pa
 def test_the_other_commands_refuse_a_value_outside_its_range_in_one_line(
     attention_ckpt: Path, tmp_path: Path, command: str, args: list[str], line: str
 ):
-    from faults_support import cli_env, error_lines
+    from faults_support import command_cli, error_lines
 
     image = tmp_path / "photo.png"
     Image.new("RGB", (32, 32)).save(image)
     inputs = [f"inputs={image}"] if command in ("predict", "visualize") else []
     out = tmp_path / "out"
     where = {"predict": [], "export": [f"output={out}.onnx"]}.get(command, [f"output_dir={out}"])
-    result = subprocess.run(
-        [sys.executable, "-m", f"vit_cifar.{command}", f"ckpt_path={attention_ckpt}", *inputs, *where, *args],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
+    result = command_cli(
+        command, [f"ckpt_path={attention_ckpt}", *inputs, *where, *args], cwd=tmp_path, timeout=180
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
