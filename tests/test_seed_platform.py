@@ -173,3 +173,46 @@ def test_the_notebooks_two_gpu_path_forks_with_cuda_untouched(tmp_path, monkeypa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and metrics["test_images"] == 100
     assert metrics["device"].endswith("x2")  # two forked processes trained and tested
+
+
+def test_the_driver_is_asked_about_the_visible_gpu(monkeypatch):
+    """NVML numbers every GPU of the machine: the description of visible device 0 under
+    ``CUDA_VISIBLE_DEVICES=3,1`` is NVML's GPU 3 (a fake driver library here, answering as NVML does)."""
+    import ctypes
+
+    from vit_cifar import devices
+
+    class FakeNVML:
+        def __init__(self, name):
+            self.asked, self.shut_down = [], False
+
+        def nvmlInit_v2(self):
+            return 0
+
+        def nvmlDeviceGetHandleByIndex_v2(self, index, handle):
+            self.asked.append(index)
+            handle._obj.value = 1000 + index
+            return 0
+
+        def nvmlDeviceGetName(self, handle, name, length):
+            name.value = b"Tesla T4" if handle.value == 1003 else b"another GPU"
+            return 0
+
+        def nvmlDeviceGetCudaComputeCapability(self, handle, major, minor):
+            major._obj.value, minor._obj.value = 7, 5
+            return 0
+
+        def nvmlDeviceGetMemoryInfo(self, handle, memory):
+            memory._obj[0] = 15 * 2**30  # total, then free and used
+            return 0
+
+        def nvmlShutdown(self):
+            self.shut_down = True
+            return 0
+
+    nvml = FakeNVML("libnvidia-ml.so.1")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: nvml)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    assert devices.cuda_description(0) == ("Tesla T4", (7, 5), 15 * 2**30)
+    assert nvml.asked == [3] and nvml.shut_down
+    assert not torch.cuda.is_initialized()
