@@ -179,10 +179,10 @@ def resolve_device_aug(value: str | bool, device: DeviceSpec, batched: bool) -> 
     """``data.device_aug``: auto augments the training batches on the device (the GPU data path) on CUDA,
     where the recipe has a batched version (``batched``), and in DataLoader workers elsewhere.
 
-    Why on CUDA: one worker runs the seed's per-image augmentation at about 2,600 images per CPU-second
-    (docs/performance.md, ``python -m vit_cifar.benchmark --loader``); a T4 trains the seed at about 1,900
-    images/s, so Colab's single worker, sharing its core with the training process, cannot keep up, and a
-    compiled H100 step wants over 20,000, more cores than its hosts give the workers."""
+    Why on CUDA: one quiet CPU core runs the seed's per-image augmentation at about 4,000 images/s, a loaded
+    one far less (docs/performance.md, ``python -m vit_cifar.benchmark --loader``); a T4 trains the seed at
+    about 1,900 images/s, which Colab's single worker, sharing its core with the training process, meets with no
+    headroom, and a compiled H100 step wants over 20,000, six or more cores given to the workers alone."""
     check("data.device_aug", value, DEVICE_AUG)
     if value == "auto":
         return device.type == "cuda" and batched
