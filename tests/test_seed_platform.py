@@ -106,7 +106,7 @@ def cuda_tripwire(monkeypatch):
     monkeypatch.setattr("vit_cifar.devices._nvml_description", lambda index: ("Tesla T4", (7, 5), 15 * 2**30))
 
 
-def test_the_gpu_is_described_without_initialising_cuda(tmp_path, cuda_tripwire, capsys):
+def test_the_gpu_is_described_without_initialising_cuda(tmp_path, cuda_tripwire, capsys, monkeypatch):
     from vit_cifar.config.entry import preflight
     from vit_cifar.devices import DeviceSpec, local_device
     from vit_cifar.inference.engine import describe_device
@@ -121,6 +121,14 @@ def test_the_gpu_is_described_without_initialising_cuda(tmp_path, cuda_tripwire,
     with pytest.raises(SystemExit):  # a batch the GPU cannot hold, against the memory the driver reports
         preflight("train", [*seed_on_gpu, "data.batch_size=100000"], check_train_command)
     assert "15.0 GiB of memory on the GPU" in capsys.readouterr().err
+    # Kaggle's T4 x2 as Lightning counts them: the global batch shared out among the two processes
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    preflight("train", [*seed_on_gpu, "trainer.devices=2"], check_train_command)
+    with pytest.raises(SystemExit):
+        preflight("train", [*seed_on_gpu, "trainer.devices=2", "data.batch_size=127"], check_train_command)
+    assert (
+        "data.batch_size=127 (the global batch) does not divide among 2 processes" in capsys.readouterr().err
+    )
     assert not torch.cuda.is_initialized()
 
 
