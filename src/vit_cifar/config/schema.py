@@ -162,6 +162,8 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
     processes = _processes(cfg)
     if "data.batch_size" in values and processes:
         datamodule.rank_batch_size(values["data.batch_size"], processes)  # the global batch, shared out
+    # the device the choices are made for, read once (on a GPU machine a query of the driver)
+    device = device or local_device(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     _check_device_choices(cfg, device)
     _check_memory(cfg, values, device)
     _check_image_size(cfg, values)
@@ -172,10 +174,9 @@ def check_key(key: str, value: Any) -> None:
     check(key, value, RULES[key])
 
 
-def _check_device_choices(cfg: DictConfig, device: DeviceSpec | None) -> None:
+def _check_device_choices(cfg: DictConfig, device: DeviceSpec) -> None:
     """The choices that depend on the device, resolved as the run will resolve them, and what cannot work."""
     if "compile" in cfg:
-        device = device or local_device(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
         compiled = resolve_compile(cfg.compile, device)  # the same one-line error as at the start of a run
         backend = cfg.get("compile_backend", "inductor")
         if compiled and backend not in _compile_backends():
@@ -269,7 +270,7 @@ def _check_image_size(cfg: DictConfig, values: dict) -> None:
         )
 
 
-def _check_memory(cfg: DictConfig, values: dict, device: DeviceSpec | None) -> None:
+def _check_memory(cfg: DictConfig, values: dict, device: DeviceSpec) -> None:
     """Refuse, before anything is allocated, a model and batch whose training takes more memory than the device
     has: the weights with their gradients and AdamW's two moments, and the outputs of the layers with weights
     for a batch (a lower bound: attention maps and the like come on top), measured on the meta device."""
@@ -285,7 +286,6 @@ def _check_memory(cfg: DictConfig, values: dict, device: DeviceSpec | None) -> N
             weights, outputs, top = _measure(net_config, size)
     except (TypeError, ValueError, RuntimeError):
         return  # arguments the network does not take, or input it cannot run: the run names them
-    device = device or local_device(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     precision = resolve_precision(OmegaConf.select(cfg, "trainer.precision", default="32-true"), device)
     batch, eval_batch = values["data.batch_size"], values.get("data.eval_batch_size", 1)
     need = 16 * weights + (2 if "16" in precision else 4) * max(batch * outputs, eval_batch * top)
