@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_config, run_module
-from vit_cifar.checkpoints.atomic import check_output_place
-from vit_cifar.config.entry import preflight
+from vit_cifar.config.entry import check_output_place, preflight
 from vit_cifar.errors import ConfigError
 from vit_cifar.training.run import check_train_command
 

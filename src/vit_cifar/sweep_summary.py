@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vit_cifar.checkpoints.atomic import check_output_place
+from vit_cifar.config.entry import check_output_place
 from vit_cifar.errors import VitCifarError
 from vit_cifar.sweeps.summary import failure_line, report, summarise
 

@@ -21,8 +21,9 @@ from vit_cifar.analysis import plots
 from vit_cifar.analysis.history import history_csv_for, read_history
 from vit_cifar.analysis.metrics import summarise
 from vit_cifar.analysis.report import render_report
-from vit_cifar.checkpoints.atomic import check_output_place, staged_results
+from vit_cifar.checkpoints.atomic import staged_results
 from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, required_ckpt_path
+from vit_cifar.config.entry import check_output_place
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.inference.engine import (
     describe_device,

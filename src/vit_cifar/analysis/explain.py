@@ -14,8 +14,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from vit_cifar.analysis.attention import check_options, explain
 from vit_cifar.analysis.attention_plots import draw_group, write_index
 from vit_cifar.analysis.picking import pick_groups
-from vit_cifar.checkpoints.atomic import check_output_place, staged_results
+from vit_cifar.checkpoints.atomic import staged_results
 from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, load_classifier, required_ckpt_path
+from vit_cifar.config.entry import check_output_place
 from vit_cifar.data.transforms import eval_transform
 from vit_cifar.errors import CheckpointError, ConfigError, SkippedInputsError
 from vit_cifar.inference.engine import input_spec, resolve_device

@@ -25,7 +25,7 @@ from vit_cifar.bench.training import (
     measure_optimizer,
     measure_training,
 )
-from vit_cifar.checkpoints.atomic import check_output_place
+from vit_cifar.config.entry import check_output_place
 from vit_cifar.inference.engine import cpu_model
 
 # ------------------------------------------------------------------------------------------ the report

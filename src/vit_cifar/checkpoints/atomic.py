@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from vit_cifar.errors import ConfigError
-
 
 def partial_path(path: Path) -> Path:
     """The hidden temporary file beside ``path`` that one process writes before the rename: named with the
@@ -19,8 +17,9 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(path: str | Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
     """Write a file so that readers, and a process killed halfway, only ever see the old file or the new one.
+    ``data`` is text (UTF-8), bytes, or a function that writes into the open file (``torch.save``).
 
     The bytes go to :func:`partial_path` beside ``path`` (same filesystem, so the rename is atomic), are
     fsynced, then replace ``path`` in one ``os.replace``; the folder is fsynced so the rename survives a crash.
@@ -30,7 +29,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     partial = partial_path(path)
     try:
         with open(partial, "wb") as f:
-            write(f)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, path)
@@ -43,37 +45,6 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """:func:`atomic_write` of text (UTF-8) or bytes."""
-    payload = data.encode() if isinstance(data, str) else data
-    atomic_write(path, lambda f: f.write(payload))
-
-
-def check_output_place(path: str | Path, key: str, folder: bool) -> Path:
-    """Before any work: that ``path`` (a folder to write into, or a file to write) can be made and written, so
-    a command never computes its results and then fails to keep them. Raises ``ConfigError`` (exit code 2)
-    naming ``key``: a file where a folder is wanted or the reverse, or a place this user cannot write."""
-    path = Path(path).expanduser()
-    if folder and path.exists() and not path.is_dir():
-        raise ConfigError(f"{key}={path} is a file, not a folder: give a folder to write into")
-    if not folder and path.is_dir():
-        raise ConfigError(f"{key}={path} is a folder: give a file name")
-    existing = path if folder and path.is_dir() else path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{key}={path} lies under {existing}, which is a file: choose another place")
-    try:  # the permission bits do not tell (root, ACLs, a read-only mount): try to create a file there
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise ConfigError(
-            f"{key}={path} cannot be written ({reason}: {existing}): choose a writable place"
-        ) from None
-    return path
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from vit_cifar.checkpoints.atomic import atomic_write
+from vit_cifar.checkpoints.atomic import write_atomic
 from vit_cifar.checkpoints.loading import read_checkpoint
 
 
@@ -31,7 +31,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or _is_remote(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        atomic_write(path, lambda f: torch.save(checkpoint, f))
+        write_atomic(path, lambda f: torch.save(checkpoint, f))
 
     def load_checkpoint(
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None

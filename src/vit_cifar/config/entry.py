@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,28 @@ def _one_line(err: BaseException) -> str:
 def _exit(message: str, code: int) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def check_output_place(path: str | Path, key: str, folder: bool) -> Path:
+    """Before any work: that ``path`` (a folder to write into, or a file to write) can be made and written, so
+    a command never computes its results and then fails to keep them. Raises ``ConfigError`` (exit code 2)
+    naming ``key``: a file where a folder is wanted or the reverse, or a place this user cannot write."""
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={path} is a file, not a folder: give a folder to write into")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{key}={path} is a folder: give a file name")
+    existing = path if folder and path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={path} lies under {existing}, which is a file: choose another place")
+    try:  # the permission bits do not tell (root, ACLs, a read-only mount): try to create a file there
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(
+            f"{key}={path} cannot be written ({reason}: {existing}): choose a writable place"
+        ) from None
+    return path

@@ -30,8 +30,9 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from vit_cifar.checkpoints.atomic import check_output_place, write_atomic
+from vit_cifar.checkpoints.atomic import write_atomic
 from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier, required_ckpt_path
+from vit_cifar.config.entry import check_output_place
 from vit_cifar.errors import ConfigError, DataError, VitCifarError, first_line
 from vit_cifar.inference.engine import InputSpec, evaluation_datamodule, input_spec, predict_probs
 from vit_cifar.inference.interop import (

@@ -18,8 +18,9 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from vit_cifar.checkpoints.atomic import check_output_place, write_atomic
+from vit_cifar.checkpoints.atomic import write_atomic
 from vit_cifar.checkpoints.loading import required_ckpt_path
+from vit_cifar.config.entry import check_output_place
 from vit_cifar.data.sources import collect_image_files, decode_image
 from vit_cifar.data.transforms import eval_transform
 from vit_cifar.errors import ConfigError, DataError, SkippedInputsError, first_line

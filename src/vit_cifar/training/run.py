@@ -17,9 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_cifar.analysis.evaluation import evaluate_from_train_config
-from vit_cifar.checkpoints.atomic import check_output_place, write_atomic
+from vit_cifar.checkpoints.atomic import write_atomic
 from vit_cifar.checkpoints.io import SafeCheckpointIO
 from vit_cifar.checkpoints.resume import check_fits, resolve_ckpt_path
+from vit_cifar.config.entry import check_output_place
 from vit_cifar.config.schema import validate_config
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.data.gpu_aug import BATCHED_POLICIES
