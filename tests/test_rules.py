@@ -13,10 +13,9 @@ from vit_cifar.config.entry import compose_config, run_cli
 from vit_cifar.config.schema import RULES, validate_config
 from vit_cifar.data.datamodule import CIFARDataModule
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, train_transform
-from vit_cifar.errors import ConfigError
+from vit_cifar.errors import Choice, ConfigError, Number, check
 from vit_cifar.models.resnet import ResNet18
 from vit_cifar.models.vit import VisionTransformer
-from vit_cifar.rules import Choice, Number, check
 from vit_cifar.training.callbacks import EMA, FiniteLossGuard, ProgressBar
 from vit_cifar.training.module import ClassifierModule
 from vit_cifar.training.monitoring import TensorBoardFigures

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vit_cifar.rules import Choice, check
+from vit_cifar.errors import Choice, check
 
 COMPILE = Choice(("auto", True, False))  # compile=auto compiles where it pays: see resolve_compile
 DEVICE_AUG = Choice(

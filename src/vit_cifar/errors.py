@@ -1,4 +1,18 @@
-"""Errors that stop a command with one clear line instead of a traceback."""
+"""Errors that stop a command with one clear line instead of a traceback, and the rules that word a bad value.
+
+A rule says what a config key takes (a number within bounds, one of some choices, a flag, a checksum). The module
+that owns a group of keys declares its rules beside the code that uses them (``models.vit.RULES``,
+``data.transforms.RULES``, ...); ``config.schema`` gathers every rule to check a whole config before Hydra makes
+a run folder. A bad value gets one line: ``<key>=<value> <what is wrong>: use <what is allowed>``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 
 def first_line(err: BaseException) -> str:
@@ -46,3 +60,139 @@ class SkippedInputsError(VitCifarError):
     """Some input files could not be read; the others were processed and their results written."""
 
     exit_code = 3
+
+
+# The rules of config values.
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite int or float within bounds; ``integer`` rejects 2.5, ``optional`` also accepts null."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low < value rather than low <= value
+    high_open: bool = False
+    integer: bool = False
+    optional: bool = False
+    hint: str = ""  # what a user may want to know about good values
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None if self.optional else "is not set"
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return "has the wrong type"
+        if not math.isfinite(value):  # inf passes any open bound; no setting means it
+            return "is not finite"
+        if self.integer and int(value) != value:
+            return "is not an integer"
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return None if above and below else "is out of range"
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            bounds = f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+        elif self.low is not None:
+            bounds = f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        else:
+            bounds = ""
+        return _with_hint(f"{'null or ' if self.optional else ''}{kind} {bounds}".strip(), self.hint)
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """A list of ``length`` numbers, each as ``item`` takes it (``optim.betas``, ``data.mean``)."""
+
+    item: Number
+    length: int
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != self.length:
+            return "is not a list of the right length"
+        return next(filter(None, map(self.item.problem, value)), None)
+
+    def describe(self) -> str:
+        return f"a list of {self.length}, each {self.item.describe()}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple
+    optional: bool = False
+    hint: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        if value is None and self.optional:
+            return None
+        # True == 1 in Python: a flag is only one of flag options, a number only one of number options
+        same_kind = [o for o in self.options if isinstance(o, bool) == isinstance(value, bool)]
+        return None if value in same_kind else "is unknown"
+
+    def describe(self) -> str:
+        options = ", ".join(o if isinstance(o, str) else show(o) for o in self.options)
+        return _with_hint(f"one of {options}", self.hint)
+
+
+@dataclass(frozen=True)
+class Flag:
+    def problem(self, value: Any) -> str | None:
+        return None if isinstance(value, bool) else "has the wrong type"
+
+    def describe(self) -> str:
+        return "true or false"
+
+
+@dataclass(frozen=True)
+class Hex:
+    digits: int
+
+    def problem(self, value: Any) -> str | None:
+        ok = value is None or (
+            isinstance(value, str) and re.fullmatch(f"[0-9a-fA-F]{{{self.digits}}}", value)
+        )
+        return None if ok else "is not a checksum"
+
+    def describe(self) -> str:
+        return f"null or {self.digits} hexadecimal digits"
+
+
+Rule = Number | Numbers | Choice | Flag | Hex
+
+POSITIVE_INT = Number(low=1, integer=True)
+COUNT = Number(low=0, integer=True)
+PROBABILITY = Number(low=0, high=1)
+OPEN_PROBABILITY = Number(low=0, high=1, high_open=True)  # 1 would drop or smooth away everything
+
+
+def check(key: str, value: Any, rule: Rule) -> None:
+    """:class:`ConfigError` naming ``key``, its value and what it takes, when ``value`` breaks ``rule``."""
+    problem = rule.problem(value)
+    if problem:
+        raise ConfigError(f"{key}={show(value)} {problem}: use {rule.describe()}")
+
+
+def check_args(group: str, rules: dict[str, Rule], **values: Any) -> None:
+    """Check a constructor's arguments against its group's rules: ``check_args("model", RULES, depth=0)``
+    reports ``model.depth=0``."""
+    for name, value in values.items():
+        check(f"{group}.{name}", value, rules[name])
+
+
+def show(value: Any) -> str:
+    """A value as it is written in a config: null, true, 'text', 3."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _number(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _with_hint(text: str, hint: str) -> str:
+    return f"{text} ({hint})" if hint else text

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vit_cifar.rules import Choice, Number, check
+from vit_cifar.errors import Choice, Number, check
 
 HEAD_FUSIONS = ("mean", "max", "min")
 

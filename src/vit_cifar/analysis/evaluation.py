@@ -24,7 +24,7 @@ from vit_cifar.analysis.report import render_report
 from vit_cifar.checkpoints.atomic import staged_results
 from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, required_ckpt_path
 from vit_cifar.config.entry import check_output_place
-from vit_cifar.errors import CheckpointError, ConfigError
+from vit_cifar.errors import POSITIVE_INT, CheckpointError, ConfigError, Number, check
 from vit_cifar.inference.engine import (
     describe_device,
     evaluation_datamodule,
@@ -35,7 +35,6 @@ from vit_cifar.inference.engine import (
     set_threads,
 )
 from vit_cifar.inference.runtime import check_runtime_options, count_params, load_for_inference
-from vit_cifar.rules import POSITIVE_INT, Number, check
 
 SAMPLE_SEED = 42  # the seed's sample and misclassified grids draw 16 images with seed 42
 SAMPLES = 16

@@ -15,8 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vit_cifar.checkpoints.loading import LoadedClassifier
 from vit_cifar.data.sources import collect_image_files, decode_image
-from vit_cifar.errors import ConfigError, DataError, first_line
-from vit_cifar.rules import COUNT, check
+from vit_cifar.errors import COUNT, ConfigError, DataError, check, first_line
 
 Normalise = Callable[[torch.Tensor], torch.Tensor]  # uint8 images -> the network's normalised input
 

@@ -6,7 +6,7 @@ naming the key and what is allowed (exit code 2).
 The rules of the model, data and aug groups are declared by the code that takes those values
 (``models.vit.RULES``, ``models.resnet.RULES``, ``data.datamodule.RULES``, ``data.transforms.RULES``), which
 checks its arguments with them; the rest are here, and the training package checks its own arguments with
-:func:`check_key`. One rule per key, one wording (:mod:`vit_cifar.rules`).
+:func:`check_key`. One rule per key, one wording (:mod:`vit_cifar.errors`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,20 @@ from vit_cifar.devices import (
     resolve_compile,
     resolve_precision,
 )
-from vit_cifar.errors import ConfigError, VitCifarError
+from vit_cifar.errors import (
+    COUNT,
+    POSITIVE_INT,
+    Choice,
+    ConfigError,
+    Flag,
+    Number,
+    Numbers,
+    Rule,
+    VitCifarError,
+    check,
+    show,
+)
 from vit_cifar.models import resnet, vit
-from vit_cifar.rules import COUNT, POSITIVE_INT, Choice, Flag, Number, Numbers, Rule, check, show
 
 _ABSENT = object()
 ANY_NUMBER = Number()

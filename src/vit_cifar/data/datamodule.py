@@ -20,8 +20,19 @@ from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
 from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler, run_seed
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
 from vit_cifar.devices import DEVICE_AUG
-from vit_cifar.errors import ConfigError, DataError
-from vit_cifar.rules import COUNT, POSITIVE_INT, PROBABILITY, Choice, Flag, Hex, Number, Numbers, check_args
+from vit_cifar.errors import (
+    COUNT,
+    POSITIVE_INT,
+    PROBABILITY,
+    Choice,
+    ConfigError,
+    DataError,
+    Flag,
+    Hex,
+    Number,
+    Numbers,
+    check_args,
+)
 
 SOURCES = ("auto", "torchvision", "folder", "synthetic")
 # The values each checked argument of CIFARDataModule takes (config.schema checks the data group with them too).

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
-from vit_cifar.rules import COUNT, OPEN_PROBABILITY, PROBABILITY, Choice, Number, check
+from vit_cifar.errors import COUNT, OPEN_PROBABILITY, PROBABILITY, Choice, Number, check
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

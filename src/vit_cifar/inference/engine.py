@@ -15,8 +15,7 @@ from torch import nn
 from vit_cifar.checkpoints.loading import LoadedClassifier
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
 from vit_cifar.devices import autocast_dtype, canonical_precision, cuda_description
-from vit_cifar.errors import ConfigError
-from vit_cifar.rules import Number, check
+from vit_cifar.errors import ConfigError, Number, check
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from vit_cifar.checkpoints.atomic import write_atomic
 from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier, required_ckpt_path
 from vit_cifar.config.entry import check_output_place
-from vit_cifar.errors import ConfigError, DataError, VitCifarError, first_line
+from vit_cifar.errors import POSITIVE_INT, Choice, ConfigError, DataError, Number, VitCifarError, first_line
+from vit_cifar.errors import check as check_value
 from vit_cifar.inference.engine import InputSpec, evaluation_datamodule, input_spec, predict_probs
 from vit_cifar.inference.interop import (
     LAYER_NORM_EPS,
@@ -52,8 +53,6 @@ from vit_cifar.inference.runtime import (
     onnx_session,
     require,
 )
-from vit_cifar.rules import POSITIVE_INT, Choice, Number
-from vit_cifar.rules import check as check_value
 
 FORMATS = ("onnx", "safetensors", "timm")
 ONNX_INPUT, ONNX_OUTPUT = "images", "logits"

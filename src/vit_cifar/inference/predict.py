@@ -23,10 +23,17 @@ from vit_cifar.checkpoints.loading import required_ckpt_path
 from vit_cifar.config.entry import check_output_place
 from vit_cifar.data.sources import collect_image_files, decode_image
 from vit_cifar.data.transforms import eval_transform
-from vit_cifar.errors import ConfigError, DataError, SkippedInputsError, first_line
+from vit_cifar.errors import (
+    COUNT,
+    POSITIVE_INT,
+    ConfigError,
+    DataError,
+    SkippedInputsError,
+    check,
+    first_line,
+)
 from vit_cifar.inference.engine import InputSpec, input_spec, predict_probs, resolve_device, set_threads
 from vit_cifar.inference.runtime import check_runtime_options, load_for_inference
-from vit_cifar.rules import COUNT, POSITIVE_INT, check
 
 OUTPUT_FORMATS = (".json", ".csv")
 

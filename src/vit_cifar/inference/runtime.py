@@ -18,10 +18,9 @@ from torch import nn
 
 from vit_cifar.checkpoints.loading import LoadedClassifier, describe_mismatch, load_classifier
 from vit_cifar.devices import canonical_precision
-from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError, first_line
+from vit_cifar.errors import CheckpointError, Choice, ConfigError, VitCifarError, check, first_line
 from vit_cifar.inference.engine import input_spec
 from vit_cifar.models.registry import build_network
-from vit_cifar.rules import Choice, check
 
 RUNTIMES = ("torch", "onnx")
 CARD_VERSION = 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from vit_cifar.rules import POSITIVE_INT, check_args
+from vit_cifar.errors import POSITIVE_INT, check_args
 
 RULES = {"num_classes": POSITIVE_INT, "in_chans": POSITIVE_INT}  # checked by config.schema too
 

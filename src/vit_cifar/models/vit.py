@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vit_cifar.errors import ConfigError
-from vit_cifar.rules import OPEN_PROBABILITY, POSITIVE_INT, Choice, Flag, Number, check_args
+from vit_cifar.errors import OPEN_PROBABILITY, POSITIVE_INT, Choice, ConfigError, Flag, Number, check_args
 
 
 class PatchEmbed(nn.Module):
