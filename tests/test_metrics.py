@@ -8,15 +8,7 @@ import math
 import pytest
 import torch
 
-from vit_cifar.analysis.metrics import (
-    confusion_matrix,
-    expected_calibration_error,
-    negative_log_likelihood,
-    per_class_accuracy,
-    reliability_bins,
-    summarise,
-    top_confusions,
-)
+from vit_cifar.analysis.metrics import reliability_bins, summarise, top_confusions
 from vit_cifar.analysis.report import weakest_classes
 
 
@@ -32,16 +24,18 @@ def one_hot_probs(predicted: list[int], confidence: list[float], num_classes: in
 def test_confusion_matrix_and_per_class_accuracy_by_hand():
     targets = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
     predicted = [0, 1, 0, 1, 2, 2, 2, 0, 2]
-    cm = confusion_matrix(one_hot_probs(predicted, [0.8] * 9, 3), targets, 3)
-    assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [1, 0, 3]]
-    rows = per_class_accuracy(cm)
+    m = summarise(one_hot_probs(predicted, [0.8] * 9, 3), targets, ["a", "b", "c"])
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [1, 0, 3]]
+    rows = list(m["per_class"].values())
     assert [(r["correct"], r["total"]) for r in rows] == [(2, 3), (1, 2), (3, 4)]
     assert [r["accuracy"] for r in rows] == pytest.approx([2 / 3, 1 / 2, 3 / 4])
 
 
 def test_a_class_without_images_has_no_accuracy():
-    rows = per_class_accuracy(torch.tensor([[2, 0], [0, 0]]))
-    assert rows[1] == {"correct": 0, "total": 0, "accuracy": None}
+    m = summarise(one_hot_probs([0, 0], [0.9, 0.9], 2), torch.tensor([0, 0]), ["a", "b"])
+    json.dumps(m, allow_nan=False)
+    empty = m["per_class"]["b"]
+    assert (empty["correct"], empty["total"], empty["accuracy"], empty["ece"]) == (0, 0, None, None)
 
 
 def test_ece_on_a_constructed_case():
@@ -50,7 +44,8 @@ def test_ece_on_a_constructed_case():
     targets = torch.tensor([0, 1, 2, 0, 1, 2])
     probs = one_hot_probs([0, 1, 2, 1, 1, 0], [0.9, 0.9, 0.9, 0.9, 0.62, 0.62], 3)
     expected = 4 / 6 * 0.15 + 2 / 6 * 0.12
-    assert expected_calibration_error(probs.float(), targets, n_bins=15) == pytest.approx(expected, abs=1e-6)
+    ece = summarise(probs, targets, ["a", "b", "c"])["calibration"]["ece"]
+    assert ece == pytest.approx(expected, abs=1e-6)
     bins = {k: b for k, b in enumerate(reliability_bins(probs, targets, 15)) if b["count"]}
     assert set(bins) == {9, 13}
     assert (bins[13]["count"], bins[13]["accuracy"], bins[13]["confidence"]) == (4, 0.75, pytest.approx(0.9))
@@ -61,7 +56,7 @@ def test_perfectly_calibrated_predictions_have_zero_ece():
     # Ten predictions at 0.7 of which seven are right: confidence equals accuracy.
     targets = torch.zeros(10, dtype=torch.long)
     probs = one_hot_probs([0] * 7 + [1] * 3, [0.7] * 10, 4)
-    assert expected_calibration_error(probs, targets) == pytest.approx(0.0, abs=1e-7)
+    assert summarise(probs, targets, list("abcd"))["calibration"]["ece"] == pytest.approx(0.0, abs=1e-7)
 
 
 def test_reliability_bins_give_torchmetrics_ece():
@@ -70,10 +65,11 @@ def test_reliability_bins_give_torchmetrics_ece():
     probs = (torch.randn(2000, 10, generator=generator) * 3).softmax(dim=1)
     targets = torch.randint(0, 10, (2000,), generator=generator)
     assert probs.max() < 1.0  # torchmetrics puts a confidence of exactly 1.0 in a bin of its own
-    bins = reliability_bins(probs, targets)
+    cal = summarise(probs, targets, list("abcdefghij"))["calibration"]
+    bins = cal["bins"]
     assert len(bins) == 15 and sum(b["count"] for b in bins) == 2000
     from_bins = sum(b["count"] / 2000 * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
-    assert from_bins == pytest.approx(expected_calibration_error(probs, targets), abs=1e-6)
+    assert from_bins == pytest.approx(cal["ece"], abs=1e-6)
 
 
 def test_negative_log_likelihood_by_hand():
@@ -81,7 +77,7 @@ def test_negative_log_likelihood_by_hand():
     targets = torch.tensor([0, 1, 0])
     # The third probability underflowed to 0: it counts as 1e-12 instead of infinity.
     expected = -(math.log(0.5) + math.log(0.8) + math.log(1e-12)) / 3
-    assert negative_log_likelihood(probs, targets) == pytest.approx(expected)
+    assert summarise(probs, targets, ["a", "b", "c"])["calibration"]["nll"] == pytest.approx(expected)
 
 
 def test_top_confusions_most_frequent_first_ties_in_class_order():

@@ -26,7 +26,8 @@ HEAD_FUSIONS = ("mean", "max", "min")
 
 
 def check_options(head_fusion: str, discard_ratio: float) -> None:
-    """Raise a one-line ConfigError for an unknown head fusion or a discard ratio outside [0, 1)."""
+    """The visualize command's check of its rollout options, before any work: a one-line ConfigError for an
+    unknown head fusion or a discard ratio outside [0, 1)."""
     check("head_fusion", head_fusion, Choice(HEAD_FUSIONS))
     check(
         "discard_ratio",
@@ -37,10 +38,10 @@ def check_options(head_fusion: str, discard_ratio: float) -> None:
 
 def fuse_heads(attn: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
     """(B, H, N, N) -> (B, N, N): the mean, max or min over the heads."""
-    check_options(head_fusion, 0.0)
-    if head_fusion == "mean":
-        return attn.mean(dim=1)
-    return attn.amax(dim=1) if head_fusion == "max" else attn.amin(dim=1)
+    fused = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}.get(head_fusion)
+    if fused is None:
+        raise ValueError(f"head_fusion={head_fusion!r} is not one of {', '.join(HEAD_FUSIONS)}")
+    return fused(attn, dim=1)
 
 
 def discard_lowest(attn: torch.Tensor, discard_ratio: float) -> torch.Tensor:
@@ -50,8 +51,9 @@ def discard_lowest(attn: torch.Tensor, discard_ratio: float) -> torch.Tensor:
     N * N entries together, this ranks within each row: a token that attends diffusely keeps its strongest
     links instead of losing them all to sharper tokens. Rows no longer sum to 1; rollout renormalises them.
     """
-    num_patches = attn.shape[-1] - 1
-    k = int(num_patches * float(discard_ratio))
+    if not 0 <= discard_ratio < 1:
+        raise ValueError(f"discard_ratio={discard_ratio} is outside [0, 1)")
+    k = int((attn.shape[-1] - 1) * float(discard_ratio))  # of the N - 1 patch links
     if k == 0:
         return attn
     patches = attn[..., 1:]  # (B, N, N - 1)
@@ -71,7 +73,6 @@ def attention_rollout(
     sums to 1. With ``gradients`` (one per layer, the gradient of a class score with respect to each
     attention), each head's attention is first replaced by the positive part of attention * gradient.
     """
-    check_options(head_fusion, discard_ratio)
     if not attentions:
         raise ValueError("attention_rollout needs the attention of at least one layer")
     if gradients is not None and len(gradients) != len(attentions):

@@ -18,13 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vit_cifar.analysis import plots
-from vit_cifar.analysis.history import history_csv_for, read_history
+from vit_cifar.analysis.history import find_history
 from vit_cifar.analysis.metrics import summarise
-from vit_cifar.analysis.report import render_report
+from vit_cifar.analysis.report import render_report, summary_line
 from vit_cifar.checkpoints.atomic import staged_results
 from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, required_ckpt_path
 from vit_cifar.config.entry import check_output_place
-from vit_cifar.errors import POSITIVE_INT, CheckpointError, ConfigError, Number, check
+from vit_cifar.errors import POSITIVE_INT, CheckpointError, Number, check
 from vit_cifar.inference.engine import (
     describe_device,
     evaluation_datamodule,
@@ -79,7 +79,7 @@ def evaluate_checkpoint(
     set_threads(options.threads)
     device = resolve_device(options.device)
     loaded = load_for_inference(ckpt_path, options.runtime, options.threads)
-    history_csv = _history_csv(ckpt_path, options.history)
+    history_csv, history, history_note = find_history(ckpt_path, options.history)
     datamodule = evaluation_datamodule(data_cfg, input_spec(loaded), options.batch_size, options.num_workers)
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -110,9 +110,17 @@ def evaluate_checkpoint(
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "classes": classes,
         **summarise(probs, targets, classes),
+        "history_csv": str(history_csv) if history_csv else None,
     }
     images = datamodule.test_set.images.permute(0, 2, 3, 1).numpy()  # (N, 3, H, W) -> (N, H, W, 3) uint8
-    write_outputs(Path(output_dir), metrics, probs, targets, images, history_csv, start)
+    # Drawn and written into a hidden folder beside output_dir, then moved into place: a failure leaves no
+    # half-written output, and no figure of an earlier evaluation that this report does not show stays behind.
+    with staged_results(Path(output_dir), OWN_FILES) as staging:
+        figures = draw_figures(staging, metrics, probs, targets, images, history)
+        notes = {"training_history": history_note} if history_note else {}
+        metrics["wall_s"] = round(time.perf_counter() - start, 2)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (staging / "report.md").write_text(render_report(metrics, figures, notes))
     print(summary_line(metrics))
     print(f"wrote the figures, metrics.json and report.md to {output_dir}")
     return metrics
@@ -123,49 +131,14 @@ def _check_classes(loaded: LoadedClassifier, data_classes: list[str]) -> list[st
     data's."""
     unnamed = loaded.classes == [str(i) for i in range(len(loaded.classes))]  # a checkpoint without names
     if len(loaded.classes) != len(data_classes) or (not unnamed and loaded.classes != data_classes):
+        few = lambda names: ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise CheckpointError(
-            f"checkpoint {loaded.path} predicts {len(loaded.classes)} classes ({_few(loaded.classes)}) but "
-            f"the test data has {len(data_classes)} ({_few(data_classes)}): evaluate it on the data it was "
+            f"checkpoint {loaded.path} predicts {len(loaded.classes)} classes ({few(loaded.classes)}) but "
+            f"the test data has {len(data_classes)} ({few(data_classes)}): evaluate it on the data it was "
             "trained on "
             "(set data.root / data=...)"
         )
     return data_classes
-
-
-def _few(names: list[str]) -> str:
-    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-
-
-def _history_csv(ckpt_path: str | Path, given: str | None) -> Path | None:
-    """The CSV log to plot: the one given (it must exist) or the checkpoint's run's, when it has one."""
-    if given:
-        if not Path(given).is_file():
-            raise ConfigError(
-                f"history={given} does not exist: give the run's csv/metrics.csv, or leave it unset"
-            )
-        return Path(given)
-    found = history_csv_for(Path(ckpt_path))
-    return found if found.is_file() else None
-
-
-def write_outputs(
-    out: Path,
-    metrics: dict,
-    probs: torch.Tensor,
-    targets: torch.Tensor,
-    images: np.ndarray,
-    history_csv: Path | None,
-    start: float,
-) -> None:
-    """Draw every figure and write ``metrics.json`` and ``report.md`` into a hidden folder beside ``out``,
-    then move them into place: a failure leaves no half-written output, and no figure of an earlier
-    evaluation that this report does not show stays behind."""
-    with staged_results(out, OWN_FILES) as staging:
-        figures, notes = draw_figures(staging, metrics, probs, targets, images, history_csv)
-        metrics["history_csv"] = str(history_csv) if history_csv else None
-        metrics["wall_s"] = round(time.perf_counter() - start, 2)
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (staging / "report.md").write_text(render_report(metrics, figures, notes))
 
 
 def draw_figures(
@@ -174,15 +147,14 @@ def draw_figures(
     probs: torch.Tensor,
     targets: torch.Tensor,
     images: np.ndarray,
-    history_csv: Path | None,
-) -> tuple[dict[str, str | None], dict[str, str]]:
-    """Every figure into ``folder``; returns figure role -> file name (None when not drawn) and why not."""
+    history: dict | None,
+) -> dict[str, str | None]:
+    """Every figure into ``folder``; returns figure role -> file name (None when not drawn)."""
     classes = m["classes"]
     confidence, predicted = (t.numpy() for t in probs.max(dim=1))
     truth = targets.numpy()
     correct = predicted == truth
     figures: dict[str, str | None] = {name: f"{name}.png" for name in FIGURES}
-    notes: dict[str, str] = {}
 
     per_class = [m["per_class"][c]["accuracy"] for c in classes]
     per_class = [np.nan if a is None else a for a in per_class]  # a class without test images
@@ -209,45 +181,14 @@ def draw_figures(
         folder / figures["misclassified_samples"],
     )
 
-    history = _read_history(history_csv, notes)
     if history is None:
         figures["training_history"] = None
     else:
         plots.training_history(history, folder / figures["training_history"])
     plots.reliability_diagram(
-        m["calibration"]["bins"],
-        m["calibration"],
-        m["per_class"],
-        confidence,
-        correct,
-        folder / figures["reliability_diagram"],
+        m["calibration"], m["per_class"], confidence, correct, folder / figures["reliability_diagram"]
     )
-    return figures, notes
-
-
-def _read_history(history_csv: Path | None, notes: dict[str, str]) -> dict | None:
-    if history_csv is None:
-        notes["training_history"] = (
-            "no training log found beside the checkpoint (<run>/csv/metrics.csv); pass history=<metrics.csv>"
-        )
-        return None
-    try:
-        history = read_history(history_csv)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        notes["training_history"] = f"{history_csv} could not be read: {err}"
-        return None
-    if not any(history.values()):
-        notes["training_history"] = f"{history_csv} holds no epoch or learning-rate values"
-        return None
-    return history
-
-
-def summary_line(m: dict) -> str:
-    return (
-        f"test_acc={m['test_acc']:.4f} | ECE {m['calibration']['ece']:.4f} "
-        f"| NLL {m['calibration']['nll']:.4f}"
-        f" | {m['test_images']:,} images of {m['data']} | {m['device']} | {m['images_per_s']:.0f} images/s"
-    )
+    return figures
 
 
 def evaluate(cfg: DictConfig) -> dict:

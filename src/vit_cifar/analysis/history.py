@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from vit_cifar.errors import ConfigError
+
 # Columns of the CSV log -> series names; epoch-level values are keyed by epoch, the learning rate by step.
 EPOCH_COLUMNS = {
     "train/loss_epoch": "train/loss",
@@ -14,9 +16,28 @@ EPOCH_COLUMNS = {
 }
 
 
-def history_csv_for(ckpt_path: Path) -> Path:
-    """Where the train command logs a run whose checkpoints sit in ``<run>/checkpoints/``."""
-    return Path(ckpt_path).resolve().parent.parent / "csv" / "metrics.csv"
+def find_history(ckpt_path: str | Path, given: str | None) -> tuple[Path | None, dict | None, str | None]:
+    """The CSV log to plot (the one given, which must exist, or the checkpoint's run's when it has one), its
+    history, and why there is none to plot when there is not."""
+    if given and not Path(given).is_file():
+        raise ConfigError(
+            f"history={given} does not exist: give the run's csv/metrics.csv, or leave it unset"
+        )
+    # The train command logs a run whose checkpoints sit in <run>/checkpoints/ to <run>/csv/metrics.csv.
+    path = Path(given) if given else Path(ckpt_path).resolve().parent.parent / "csv" / "metrics.csv"
+    if not path.is_file():
+        return (
+            None,
+            None,
+            "no training log found beside the checkpoint (<run>/csv/metrics.csv); pass history=<metrics.csv>",
+        )
+    try:
+        history = read_history(path)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return path, None, f"{path} could not be read: {err}"
+    if not any(history.values()):
+        return path, None, f"{path} holds no epoch or learning-rate values"
+    return path, history, None
 
 
 def read_history(path: Path) -> dict[str, list[tuple[float, float]]]:

@@ -13,6 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from vit_cifar.analysis.report import pct
+
 DPI = 110
 GREEN, ORANGE, RED, BLUE, GREY = "#2ca02c", "#ff7f0e", "#d62728", "#1f77b4", "#7f7f7f"
 
@@ -158,7 +160,6 @@ def training_history(history: dict[str, list[tuple[float, float]]], path: Path) 
 
 
 def reliability_diagram(
-    bins: Sequence[dict],
     calibration: dict,
     per_class: dict[str, dict],
     confidence: np.ndarray,
@@ -170,6 +171,7 @@ def reliability_diagram(
     ones."""
     fig = Figure(figsize=(17, 5), layout="constrained")
     ax_rel, ax_hist, ax_cls = fig.subplots(1, 3, width_ratios=[1, 1, 1.5])
+    bins = calibration["bins"]
 
     width = bins[0]["upper"] - bins[0]["lower"]
     filled = [b for b in bins if b["count"]]
@@ -206,8 +208,8 @@ def reliability_diagram(
     )
     text = (
         f"ECE {100 * calibration['ece']:.2f}%\nNLL {calibration['nll']:.3f}\n"
-        f"confidence right {_pct(calibration['confidence_correct'])}\n"
-        f"confidence wrong {_pct(calibration['confidence_wrong'])}"
+        f"confidence right {pct(calibration['confidence_correct'])}\n"
+        f"confidence wrong {pct(calibration['confidence_wrong'])}"
     )
     ax_rel.text(
         0.03,
@@ -253,7 +255,3 @@ def reliability_diagram(
     # Between the title and the bars, so that it covers none of them.
     ax_cls.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     _save(fig, path)
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"

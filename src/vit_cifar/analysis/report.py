@@ -1,4 +1,5 @@
-"""``report.md``: the seed's tables regenerated from one evaluation, with its figures and how it was made."""
+"""What the commands say about their results: ``report.md`` (the seed's tables regenerated from one
+evaluation, with its figures and how it was made) and the one line train and evaluate print."""
 
 from __future__ import annotations
 
@@ -16,6 +17,30 @@ def weakest_classes(per_class: dict[str, dict], k: int = WEAKEST) -> set[str]:
         for name, row in per_class.items()
         if row["accuracy"] is not None and row["accuracy"] <= threshold
     }
+
+
+def summary_line(m: dict) -> str:
+    """The line train and evaluate print about the ``metrics.json`` they wrote."""
+    if m.get("pipeline_check"):  # a few batches: an accuracy here would be mistaken for a result
+        tested = f", {m['test_images']:,} test images" if "test_images" in m else ""
+        parts = [f"pipeline check, not a result (limited batches{tested})"]
+    else:
+        parts = [f"test_acc={m['test_acc']:.4f}" if "test_acc" in m else "not tested"]
+    if "calibration" in m:  # an evaluation's
+        parts += [f"ECE {m['calibration']['ece']:.4f}", f"NLL {m['calibration']['nll']:.4f}"]
+    if m.get("checkpoint_after_epoch"):
+        parts.append(f"checkpoint after epoch {m['checkpoint_after_epoch']}")
+    if "epochs" in m:  # a training's
+        parts.append(f"{m['epochs']} epochs")
+    seed = m.get("seed", m.get("train_seed"))
+    parts += [f"seed {seed}"] if seed is not None else []
+    parts += [m["data"], f"{m['params']:,} params", m["device"]]
+    if "images_per_s" in m:
+        parts.append(f"{m['images_per_s']:.0f} images/s")
+    parts.append(f"{m['wall_s']:.0f} s")
+    if m.get("run_folder"):
+        parts.append(f"run folder {m['run_folder']}")
+    return " | ".join(parts)
 
 
 def render_report(m: dict, figures: dict[str, str | None], notes: dict[str, str] | None = None) -> str:
@@ -36,8 +61,8 @@ def render_report(m: dict, figures: dict[str, str | None], notes: dict[str, str]
         "",
         "| Model | Test Accuracy | Parameters | Correct / Total | Errors |",
         "|---|---|---|---|---|",
-        f"| {m['model']} | **{_pct(m['test_acc'], 2)}** | {m['params'] / 1e6:.2f}M | "
-        f"{m['correct']:,} / {m['test_images']:,} | {m['errors']:,} ({_pct(m['error_rate'], 2)}) |",
+        f"| {m['model']} | **{pct(m['test_acc'], 2)}** | {m['params'] / 1e6:.2f}M | "
+        f"{m['correct']:,} / {m['test_images']:,} | {m['errors']:,} ({pct(m['error_rate'], 2)}) |",
         "",
         "## Per-Class Results",
         "",
@@ -45,12 +70,12 @@ def render_report(m: dict, figures: dict[str, str | None], notes: dict[str, str]
         "|---|---|---|",
     ]
     for name, row in m["per_class"].items():
-        cells = [name, _pct(row["accuracy"], 1)]
+        cells = [name, pct(row["accuracy"], 1)]
         if name in weak:
             cells = [f"**{c}**" for c in cells]
         lines.append(f"| {cells[0]} | {cells[1]} | {row['correct']:,} / {row['total']:,} |")
     lines += [
-        f"| **Overall** | **{_pct(m['test_acc'], 2)}** | {m['correct']:,} / {m['test_images']:,} |",
+        f"| **Overall** | **{pct(m['test_acc'], 2)}** | {m['correct']:,} / {m['test_images']:,} |",
         "",
         f"The weakest classes ({WEAKEST}, or more when tied) are in bold.",
         "",
@@ -73,16 +98,16 @@ def render_report(m: dict, figures: dict[str, str | None], notes: dict[str, str]
         f"| ECE ({cal['ece_bins']} bins) | NLL | Mean confidence | Confidence when right "
         "| Confidence when wrong |",
         "|---|---|---|---|---|",
-        f"| {_pct(cal['ece'], 2)} | {cal['nll']:.4f} | {_pct(cal['mean_confidence'], 1)} | "
-        f"{_pct(cal['confidence_correct'], 1)} | {_pct(cal['confidence_wrong'], 1)} |",
+        f"| {pct(cal['ece'], 2)} | {cal['nll']:.4f} | {pct(cal['mean_confidence'], 1)} | "
+        f"{pct(cal['confidence_correct'], 1)} | {pct(cal['confidence_wrong'], 1)} |",
         "",
         "Per class (over the images of each true class):",
         "",
         "| Class | Accuracy | Mean confidence | Confidence when right | Confidence when wrong | ECE |",
         "|---|---|---|---|---|---|",
         *[
-            f"| {name} | {_pct(r['accuracy'], 1)} | {_pct(r['mean_confidence'], 1)} | "
-            f"{_pct(r['confidence_correct'], 1)} | {_pct(r['confidence_wrong'], 1)} | {_pct(r['ece'], 2)} |"
+            f"| {name} | {pct(r['accuracy'], 1)} | {pct(r['mean_confidence'], 1)} | "
+            f"{pct(r['confidence_correct'], 1)} | {pct(r['confidence_wrong'], 1)} | {pct(r['ece'], 2)} |"
             for name, r in m["per_class"].items()
         ],
         "",
@@ -99,7 +124,7 @@ def render_report(m: dict, figures: dict[str, str | None], notes: dict[str, str]
         "",
         *_figure(figures, notes, "misclassified_samples", "Misclassified Samples"),
         f"*{min(16, m['errors'])} randomly sampled misclassified examples (seed {m['sample_seed']}) from the "
-        f"{m['errors']:,} errors ({_pct(m['error_rate'], 1)} error rate), titled true -> predicted.*",
+        f"{m['errors']:,} errors ({pct(m['error_rate'], 1)} error rate), titled true -> predicted.*",
         "",
         "## Training History",
         "",
@@ -140,5 +165,6 @@ def _figure(figures: dict[str, str | None], notes: dict[str, str], role: str, ti
     return [f"*{title}: not drawn ({notes.get(role, 'no data')}).*", ""]
 
 
-def _pct(value: float | None, digits: int) -> str:
+def pct(value: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage; "n/a" for None or NaN (no images to measure it on)."""
     return "n/a" if value is None or value != value else f"{100 * value:.{digits}f}%"

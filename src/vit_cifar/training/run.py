@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_cifar.analysis.evaluation import evaluate_from_train_config
+from vit_cifar.analysis.report import summary_line
 from vit_cifar.checkpoints.atomic import write_atomic
 from vit_cifar.checkpoints.io import SafeCheckpointIO
 from vit_cifar.checkpoints.resume import check_fits, resolve_ckpt_path
@@ -206,27 +207,6 @@ def pipeline_check(cfg: DictConfig) -> bool:
         or bool(trainer.get("overfit_batches"))
         or any(trainer.get(key) not in (None, 1.0) for key in LIMITING_KEYS[2:])
     )
-
-
-def summary_line(m: dict) -> str:
-    if m.get("pipeline_check"):  # a few batches: an accuracy here would be mistaken for a result
-        tested = f", {m['test_images']:,} test images" if "test_images" in m else ""
-        parts = [f"pipeline check, not a result (limited batches{tested})"]
-    else:
-        parts = [f"test_acc={m['test_acc']:.4f}" if "test_acc" in m else "not tested"]
-    if "checkpoint_after_epoch" in m:
-        parts.append(f"checkpoint after epoch {m['checkpoint_after_epoch']}")
-    parts += [
-        f"{m['epochs']} epochs",
-        f"seed {m['seed']}",
-        m["data"],
-        f"{m['params']:,} params",
-        m["device"],
-        f"{m['wall_s']:.0f} s",
-    ]
-    if m.get("run_folder"):
-        parts.append(f"run folder {m['run_folder']}")
-    return " | ".join(parts)
 
 
 def check_train_command(cfg: DictConfig, multirun: bool) -> None:
