@@ -80,10 +80,7 @@ def evaluate_checkpoint(
     device = resolve_device(options.device)
     loaded = load_for_inference(ckpt_path, options.runtime, options.threads)
     history_csv, history, history_note = find_history(ckpt_path, options.history)
-    datamodule = evaluation_datamodule(data_cfg, input_spec(loaded), options.batch_size, options.num_workers)
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    classes = _check_classes(loaded, list(datamodule.classes))
+    datamodule, classes = evaluation_data(data_cfg, loaded, options.batch_size, options.num_workers)
 
     tic = time.perf_counter()
     probs, targets = predict_probs(
@@ -126,19 +123,22 @@ def evaluate_checkpoint(
     return metrics
 
 
-def _check_classes(loaded: LoadedClassifier, data_classes: list[str]) -> list[str]:
-    """The class names to report; an error when the checkpoint was trained on other classes than the
-    data's."""
+def evaluation_data(data_cfg: dict, loaded: LoadedClassifier, batch_size: int, num_workers: int = 0):
+    """The DataModule ``data_cfg`` describes, set up for its test split as ``loaded``'s network is fed, and the
+    class names to report; an error when the checkpoint was trained on other classes than the data's."""
+    datamodule = evaluation_datamodule(data_cfg, input_spec(loaded), batch_size, num_workers)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    data_classes = list(datamodule.classes)
     unnamed = loaded.classes == [str(i) for i in range(len(loaded.classes))]  # a checkpoint without names
     if len(loaded.classes) != len(data_classes) or (not unnamed and loaded.classes != data_classes):
         few = lambda names: ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise CheckpointError(
             f"checkpoint {loaded.path} predicts {len(loaded.classes)} classes ({few(loaded.classes)}) but "
-            f"the test data has {len(data_classes)} ({few(data_classes)}): evaluate it on the data it was "
-            "trained on "
-            "(set data.root / data=...)"
+            f"the test data has {len(data_classes)} ({few(data_classes)}): use the data it was "
+            "trained on (set data.root / data=...)"
         )
-    return data_classes
+    return datamodule, data_classes
 
 
 def draw_figures(

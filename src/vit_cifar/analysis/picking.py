@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vit_cifar.analysis.evaluation import evaluation_data
 from vit_cifar.checkpoints.loading import LoadedClassifier
 from vit_cifar.data.sources import collect_image_files, decode_image
 from vit_cifar.errors import COUNT, ConfigError, DataError, check, first_line
@@ -89,15 +89,8 @@ def load_test_set(
     cfg: DictConfig, loaded: LoadedClassifier, image_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The test images (uint8 (N, 3, S, S)) and labels of the data group, checked against the checkpoint."""
-    # device_aug concerns training batches only (auto is resolved for training runs)
-    datamodule = hydra.utils.instantiate(cfg.data, image_size=image_size, device_aug=False, _convert_="all")
-    datamodule.setup("test")
-    classes = list(datamodule.classes)
-    if classes != loaded.classes:
-        raise DataError(
-            f"the test data ({datamodule.description}) has classes {classes[:10]}, but checkpoint "
-            f"{loaded.path} was trained on {loaded.classes[:10]}: pass the data.* settings of its training"
-        )
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    datamodule, _ = evaluation_data(data_cfg, loaded, int(cfg.data.get("eval_batch_size", 512)))
     images, labels = datamodule.test_set.images, datamodule.test_set.labels
     if tuple(images.shape[-2:]) != (image_size, image_size):
         raise DataError(
