@@ -14,7 +14,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from omegaconf import OmegaConf
 
@@ -149,11 +149,11 @@ def summarise(folder: Path) -> Summary:
     summary = Summary(folder, rank(jobs), swept, fixed)
     if "seed" in swept:
         summary.seed_groups = over_seeds(summary.jobs, [k for k in swept if k != "seed"])
-    write_atomic(folder / "summary.csv", jobs_csv(summary))
+    write_atomic(folder / "summary.csv", to_csv(job_rows(summary)))
     write_atomic(folder / "summary.md", markdown(summary))
-    write_atomic(folder / "summary.png", plot_png(summary))
+    write_atomic(folder / "summary.png", lambda file: plot_png(summary, file))
     if summary.seed_groups:
-        write_atomic(folder / "summary_seeds.csv", seeds_csv(summary))
+        write_atomic(folder / "summary_seeds.csv", to_csv(summary.seed_groups))
     return summary
 
 
@@ -210,34 +210,31 @@ def mean_std(values: list) -> tuple[float | None, float | None]:
 
 # --------------------------------------------------------------------------------------------- the files
 
-JOB_COLUMNS = ("val_acc", "test_acc", "epochs", "wall_s")
+
+def job_rows(summary: Summary) -> list[dict]:
+    """``summary.csv``'s rows, ranked: a rank for completed jobs, the swept values, the numbers, the error."""
+    return [
+        {
+            "rank": i if job.status == OK else "",
+            "job": job.name,
+            "status": job.status,
+            **{k: job.overrides.get(k, "") for k in summary.swept},
+            "val_acc": job.val_acc,
+            "test_acc": job.test_acc,
+            "epochs": job.metrics.get("epochs"),
+            "wall_s": job.metrics.get("wall_s"),
+            "error": job.error,
+        }
+        for i, job in enumerate(summary.jobs, 1)
+    ]
 
 
-def jobs_csv(summary: Summary) -> str:
+def to_csv(rows: list[dict]) -> str:
+    """The rows (dicts with the same keys) as CSV under a header; a missing value is an empty cell."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["rank", "job", "status", *summary.swept, *JOB_COLUMNS, "error"])
-    for i, job in enumerate(summary.jobs, 1):
-        values = [job.val_acc, job.test_acc, job.metrics.get("epochs"), job.metrics.get("wall_s")]
-        writer.writerow(
-            [
-                i if job.status == OK else "",
-                job.name,
-                job.status,
-                *(job.overrides.get(k, "") for k in summary.swept),
-                *("" if v is None else v for v in values),
-                job.error,
-            ]
-        )
-    return out.getvalue()
-
-
-def seeds_csv(summary: Summary) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(summary.seed_groups[0]), lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    for row in summary.seed_groups:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
     return out.getvalue()
 
 
@@ -254,22 +251,19 @@ def markdown(summary: Summary) -> str:
     if summary.fixed:
         lines += ["Every job: `" + " ".join(f"{k}={v}" for k, v in summary.fixed.items()) + "`", ""]
     header = ["rank", "job", *summary.swept, "val acc", "test acc", "epochs", "wall time", "status"]
-    rows = []
-    for i, job in enumerate(summary.jobs, 1):
-        status = job.status if job.status == OK else f"**{job.status}**: {job.error}"
-        values = [_short(job.overrides.get(k, "")) for k in summary.swept]
-        rows.append(
-            [
-                str(i) if job.status == OK else "",
-                job.name,
-                *values,
-                _acc(job.val_acc),
-                _acc(job.test_acc),
-                str(job.metrics.get("epochs", "")),
-                _duration(job.metrics.get("wall_s")),
-                status,
-            ]
-        )
+    rows = [
+        [
+            r["rank"],
+            r["job"],
+            *(_short(r[k]) for k in summary.swept),
+            _acc(r["val_acc"]),
+            _acc(r["test_acc"]),
+            "" if r["epochs"] is None else r["epochs"],
+            _duration(r["wall_s"]),
+            r["status"] if r["status"] == OK else f"**{r['status']}**: {r['error']}",
+        ]
+        for r in job_rows(summary)
+    ]
     lines += _table(header, rows)
     if summary.seed_groups:
         keys = [k for k in summary.swept if k != "seed"]
@@ -325,11 +319,10 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def plot_png(summary: Summary) -> bytes:
+def plot_png(summary: Summary, file: BinaryIO) -> None:
     """Validation (and, lighter, test) accuracy of every completed job against each swept knob, with the mean
     validation accuracy per value as a line. The seed is left out when other knobs are swept."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # here: training imports this module, and draws nothing with it
 
     knobs = [k for k in summary.swept if k != "seed"] or summary.swept
     done = [job for job in summary.jobs if job.status == OK and job.val_acc is not None]
@@ -337,7 +330,6 @@ def plot_png(summary: Summary) -> bytes:
     rows = max(1, math.ceil(len(knobs) / cols))
     # At least 7 inches wide, so that the title fits even above one panel (it was clipped at 4.2).
     fig = Figure(figsize=(max(7.0, 4.2 * cols), 3.8 * rows + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     if not done or not knobs:
         axes[0].text(0.5, 0.5, "no completed job with a validation accuracy", ha="center", va="center")
@@ -366,9 +358,7 @@ def plot_png(summary: Summary) -> bytes:
         ax.set_axis_off()
     where = f"{summary.folder.parent.name}/{summary.folder.name}"
     fig.suptitle(f"{where}: accuracy by swept value\n{len(done)} of {len(summary.jobs)} jobs completed")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    fig.savefig(file, format="png", dpi=100)
 
 
 def _is_number(text: str) -> bool:
