@@ -90,10 +90,6 @@ def rollout_overview(images: torch.Tensor, rollouts: torch.Tensor, titles: list[
     return fig
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=100)
-
-
 # ------------------------------------------------------------------------------------ the index page
 
 
@@ -131,11 +127,11 @@ def draw_group(group: Group, ex: Explanation, classes: list[str], folder: Path) 
         fig = attention_figure(
             picked.images[i], ex.head_maps[i], ex.rollout[i], f"{d.source}: {d.verdict}", grad, grad_title
         )
-        save_figure(fig, folder / d.file)
+        fig.savefig(folder / d.file, dpi=100)
         drawn.append(d)
     short = [d.verdict.replace(" (p", "\n(p") for d in drawn]  # two lines: long names fit narrow panels
     fig = rollout_overview(picked.images, ex.rollout, short, f"{group.title}: attention rollout")
-    save_figure(fig, folder / group.overview)
+    fig.savefig(folder / group.overview, dpi=100)
     return drawn
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_cifar.analysis import plots
 from vit_cifar.analysis.history import find_history
 from vit_cifar.analysis.metrics import summarise
-from vit_cifar.analysis.report import render_report, summary_line
+from vit_cifar.analysis.report import SAMPLES, render_report, summary_line
 from vit_cifar.checkpoints.atomic import staged_results
 from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, required_ckpt_path
 from vit_cifar.config.entry import check_output_place
@@ -36,8 +36,7 @@ from vit_cifar.inference.engine import (
 )
 from vit_cifar.inference.runtime import check_runtime_options, count_params, load_for_inference
 
-SAMPLE_SEED = 42  # the seed's sample and misclassified grids draw 16 images with seed 42
-SAMPLES = 16
+SAMPLE_SEED = 42  # the seed's sample and misclassified grids draw their images with seed 42
 FIGURES = (
     "per_class_accuracy",
     "confusion_matrix",

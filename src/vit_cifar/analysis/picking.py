@@ -153,15 +153,9 @@ def pick_groups(
     groups = []
     if num_images:
         chosen = [int(i) for i in order[:num_images]]
+        picked = _picked_from_test(images, labels, chosen, "sample")
         note = f"{len(chosen)} test images drawn at random (seed {cfg.seed})."
-        groups.append(
-            Group(
-                "Test images",
-                note,
-                "rollout_samples.png",
-                _picked_from_test(images, labels, chosen, "sample"),
-            )
-        )
+        groups.append(Group("Test images", note, "rollout_samples.png", picked))
     if num_wrong:
         # Drawn after the samples in the same permutation, so that no image appears in both sections.
         wrong = find_misclassified(
@@ -180,12 +174,6 @@ def pick_groups(
             if wrong
             else f"No test image is misclassified (of {len(labels)})."
         )
-        groups.append(
-            Group(
-                "Misclassified test images",
-                note,
-                "rollout_misclassified.png",
-                _picked_from_test(images, labels, wrong, "misclassified"),
-            )
-        )
+        picked = _picked_from_test(images, labels, wrong, "misclassified")
+        groups.append(Group("Misclassified test images", note, "rollout_misclassified.png", picked))
     return groups, f"{description}, {len(labels)} test images"

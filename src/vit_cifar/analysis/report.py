@@ -4,6 +4,7 @@ evaluation, with its figures and how it was made) and the one line train and eva
 from __future__ import annotations
 
 WEAKEST = 2  # the seed's per-class table bolds its two weakest classes
+SAMPLES = 16  # the seed's sample and misclassified grids draw 16 images each (with metrics' "sample_seed")
 
 
 def weakest_classes(per_class: dict[str, dict], k: int = WEAKEST) -> set[str]:
@@ -118,12 +119,12 @@ def render_report(m: dict, figures: dict[str, str | None], notes: dict[str, str]
         "## Error Analysis",
         "",
         *_figure(figures, notes, "sample_predictions", "Sample Predictions"),
-        f"*{min(16, m['test_images'])} randomly sampled test predictions (seed {m['sample_seed']}). "
+        f"*{min(SAMPLES, m['test_images'])} randomly sampled test predictions (seed {m['sample_seed']}). "
         "Green titles are right, red titles wrong; the confidence is the softmax probability of the "
         "predicted class.*",
         "",
         *_figure(figures, notes, "misclassified_samples", "Misclassified Samples"),
-        f"*{min(16, m['errors'])} randomly sampled misclassified examples (seed {m['sample_seed']}) from the "
+        f"*{min(SAMPLES, m['errors'])} randomly sampled misclassified examples (seed {m['sample_seed']}) from the "
         f"{m['errors']:,} errors ({pct(m['error_rate'], 1)} error rate), titled true -> predicted.*",
         "",
         "## Training History",
