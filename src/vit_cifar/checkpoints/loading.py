@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError, first_line
-from vit_cifar.models.registry import NETWORK_PACKAGES, build_network, locate
+from vit_cifar.models.registry import NETWORK_PACKAGES, locate
 
 
 @dataclass
@@ -71,62 +71,76 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict, dict, dict[str, to
             f"checkpoint {path} is not a vit-cifar training checkpoint (it has no network config): "
             "use a .ckpt written by python -m vit_cifar.train"
         )
-    try:  # every command that reads a checkpoint meets a name that is not a network class here
-        locate(net_config.get("_target_"), NETWORK_PACKAGES, "model")
-    except VitCifarError as err:
-        raise CheckpointError(f"checkpoint {path} names a network that cannot be built: {err}") from err
+    network_class(
+        net_config, f"checkpoint {path}"
+    )  # resuming builds it too: every reader meets a bad name here
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     return checkpoint, net_config, state
+
+
+def network_class(net_config: dict, where: str) -> type[nn.Module]:
+    """The network class a file's config names (only one of ours: a file chooses no other code to run)."""
+    try:
+        return locate(net_config.get("_target_"), NETWORK_PACKAGES, "model")
+    except VitCifarError as err:
+        raise CheckpointError(f"{where} names a network that cannot be built: {err}") from err
 
 
 def describe_mismatch(net: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
     """One line on how a state dict differs from a network's, or None when it fits."""
     own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own
         if k in state and state[k].shape != own[k].shape
     ]
-    if not (missing or unexpected or shapes):
-        return None
-    parts = []
-    if shapes:
-        parts.append(f"{len(shapes)} shapes differ (e.g. {shapes[0]})")
-    if missing:
-        parts.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    return "; ".join(parts)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    parts = [
+        f"{len(found)} {what} (e.g. {found[0]})"
+        for found, what in (
+            (shapes, "shapes differ"),
+            (missing, "tensors missing"),
+            (unexpected, "unexpected"),
+        )
+        if found
+    ]
+    return "; ".join(parts) or None
 
 
-def load_classifier(path: str | Path, expect: dict | None = None) -> LoadedClassifier:
-    """Rebuild the network a vit-cifar checkpoint was trained with and load its weights.
+def build_with_weights(net_config: dict, state: dict[str, torch.Tensor], where: str) -> nn.Module:
+    """The network ``net_config`` describes holding the tensors ``state``, in eval mode; one
+    :class:`CheckpointError` starting with ``where`` (the file) when the file contradicts itself.
 
-    ``expect`` optionally names network arguments the caller needs (e.g. ``{"num_classes": 10}``); a checkpoint
-    that disagrees gets one error naming the differences.
-    """
-    path = Path(path)
-    checkpoint, net_config, state = read_training_checkpoint(path)
-    for key, wanted in (expect or {}).items():
-        if net_config.get(key) != wanted:
-            raise CheckpointError(
-                f"checkpoint {path} is a {_name(net_config)} with {key}={net_config.get(key)}, but {wanted} "
-                f"is needed here: use a checkpoint trained with model.{key}={wanted}"
-            )
-    # Built first on the meta device (shapes, no memory) and checked against the file's tensors: a small file
-    # that declares a huge network is refused before anything is allocated.
-    with torch.device("meta"):
-        shape_only = _build(net_config, path)
+    Built first on the meta device (shapes, no memory) and checked against the tensors: a small file that
+    declares a huge network is refused before anything is allocated."""
+    target = network_class(net_config, where)
+    name = target.__name__
+    kwargs = {k: v for k, v in net_config.items() if not k.startswith("_")}
+    unknown = sorted(set(kwargs) - set(inspect.signature(target).parameters))
+    if unknown:
+        raise CheckpointError(
+            f"{where} gives its {name} arguments it does not take ({', '.join(unknown)}): "
+            "it was written by another version of vit-cifar, or edited"
+        )
+    try:
+        with torch.device("meta"):
+            shape_only = target(**kwargs)
+    except (VitCifarError, TypeError, ValueError) as err:  # the constructor's own invariants
+        raise CheckpointError(f"{where} names a network that cannot be built: {err}") from err
     mismatch = describe_mismatch(shape_only, state)
     if mismatch:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the {_name(net_config)} it describes: {mismatch}"
-        )
-    net = _build(net_config, path)  # now as large as the tensors the file holds, and no larger
+        raise CheckpointError(f"{where} does not fit the {name} it describes: {mismatch}")
+    net = target(**kwargs)  # now as large as the tensors the file holds, and no larger
     net.load_state_dict(state)
-    net.eval()
+    return net.eval()
+
+
+def load_classifier(path: str | Path) -> LoadedClassifier:
+    """Rebuild the network a vit-cifar checkpoint was trained with and load its weights."""
+    path = Path(path)
+    checkpoint, net_config, state = read_training_checkpoint(path)
+    net = build_with_weights(net_config, state, f"checkpoint {path}")
     num_classes = getattr(net, "num_classes", None)
     classes = checkpoint.get("classes") or [str(i) for i in range(num_classes or 0)]
     if num_classes is not None and len(classes) != num_classes:
@@ -143,24 +157,3 @@ def load_classifier(path: str | Path, expect: dict | None = None) -> LoadedClass
         path=path,
         epoch=int(epoch) + 1 if epoch is not None else None,
     )
-
-
-def _build(net_config: dict, path: Path) -> nn.Module:
-    """The network of a checkpoint's config; one line naming the file for arguments it cannot take."""
-    # read_training_checkpoint has checked the name
-    target = locate(net_config.get("_target_"), NETWORK_PACKAGES, "model")
-    accepted = inspect.signature(target).parameters
-    unknown = sorted(k for k in net_config if not k.startswith("_") and k not in accepted)
-    if unknown:
-        raise CheckpointError(
-            f"checkpoint {path} gives its {_name(net_config)} arguments it does not take ({', '.join(unknown)}): "
-            "it was written by another version of vit-cifar, or edited"
-        )
-    try:
-        return build_network(net_config)
-    except (VitCifarError, TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} names a network that cannot be built: {err}") from err
-
-
-def _name(net_config: dict) -> str:
-    return str(net_config.get("_target_", "network")).rsplit(".", 1)[-1]

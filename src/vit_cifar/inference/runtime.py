@@ -9,6 +9,7 @@ names and the input's size and normalisation; the ``.json`` beside a ``.safetens
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -16,15 +17,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from vit_cifar.checkpoints.loading import LoadedClassifier, describe_mismatch, load_classifier
+from vit_cifar.checkpoints.loading import LoadedClassifier, build_with_weights, load_classifier
 from vit_cifar.devices import canonical_precision
-from vit_cifar.errors import CheckpointError, Choice, ConfigError, VitCifarError, check, first_line
+from vit_cifar.errors import CheckpointError, Choice, ConfigError, check, first_line
 from vit_cifar.inference.engine import input_spec
-from vit_cifar.models.registry import build_network
 
 RUNTIMES = ("torch", "onnx")
 CARD_VERSION = 1
 ONNX_METADATA_KEY = "vit_cifar"
+
+
+def require(module: str, package: str, extra: str = "deploy"):
+    """Import an optional dependency (of the ``deploy`` extra by default), or stop with one line saying how to
+    install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{package} is not installed: pip install -e '.[{extra}]'") from None
 
 
 # ------------------------------------------------------------------------------------------ the model card
@@ -51,20 +60,16 @@ def model_card(loaded: LoadedClassifier) -> dict:
     }
 
 
-def _classifier_from_card(card: dict, net: nn.Module, path: Path) -> LoadedClassifier:
-    source = card.get("source") or {}
-    return LoadedClassifier(
-        net=net.eval(),
-        classes=list(card["classes"]),
-        net_config=dict(card["network"]),
-        # input_spec() reads the image size and normalisation from here, as from a training run's config
-        run_config={"data": {"image_size": card["image_size"], "mean": card["mean"], "std": card["std"]}},
-        path=path,
-        epoch=source.get("after_epoch"),
-    )
+def card_path(weights: Path) -> Path:
+    """The ``.json`` beside a ``.safetensors`` file."""
+    return Path(weights).with_suffix(".json")
 
 
-def _check_card(card, where: str) -> dict:
+def _read_card(text: str | bytes, where: str) -> dict:
+    try:
+        card = json.loads(text)
+    except ValueError:  # not JSON, or not UTF-8
+        card = None
     needed = ("network", "classes", "image_size", "mean", "std")
     if not isinstance(card, dict) or any(k not in card for k in needed):
         raise CheckpointError(
@@ -74,12 +79,19 @@ def _check_card(card, where: str) -> dict:
     return card
 
 
-def card_path(weights: Path) -> Path:
-    """The ``.json`` beside a ``.safetensors`` file."""
-    return Path(weights).with_suffix(".json")
+def _classifier(card: dict, net: nn.Module, path: Path) -> LoadedClassifier:
+    return LoadedClassifier(
+        net=net,
+        classes=list(card["classes"]),
+        net_config=dict(card["network"]),
+        # input_spec() reads the image size and normalisation from here, as from a training run's config
+        run_config={"data": {"image_size": card["image_size"], "mean": card["mean"], "std": card["std"]}},
+        path=path,
+        epoch=(card.get("source") or {}).get("after_epoch"),
+    )
 
 
-# ------------------------------------------------------------------------------------------ safetensors
+# ------------------------------------------------------------------------------------------ the runtimes
 
 
 def load_safetensors(path: str | Path) -> LoadedClassifier:
@@ -94,28 +106,14 @@ def load_safetensors(path: str | Path) -> LoadedClassifier:
             "export with python -m vit_cifar.export format=safetensors"
         )
     try:
-        card = json.loads(meta.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(
-            f"{meta} cannot be read as JSON ({first_line(err)}): export the model again"
-        ) from err
-    card = _check_card(card, str(meta))
-    try:
-        net = build_network(card["network"])
-    except VitCifarError as err:
-        raise CheckpointError(f"{meta} names a network that cannot be built: {err}") from err
-    try:
+        text = meta.read_bytes()
         state = safetensors_torch.load_file(str(path))
-    except Exception as err:  # safetensors raises its own SafetensorError for a truncated or foreign file
+    except (
+        Exception
+    ) as err:  # an OSError, or safetensors' own SafetensorError for a truncated or foreign file
         raise CheckpointError(f"{path} cannot be read as safetensors ({first_line(err)[:200]})") from err
-    mismatch = describe_mismatch(net, state)
-    if mismatch:
-        raise CheckpointError(f"{path} does not fit the network {meta.name} describes: {mismatch}")
-    net.load_state_dict(state)
-    return _classifier_from_card(card, net, path)
-
-
-# ------------------------------------------------------------------------------------------ onnx
+    card = _read_card(text, str(meta))
+    return _classifier(card, build_with_weights(card["network"], state, f"{path} (with {meta.name})"), path)
 
 
 def onnx_session(model: bytes | str | Path, threads: int | None = None):
@@ -133,7 +131,7 @@ def onnx_session(model: bytes | str | Path, threads: int | None = None):
 
 class OnnxNet(nn.Module):
     """An onnxruntime session behind the ``nn.Module`` interface the inference loop uses: float32 image
-    batches in (on the CPU), logits out, as torch tensors."""
+    batches in (on the CPU: :func:`check_runtime_options`), logits out, as torch tensors."""
 
     def __init__(self, session, num_params: int | None = None) -> None:
         super().__init__()
@@ -142,45 +140,32 @@ class OnnxNet(nn.Module):
         self.num_params = num_params
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            raise ConfigError("runtime=onnx runs on the CPU: use device=cpu")
         array = np.ascontiguousarray(x.detach().float().numpy())
         (logits,) = self.session.run(None, {self.input_name: array})
         return torch.from_numpy(logits)
 
 
-def read_onnx_card(model) -> dict:
-    """The model card stored in an ONNX model's metadata."""
-    props = {p.key: p.value for p in model.metadata_props}
-    if ONNX_METADATA_KEY not in props:
-        raise CheckpointError(
-            "this ONNX model has no vit-cifar metadata (classes, normalisation): export it with "
-            "python -m vit_cifar.export format=onnx"
-        )
-    return _check_card(json.loads(props[ONNX_METADATA_KEY]), "its metadata")
-
-
 def load_onnx(path: str | Path, threads: int | None = None) -> LoadedClassifier:
-    """An ``.onnx`` file written by ``python -m vit_cifar.export`` as a classifier run by onnxruntime."""
-    onnx = require("onnx", "onnx")
+    """An ``.onnx`` file written by ``python -m vit_cifar.export`` as a classifier run by onnxruntime (the
+    model card read from its metadata, as any onnxruntime user reads it)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"{path} does not exist: export one with python -m vit_cifar.export format=onnx"
         )
+    require("onnxruntime", "onnxruntime")  # here, not in the try: a missing package is no damaged file
     try:
-        model = onnx.load(str(path))
-        card = read_onnx_card(model)
-        session = onnx_session(model.SerializeToString(), threads)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from err
-    except Exception as err:  # onnx's DecodeError, onnxruntime's Fail/InvalidGraph: a damaged or foreign file
+        session = onnx_session(path, threads)
+    except Exception as err:  # onnxruntime's Fail/InvalidGraph/InvalidProtobuf: a damaged or foreign file
         raise CheckpointError(f"{path} cannot be loaded as an ONNX model ({first_line(err)[:200]})") from err
-    net = OnnxNet(session, num_params=card.get("params"))
-    return _classifier_from_card(card, net, path)
-
-
-# ------------------------------------------------------------------------------------------ any of them
+    card = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+    if card is None:
+        raise CheckpointError(
+            f"{path} has no vit-cifar metadata (classes, normalisation): export it with "
+            "python -m vit_cifar.export format=onnx"
+        )
+    card = _read_card(card, f"the metadata of {path}")
+    return _classifier(card, OnnxNet(session, card.get("params")), path)
 
 
 def load_for_inference(
@@ -199,9 +184,7 @@ def load_for_inference(
         return load_onnx(path, threads)
     if suffix == ".onnx":
         raise ConfigError(f"{path} is an ONNX model: add runtime=onnx to run it with onnxruntime")
-    if suffix == ".safetensors":
-        return load_safetensors(path)
-    return load_classifier(path)
+    return load_safetensors(path) if suffix == ".safetensors" else load_classifier(path)
 
 
 def count_params(loaded: LoadedClassifier) -> int:
@@ -219,14 +202,3 @@ def check_runtime_options(runtime: str, device: str, precision: str | int = "32"
         raise ConfigError(f"runtime=onnx runs on the CPU, not device={device}: use device=cpu")
     if canonical_precision(precision) != "32-true":
         raise ConfigError(f"runtime=onnx runs float32: use precision=32, not precision={precision}")
-
-
-def require(module: str, package: str, extra: str = "deploy"):
-    """Import an optional dependency (of the ``deploy`` extra by default), or stop with one line saying how to
-    install it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"{package} is not installed: pip install -e '.[{extra}]'") from None
