@@ -10,10 +10,10 @@ Formats (``configs/export.yaml``):
   config["architecture"], num_classes=config["num_classes"], **{**config["model_args"], **exact_norm_args()})``
   loads the state dict exactly (our ViT with ``tokenizer=patch`` only; see :mod:`vit_cifar.inference.interop`).
 
-Each export is loaded back by the other side (onnxruntime, safetensors, timm) and run on ``check_images``
-test images of ``data`` beside the PyTorch network before it is written: the largest difference of a class
-probability must stay under ``tolerance``, else nothing is written. The check's numbers are printed and saved
-in the model card (``check``).
+Each export is written into a scratch folder beside ``output``, loaded back by the other side (onnxruntime, our
+safetensors loader, timm) and run on ``check_images`` test images of ``data`` beside the PyTorch network: the
+largest difference of a class probability must stay under ``tolerance``, else nothing is written. The check's
+numbers are printed and saved in the model card (``check``), then the files are renamed into place.
 """
 
 from __future__ import annotations
@@ -31,53 +31,32 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from vit_cifar.checkpoints.atomic import write_atomic
-from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier, required_ckpt_path
+from vit_cifar.checkpoints.loading import load_classifier, required_ckpt_path
 from vit_cifar.config.entry import check_output_place
-from vit_cifar.errors import POSITIVE_INT, Choice, ConfigError, DataError, Number, VitCifarError, first_line
-from vit_cifar.errors import check as check_value
-from vit_cifar.inference.engine import InputSpec, evaluation_datamodule, input_spec, predict_probs
-from vit_cifar.inference.interop import (
-    LAYER_NORM_EPS,
-    TIMM_ARCH,
-    build_timm_vit,
-    exact_norm_args,
-    timm_model_args,
-    timm_state_dict,
+from vit_cifar.errors import (
+    POSITIVE_INT,
+    Choice,
+    ConfigError,
+    DataError,
+    Number,
+    VitCifarError,
+    check,
+    first_line,
 )
+from vit_cifar.inference.engine import InputSpec, evaluation_datamodule, input_spec, predict_probs
+from vit_cifar.inference.interop import load_timm_export, timm_config, timm_model_args
 from vit_cifar.inference.runtime import (
     ONNX_METADATA_KEY,
-    OnnxNet,
     card_path,
+    load_onnx,
     load_safetensors,
     model_card,
-    onnx_session,
     require,
 )
 
-FORMATS = ("onnx", "safetensors", "timm")
-ONNX_INPUT, ONNX_OUTPUT = "images", "logits"
-
-
-def default_output(ckpt_path: Path, fmt: str) -> Path:
-    """Beside the checkpoint: ``<name>.onnx``, ``<name>.safetensors`` (and ``<name>.json``), ``<name>-timm/``."""
-    stem = ckpt_path.with_suffix("")
-    return {"onnx": stem.with_suffix(".onnx"), "safetensors": stem.with_suffix(".safetensors")}.get(
-        fmt, stem.with_name(stem.name + "-timm")
-    )
-
-
-def check_output(output: Path, fmt: str) -> None:
-    wanted = {"onnx": ".onnx", "safetensors": ".safetensors"}.get(fmt)
-    if wanted and output.suffix.lower() != wanted:
-        raise ConfigError(f"output={output} must end in {wanted} for format={fmt}")
-    if fmt == "timm" and output.exists() and not output.is_dir():
-        raise ConfigError(
-            f"output={output} is a file: format=timm writes a folder (model.safetensors, config.json)"
-        )
-    check_output_place(output, "output", folder=fmt == "timm")
-
-
-# ------------------------------------------------------------------------------------------ the formats
+# What each format writes beside ``<name>.ckpt`` when not told: ``<name>.onnx``, ``<name>.safetensors`` (and
+# ``<name>.json``), the folder ``<name>-timm/``.
+ENDINGS = {"onnx": ".onnx", "safetensors": ".safetensors", "timm": "-timm"}
 
 
 def onnx_model(net: torch.nn.Module, card: dict, opset: int):
@@ -86,16 +65,14 @@ def onnx_model(net: torch.nn.Module, card: dict, opset: int):
     require("onnxscript", "onnxscript")  # torch.onnx's exporter is written with it
     net = copy.deepcopy(net).float().eval()
     size = int(card["image_size"])
-    example = torch.randn(2, 3, size, size)
-    batch = torch.export.Dim("batch", min=1, max=65536)
     try:
         program = torch.onnx.export(
             net,
-            (example,),
+            (torch.randn(2, 3, size, size),),
             dynamo=True,
-            input_names=[ONNX_INPUT],
-            output_names=[ONNX_OUTPUT],
-            dynamic_shapes=({0: batch},),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
             opset_version=int(opset),
             verbose=False,
         )
@@ -109,79 +86,32 @@ def onnx_model(net: torch.nn.Module, card: dict, opset: int):
     return model
 
 
-def timm_config(loaded: LoadedClassifier, card: dict) -> dict:
-    """timm's ``config.json`` (as timm's own Hub exports write it): architecture, model_args, pretrained_cfg."""
-    args = timm_model_args(loaded.net_config)
-    size = card["image_size"]
-    return {
-        "architecture": TIMM_ARCH,
-        "num_classes": args.pop("num_classes"),
-        "num_features": args["embed_dim"],
-        "global_pool": "token",
-        "model_args": args,
-        "pretrained_cfg": {
-            "input_size": [3, size, size],
-            "mean": card["mean"],
-            "std": card["std"],
-            "num_classes": len(card["classes"]),
-            "classifier": "head",
-            "crop_pct": 1.0,
-            "interpolation": "bilinear",
-        },
-        "label_names": card["classes"],
-        "vit_cifar": {
-            "note": (
-                f"our LayerNorms use eps={LAYER_NORM_EPS} (timm's default: 1e-6), which JSON cannot state: pass "
-                f"norm_layer=embed_norm_layer=functools.partial(torch.nn.LayerNorm, eps={LAYER_NORM_EPS}) to "
-                "timm.create_model too for the very same outputs (without, probabilities differ by up to ~1e-4)"
-            ),
-            **card,
-        },
-    }
-
-
-def write_export(loaded: LoadedClassifier, fmt: str, staged: Path, card: dict, opset: int):
-    """Write ``fmt`` to ``staged`` (a scratch path); return what :func:`load_back` needs."""
+def write_card(fmt: str, staged: Path, card: dict) -> None:
+    """The model card into the staged export: the ONNX metadata, ``<name>.json``, or timm's ``config.json``."""
     if fmt == "onnx":
-        model = onnx_model(loaded.net, card, opset)
+        onnx = require("onnx", "onnx")
+        model = onnx.load(str(staged))
+        onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: json.dumps(card)})
         write_atomic(staged, model.SerializeToString())
-        return model
-    safetensors_torch = require("safetensors.torch", "safetensors")
-    if fmt == "safetensors":
-        state = {k: v.detach().contiguous() for k, v in loaded.net.state_dict().items()}
-        write_atomic(staged, safetensors_torch.save(state, metadata={"format": "pt"}))
-        write_atomic(card_path(staged), json.dumps(card, indent=2) + "\n")
-        return None
-    require("timm", "timm", extra="bench")
-    config = timm_config(loaded, card)
-    state = timm_state_dict(loaded.net, build_timm_vit(loaded.net_config))
-    staged.mkdir()
-    write_atomic(staged / "model.safetensors", safetensors_torch.save(state, metadata={"format": "pt"}))
-    write_atomic(staged / "config.json", json.dumps(config, indent=2) + "\n")
-    return config
+    else:
+        place = card_path(staged) if fmt == "safetensors" else staged / "config.json"
+        write_atomic(place, json.dumps(card if fmt == "safetensors" else timm_config(card), indent=2) + "\n")
 
 
-def load_back(fmt: str, staged: Path, written) -> torch.nn.Module:
-    """The export as the other side loads it: onnxruntime, our safetensors loader, or ``timm.create_model``
-    with the stated arguments and a strict ``load_state_dict``."""
+def write_export(net: torch.nn.Module, fmt: str, staged: Path, card: dict, opset: int) -> torch.nn.Module:
+    """Write ``fmt`` to ``staged`` (in the scratch folder); return it as the other side loads it back."""
     if fmt == "onnx":
-        return OnnxNet(onnx_session(written.SerializeToString()))
-    if fmt == "safetensors":
-        return load_safetensors(staged).net
-    import timm
-    from safetensors.torch import load_file
-
-    config = json.loads((staged / "config.json").read_text())
-    args = {
-        **config["model_args"],
-        **exact_norm_args(),
-    }  # the stated arguments, our LayerNorm epsilon included
-    theirs = timm.create_model(config["architecture"], num_classes=config["num_classes"], **args)
-    theirs.load_state_dict(load_file(str(staged / "model.safetensors")))  # strict: every tensor, no other
-    return theirs.eval()
-
-
-# ------------------------------------------------------------------------------------------ the check
+        write_atomic(staged, onnx_model(net, card, opset).SerializeToString())
+        return load_onnx(staged).net
+    safetensors_torch = require("safetensors.torch", "safetensors")
+    if fmt == "timm":
+        require("timm", "timm", extra="bench")
+        staged.mkdir()
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}  # timm's names are ours
+    weights = staged / "model.safetensors" if fmt == "timm" else staged
+    write_atomic(weights, safetensors_torch.save(state, metadata={"format": "pt"}))
+    write_card(fmt, staged, card)
+    return load_safetensors(staged).net if fmt == "safetensors" else load_timm_export(staged)
 
 
 def check_images(data_cfg: dict | None, spec: InputSpec, count: int) -> tuple[torch.Tensor, str]:
@@ -217,9 +147,6 @@ def compare(reference: torch.nn.Module, exported: torch.nn.Module, images: torch
     }
 
 
-# ------------------------------------------------------------------------------------------ the job
-
-
 def export_checkpoint(
     ckpt_path: str | Path,
     fmt: str,
@@ -231,79 +158,64 @@ def export_checkpoint(
 ) -> dict:
     """Export ``ckpt_path`` as ``fmt``, check it against PyTorch, then write it; returns the report."""
     start = time.perf_counter()
-    check_value("format", fmt, Choice(FORMATS))
-    check_value("check_images", images, POSITIVE_INT)
-    check_value("tolerance", tolerance, Number(low=0, low_open=True))
-    check_value("opset", opset, Number(low=7, integer=True, hint="18: the default"))
+    check("format", fmt, Choice(tuple(ENDINGS)))
+    check("check_images", images, POSITIVE_INT)
+    check("tolerance", tolerance, Number(low=0, low_open=True))
+    check("opset", opset, Number(low=7, integer=True, hint="18: the default"))
     ckpt_path = Path(ckpt_path)
+    if output is None:
+        output = ckpt_path.with_name(ckpt_path.stem + ENDINGS[fmt])
+    output = Path(output)
+    if fmt != "timm" and output.suffix.lower() != ENDINGS[fmt]:
+        raise ConfigError(f"output={output} must end in {ENDINGS[fmt]} for format={fmt}")
+    check_output_place(output, "output", folder=fmt == "timm")
     loaded = load_classifier(ckpt_path)
+    card = model_card(loaded)
     if fmt == "timm":
         timm_model_args(loaded.net_config)  # refuse what timm cannot hold before any work
-    output = Path(output) if output else default_output(ckpt_path, fmt)
-    check_output(output, fmt)
-    spec = input_spec(loaded)
-    card = model_card(loaded)
-    x, source = check_images(data_cfg, spec, int(images))
+    x, source = check_images(data_cfg, input_spec(loaded), int(images))
 
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as scratch:
         staged = Path(scratch) / output.name
-        written = write_export(loaded, fmt, staged, card, opset)
-        check = compare(loaded.net, load_back(fmt, staged, written), x)
-        check |= {"images": source, "tolerance": float(tolerance)}
-        if not check["max_abs_diff_probs"] <= tolerance:
+        measured = compare(loaded.net, write_export(loaded.net, fmt, staged, card, opset), x)
+        card["check"] = measured | {"images": source, "tolerance": float(tolerance)}
+        if not measured["max_abs_diff_probs"] <= tolerance:
             raise VitCifarError(
-                f"the {fmt} export differs from PyTorch by {check['max_abs_diff_probs']:.2e} in a probability "
+                f"the {fmt} export differs from PyTorch by {measured['max_abs_diff_probs']:.2e} in a probability "
                 f"(tolerance {tolerance:g}) on {source}: nothing was written"
             )
-        card["check"] = check
-        _publish(fmt, staged, output, card)
-    report = {
+        write_card(fmt, staged, card)
+        if output.is_dir():  # an earlier timm export
+            shutil.rmtree(output)
+        for done in sorted(
+            Path(scratch).iterdir(), key=lambda p: p.suffix == ".json"
+        ):  # each whole, card last
+            os.replace(done, output.parent / done.name)
+    files = [output, card_path(output)] if fmt == "safetensors" else [output]
+    print(
+        f"wrote {' and '.join(str(f) for f in files)} | {type(loaded.net).__name__}, {card['params']:,} params | "
+        f"checked on {source}: max |p - p_torch| = {measured['max_abs_diff_probs']:.2e}, "
+        f"top-1 agreement {100 * measured['top1_agreement']:.1f}%"
+    )
+    return {
         "format": fmt,
         "output": str(output),
         "checkpoint": str(ckpt_path),
         "model": type(loaded.net).__name__,
         "params": card["params"],
-        "check": check,
+        "check": card["check"],
         "seconds": round(time.perf_counter() - start, 1),
     }
-    files = {"onnx": [output], "safetensors": [output, card_path(output)], "timm": [output]}[fmt]
-    print(
-        f"wrote {' and '.join(str(f) for f in files)} | {report['model']}, {card['params']:,} params | "
-        f"checked on {source}: max |p - p_torch| = {check['max_abs_diff_probs']:.2e}, "
-        f"top-1 agreement {100 * check['top1_agreement']:.1f}%"
-    )
-    return report
-
-
-def _publish(fmt: str, staged: Path, output: Path, card: dict) -> None:
-    """Move the checked export into place: each file whole; the card (with the check) last."""
-    if fmt == "onnx":
-        onnx = require("onnx", "onnx")
-        model = onnx.load(str(staged))
-        onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: json.dumps(card)})
-        write_atomic(output, model.SerializeToString())
-    elif fmt == "safetensors":
-        os.replace(staged, output)
-        write_atomic(card_path(output), json.dumps(card, indent=2) + "\n")
-    else:
-        config = json.loads((staged / "config.json").read_text())
-        config["vit_cifar"]["check"] = card["check"]
-        write_atomic(staged / "config.json", json.dumps(config, indent=2) + "\n")
-        if output.is_dir():
-            shutil.rmtree(output)
-        os.replace(staged, output)
 
 
 def export(cfg: DictConfig) -> dict:
     """The ``python -m vit_cifar.export`` job (``configs/export.yaml``)."""
-    ckpt_path = required_ckpt_path(cfg)
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
     return export_checkpoint(
-        ckpt_path,
-        str(cfg.format),
+        required_ckpt_path(cfg),
+        cfg.format,
         output=cfg.get("output"),
-        data_cfg=data_cfg,
+        data_cfg=OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None,
         images=cfg.check_images,
         tolerance=cfg.tolerance,
         opset=cfg.opset,

@@ -1,21 +1,22 @@
-"""Our ViT in timm's terms: the one place that says which ``timm.create_model`` arguments build the same network
-and how our weights map onto it.
+"""Our ViT in timm's terms: the one place that says which ``timm.create_model`` arguments build the same network,
+how our weights map onto it, and how the ``format=timm`` export states both.
 
 timm's ``VisionTransformer`` can hold our ``VisionTransformer`` exactly when its tokens come from the patch
 embedding (``tokenizer=patch``): every parameter has the same name and shape in both (patch embedding with its
-LayerNorm, CLS token, position embedding, blocks, final norm, head), so the mapping is the identity and
-:func:`timm_state_dict` only checks it. The one difference timm's JSON-able arguments cannot express is the
-LayerNorm epsilon: 1e-6 in timm, 1e-5 here (PyTorch's default). :func:`exact_norm_args` are the two Python
-arguments that state ours (``norm_layer`` and ``embed_norm_layer``); with them timm's network gives our outputs to
-float32 rounding, without them its probabilities differ by up to about 1e-4 (more where activations are small).
+LayerNorm, CLS token, position embedding, blocks, final norm, head), so the mapping is the identity and a strict
+``load_state_dict`` checks it. The one difference timm's JSON-able arguments cannot express is the LayerNorm
+epsilon: 1e-6 in timm, 1e-5 here (PyTorch's default). :func:`exact_norm_args` are the two Python arguments that
+state ours (``norm_layer`` and ``embed_norm_layer``); with them timm's network gives our outputs to float32
+rounding, without them its probabilities differ by up to about 1e-4 (more where activations are small).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from functools import partial
+from pathlib import Path
 
-import torch
 from torch import nn
 
 from vit_cifar.errors import ConfigError
@@ -23,32 +24,19 @@ from vit_cifar.errors import ConfigError
 # timm's registered ViT-Tiny (width 192, depth 12, 3 heads); every shape argument below overrides its own.
 TIMM_ARCH = "vit_tiny_patch16_224"
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, used by every LayerNorm of our ViT
-# Our argument -> timm's. Dropout: ours acts inside the MLP and on each residual branch, as timm's proj_drop.
+# Our arguments that timm takes under the same name, and the one it names otherwise: our dropout acts inside the
+# MLP and on each residual branch, as timm's proj_drop.
 _SAME = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio")
-_RENAMED = {
-    "qkv_bias": "qkv_bias",
-    "drop_rate": "proj_drop_rate",
-    "attn_drop_rate": "attn_drop_rate",
-    "drop_path_rate": "drop_path_rate",
-}
-
-
-def _vit_arguments(net_config: dict) -> dict:
-    """The network's arguments, with the constructor's defaults for those the config leaves out."""
-    from vit_cifar.models import VisionTransformer
-
-    defaults = {
-        name: p.default
-        for name, p in inspect.signature(VisionTransformer).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    return {**defaults, **{k: v for k, v in net_config.items() if not k.startswith("_")}}
+_SAME += ("qkv_bias", "attn_drop_rate", "drop_path_rate")
+_RENAMED = {"drop_rate": "proj_drop_rate"}
 
 
 def timm_model_args(net_config: dict) -> dict:
     """Keyword arguments of ``timm.create_model(TIMM_ARCH, **args)`` for the network ``net_config`` describes
     (``_target_`` and its arguments, as in a checkpoint); a :class:`ConfigError` naming why when timm's
     ``VisionTransformer`` cannot hold it."""
+    from vit_cifar.models import VisionTransformer
+
     target = str(net_config.get("_target_", "?"))
     name = target.rsplit(".", 1)[-1]
     if not target.startswith("vit_cifar.models") or name != "VisionTransformer":
@@ -56,22 +44,26 @@ def timm_model_args(net_config: dict) -> dict:
             f"format=timm holds our VisionTransformer only, and this checkpoint is a {name}: "
             "export it with format=onnx or format=safetensors"
         )
-    args = _vit_arguments(net_config)
+    # The constructor's defaults for the arguments the config leaves out.
+    args = {
+        arg: p.default
+        for arg, p in inspect.signature(VisionTransformer).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    args |= {k: v for k, v in net_config.items() if not k.startswith("_")}
     tokenizer = args.pop("tokenizer", "patch")
     if tokenizer != "patch":
         raise ConfigError(
             f"format=timm cannot hold a ViT with model.tokenizer={tokenizer}: timm's VisionTransformer has a "
             "patch embedding only; export it with format=onnx or format=safetensors"
         )
-    known = {*_SAME, *_RENAMED}
-    unknown = sorted(k for k in args if k not in known)
+    unknown = sorted(k for k in args if k not in {*_SAME, *_RENAMED})
     if unknown:
         raise ConfigError(
             f"format=timm has no equivalent of model.{unknown[0]}={args[unknown[0]]}: "
             "export it with format=onnx or format=safetensors"
         )
-    result = {k: args[k] for k in _SAME}
-    result |= {theirs: args[ours] for ours, theirs in _RENAMED.items()}
+    result = {k: args[k] for k in _SAME} | {theirs: args[ours] for ours, theirs in _RENAMED.items()}
     result["embed_norm_layer"] = "layernorm"  # ours ends its patch embedding in a LayerNorm
     return result
 
@@ -82,28 +74,61 @@ def exact_norm_args() -> dict:
     return {"norm_layer": norm, "embed_norm_layer": norm}
 
 
-def build_timm_vit(net_config: dict, exact: bool = True) -> nn.Module:
-    """timm's ``VisionTransformer`` of the shape ``net_config`` describes (randomly initialised). ``exact``:
-    with our LayerNorm epsilon, so that our weights give the same outputs to float32 rounding."""
+def build_timm_vit(net_config: dict) -> nn.Module:
+    """timm's ``VisionTransformer`` of the shape ``net_config`` describes (randomly initialised), with our
+    LayerNorm epsilon, so that our weights give the same outputs to float32 rounding."""
     import timm
 
-    args = timm_model_args(net_config) | (exact_norm_args() if exact else {})
-    return timm.create_model(TIMM_ARCH, pretrained=False, **args)
+    return timm.create_model(TIMM_ARCH, pretrained=False, **(timm_model_args(net_config) | exact_norm_args()))
 
 
-def timm_state_dict(net: nn.Module, timm_net: nn.Module) -> dict[str, torch.Tensor]:
-    """Our ViT's weights under timm's names (the same names: this checks that they fit ``timm_net``)."""
-    from vit_cifar.checkpoints.loading import describe_mismatch
-
-    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
-    mismatch = describe_mismatch(timm_net, state)
-    if mismatch:
-        raise ConfigError(f"this timm's VisionTransformer does not fit our ViT's weights: {mismatch}")
-    return state
+def to_timm(net: nn.Module, net_config: dict) -> nn.Module:
+    """timm's ``VisionTransformer`` holding ``net``'s weights (the same names: strict loading checks them)."""
+    theirs = build_timm_vit(net_config)
+    theirs.load_state_dict(net.state_dict())
+    return theirs.eval()
 
 
-def to_timm(net: nn.Module, net_config: dict, exact: bool = True) -> nn.Module:
-    """timm's ``VisionTransformer`` holding ``net``'s weights, in eval mode."""
-    theirs = build_timm_vit(net_config, exact=exact)
-    theirs.load_state_dict(timm_state_dict(net, theirs))
+def timm_config(card: dict) -> dict:
+    """timm's ``config.json`` (as timm's own Hub exports write it) for the network a model card describes:
+    architecture, model_args, pretrained_cfg, and the card itself under ``vit_cifar``."""
+    args = timm_model_args(card["network"])
+    size = card["image_size"]
+    return {
+        "architecture": TIMM_ARCH,
+        "num_classes": args.pop("num_classes"),
+        "num_features": args["embed_dim"],
+        "global_pool": "token",
+        "model_args": args,
+        "pretrained_cfg": {
+            "input_size": [3, size, size],
+            "mean": card["mean"],
+            "std": card["std"],
+            "num_classes": len(card["classes"]),
+            "classifier": "head",
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+        },
+        "label_names": card["classes"],
+        "vit_cifar": {
+            "note": (
+                f"our LayerNorms use eps={LAYER_NORM_EPS} (timm's default: 1e-6), which JSON cannot state: pass "
+                f"norm_layer=embed_norm_layer=functools.partial(torch.nn.LayerNorm, eps={LAYER_NORM_EPS}) to "
+                "timm.create_model too for the very same outputs (without, probabilities differ by up to ~1e-4)"
+            ),
+            **card,
+        },
+    }
+
+
+def load_timm_export(folder: Path) -> nn.Module:
+    """A ``format=timm`` folder as a timm user loads it: ``timm.create_model`` with the stated arguments (our
+    LayerNorm epsilon included) and a strict ``load_state_dict`` (every tensor, no other)."""
+    import timm
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / "config.json").read_text())
+    args = {**config["model_args"], **exact_norm_args()}
+    theirs = timm.create_model(config["architecture"], num_classes=config["num_classes"], **args)
+    theirs.load_state_dict(load_file(str(folder / "model.safetensors")))
     return theirs.eval()
