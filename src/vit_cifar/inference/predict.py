@@ -12,11 +12,12 @@ import io
 import json
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from vit_cifar.checkpoints.atomic import write_atomic
 from vit_cifar.checkpoints.loading import required_ckpt_path
@@ -32,10 +33,8 @@ from vit_cifar.errors import (
     check,
     first_line,
 )
-from vit_cifar.inference.engine import InputSpec, input_spec, predict_probs, resolve_device, set_threads
+from vit_cifar.inference.engine import input_spec, predict_probs, resolve_device, set_threads
 from vit_cifar.inference.runtime import check_runtime_options, load_for_inference
-
-OUTPUT_FORMATS = (".json", ".csv")
 
 
 @dataclass
@@ -56,22 +55,13 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
-class ImageFiles(Dataset):
-    """Decoded, normalised images; an unreadable file yields its error message instead (the run goes on)."""
-
-    def __init__(self, paths: list[Path], spec: InputSpec) -> None:
-        self.paths, self.spec = paths, spec
-        self.transform = eval_transform(spec.mean, spec.std)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str | None]:
-        try:
-            return self.transform(load_image(self.paths[i], self.spec.image_size)), None
-        except (DataError, OSError) as err:  # an unreadable file: skip it, saying what the decoder said
-            cause = err.__cause__ or err
-            return None, f"{type(cause).__name__}: {first_line(cause)[:200]}"
+def _read(path: Path, size: int, transform) -> tuple[torch.Tensor | None, str | None]:
+    """The normalised image, or why the file cannot be read (it is skipped and the run goes on)."""
+    try:
+        return transform(load_image(path, size)), None
+    except (DataError, OSError) as err:
+        cause = err.__cause__ or err  # what the decoder said
+        return None, f"{type(cause).__name__}: {first_line(cause)[:200]}"
 
 
 def predict_files(
@@ -98,8 +88,10 @@ def predict_files(
     set_threads(threads)
     dev = resolve_device(device)
     loaded = load_for_inference(ckpt_path, runtime, threads)
-    # batch_size=None: one decoded image (or error) at a time, in worker processes when asked.
-    loader = DataLoader(ImageFiles(files, input_spec(loaded)), batch_size=None, num_workers=int(num_workers))
+    spec = input_spec(loaded)
+    # batch_size=None: the files are decoded one at a time (in worker processes when asked), each by _read.
+    read = partial(_read, size=spec.image_size, transform=eval_transform(spec.mean, spec.std))
+    loader = DataLoader(files, batch_size=None, num_workers=int(num_workers), collate_fn=read)
     readable, images = [], []
     for path, (image, error) in zip(files, loader, strict=True):
         if error is None:
@@ -110,12 +102,10 @@ def predict_files(
     result = PredictResult(skipped=skipped)
     if images:
         probs, _ = predict_probs(loaded.net, torch.stack(images).split(int(batch_size)), dev, tta=tta)
-        k = min(int(top_k), probs.shape[1])
-        values, indices = probs.topk(k, dim=1)
+        values, indices = probs.topk(min(int(top_k), probs.shape[1]), dim=1)
         for path, p, idx in zip(readable, values.tolist(), indices.tolist(), strict=True):
-            result.predictions.append(
-                Prediction(str(path), [(loaded.classes[i], v) for i, v in zip(idx, p, strict=True)])
-            )
+            top = [(loaded.classes[i], v) for i, v in zip(idx, p, strict=True)]
+            result.predictions.append(Prediction(str(path), top))
     return result
 
 
@@ -123,19 +113,12 @@ def write_predictions(result: PredictResult, output: Path) -> None:
     """JSON (predictions and skipped files) or CSV (one row per path and rank), written whole or not at
     all."""
     if output.suffix.lower() == ".json":
-        text = (
-            json.dumps(
-                {
-                    "predictions": [
-                        {"path": p.path, "top": [{"class": c, "probability": v} for c, v in p.top]}
-                        for p in result.predictions
-                    ],
-                    "skipped": [{"path": path, "error": why} for path, why in result.skipped],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        predictions = [
+            {"path": p.path, "top": [{"class": c, "probability": v} for c, v in p.top]}
+            for p in result.predictions
+        ]
+        skipped = [{"path": path, "error": why} for path, why in result.skipped]
+        text = json.dumps({"predictions": predictions, "skipped": skipped}, indent=2) + "\n"
     else:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -143,7 +126,6 @@ def write_predictions(result: PredictResult, output: Path) -> None:
         for p in result.predictions:
             writer.writerows([p.path, rank, c, f"{v:.6f}"] for rank, (c, v) in enumerate(p.top, start=1))
         text = buffer.getvalue()
-    output.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(output, text)
 
 
@@ -153,11 +135,11 @@ def predict(cfg: DictConfig) -> dict:
     if not cfg.get("inputs"):
         raise ConfigError("inputs=<image file, folder, or [a.png,b.jpg]> is required")
     output = Path(cfg.output) if cfg.get("output") else None
-    if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
-        raise ConfigError(
-            f"output={output} must end in .json or .csv (the format is taken from the extension)"
-        )
     if output is not None:
+        if output.suffix.lower() not in (".json", ".csv"):
+            raise ConfigError(
+                f"output={output} must end in .json or .csv (the format is taken from the extension)"
+            )
         check_output_place(output, "output", folder=False)
     inputs = OmegaConf.to_container(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
     result = predict_files(
@@ -169,7 +151,7 @@ def predict(cfg: DictConfig) -> dict:
         num_workers=cfg.num_workers,
         tta=cfg.tta,
         threads=cfg.threads,
-        runtime=cfg.get("runtime", "torch"),
+        runtime=cfg.runtime,
     )
     for p in result.predictions:
         print(f"{p.path}: " + " | ".join(f"{c} {100 * v:.1f}%" for c, v in p.top))
