@@ -39,17 +39,15 @@ def resolve_device(name: str) -> torch.device:
     """``cpu``, ``cuda``/``gpu``, ``cuda:N`` or ``auto`` (a GPU when there is one)."""
     name = str(name).lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "gpu":
-        name = "cuda"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device(name)
+        device = torch.device("cuda" if name == "gpu" else name)
     except RuntimeError:
-        raise ConfigError(f"device={name} is unknown: use cpu, cuda, cuda:<index> or auto") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name} is unknown: use cpu, cuda, cuda:<index> or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} was asked for but no CUDA GPU is available: use device=cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device={name} is not supported here: use cpu, cuda, cuda:<index> or auto")
     return device
 
 
