@@ -1,14 +1,6 @@
-"""Take a trained model out of the project: ``python -m vit_cifar.export ckpt_path=<file> format=<format>``.
-
-Formats (``configs/export.yaml``):
-
-* ``onnx``: one ``.onnx`` file, input ``images`` (batch, 3, H, W) normalised float32 with a dynamic batch axis,
-  output ``logits``; the model card (classes, normalisation, network arguments) sits in its metadata.
-* ``safetensors``: the weights, plus ``<name>.json`` (the model card): ``vit_cifar.inference.runtime.load_safetensors``
-  rebuilds the network from them, no Lightning checkpoint needed.
-* ``timm``: a folder holding ``model.safetensors`` and ``config.json`` for timm: ``timm.create_model(
-  config["architecture"], num_classes=config["num_classes"], **{**config["model_args"], **exact_norm_args()})``
-  loads the state dict exactly (our ViT with ``tokenizer=patch`` only; see :mod:`vit_cifar.inference.interop`).
+"""Take a trained model out of the project: ``python -m vit_cifar.export ckpt_path=<file> format=<format>``,
+as ``onnx`` (the model card in its metadata), ``safetensors`` (with the card in ``<name>.json``) or ``timm`` (a
+folder timm loads: :mod:`vit_cifar.inference.interop`); docs/deploy.md says what each holds.
 
 Each export is written into a scratch folder beside ``output``, loaded back by the other side (onnxruntime, our
 safetensors loader, timm) and run on ``check_images`` test images of ``data`` beside the PyTorch network: the

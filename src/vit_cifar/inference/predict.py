@@ -142,17 +142,8 @@ def predict(cfg: DictConfig) -> dict:
             )
         check_output_place(output, "output", folder=False)
     inputs = OmegaConf.to_container(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
-    result = predict_files(
-        ckpt_path,
-        inputs,
-        top_k=cfg.top_k,
-        device=cfg.device,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        tta=cfg.tta,
-        threads=cfg.threads,
-        runtime=cfg.runtime,
-    )
+    options = ("top_k", "device", "batch_size", "num_workers", "tta", "threads", "runtime")
+    result = predict_files(ckpt_path, inputs, **{key: cfg[key] for key in options})
     for p in result.predictions:
         print(f"{p.path}: " + " | ".join(f"{c} {100 * v:.1f}%" for c, v in p.top))
     for path, why in result.skipped:
