@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from vit_cifar.data import sources
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
 from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler, run_seed
+from vit_cifar.data.splits import balanced_subset, interleaved_order, stratified_split
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
 from vit_cifar.devices import DEVICE_AUG
 from vit_cifar.errors import (
@@ -92,20 +93,10 @@ class LazyStartDataLoader(DataLoader):
     epoch 0 for the epoch the run resumes at."""
 
     def __iter__(self) -> Iterator:
-        return _StartsAtFirstBatch(super().__iter__)
+        def batches():  # a generator runs nothing before its first next()
+            yield from DataLoader.__iter__(self)
 
-
-class _StartsAtFirstBatch:
-    def __init__(self, start) -> None:
-        self._start, self._iterator = start, None
-
-    def __iter__(self) -> _StartsAtFirstBatch:
-        return self
-
-    def __next__(self):
-        if self._iterator is None:
-            self._iterator = self._start()
-        return next(self._iterator)
+        return batches()
 
 
 @contextmanager
@@ -125,97 +116,21 @@ def seeded_torch_rng(seed: int) -> Iterator[None]:
             generator.set_state(state)
 
 
-def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): ``val_size`` images drawn per class in proportion to the class sizes."""
-    if not 0 <= val_size < len(labels):
-        raise ConfigError(
-            f"data.val_size={val_size} must be in [0, {len(labels) - 1}] for {len(labels)} images"
-        )
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = _apportion(counts, val_size)
-    rng = np.random.default_rng(seed)
-    val = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota, strict=True)]
-    val_idx = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
-    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
-    return train_idx, val_idx
-
-
-def balanced_subset(labels: np.ndarray, size: int, seed: int, key: str) -> np.ndarray:
-    """Indices of ``size`` images, as equal a number per class as possible, drawn at random with ``seed``."""
-    classes, counts = np.unique(labels, return_counts=True)
-    if not 0 < size <= len(labels):
-        raise ConfigError(f"{key}={size} must be in [1, {len(labels)}] (the images available)")
-    rng = np.random.default_rng(seed)
-    per_class = np.full(len(classes), size // len(classes))
-    per_class[rng.permutation(len(classes))[: size % len(classes)]] += 1
-    short = per_class > counts
-    if short.any():  # hand what small classes lack to the others, largest first
-        per_class = _apportion(counts, size)
-    picked = [
-        rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, per_class, strict=True)
-    ]
-    return np.sort(np.concatenate(picked))
-
-
-def interleaved_order(labels: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded order of ``labels``' positions in which the classes take turns (each class's images shuffled):
-    every prefix is as class-balanced as it can be. Evaluation sets are kept in this order, so a limited run
-    (``limit_val_batches``, ``limit_test_batches``) or the first images shown in TensorBoard sample every
-    class, not the first class of a class-sorted folder."""
-    rng = np.random.default_rng(seed)
-    shuffled = rng.permutation(len(labels))
-    classes = labels[shuffled]
-    turn = np.empty(len(labels), dtype=np.int64)  # the image's place within its class, after shuffling
-    for c in np.unique(classes):
-        members = np.flatnonzero(classes == c)
-        turn[members] = np.arange(len(members))
-    return shuffled[np.lexsort((classes, turn))]  # by turn, then class: c0, c1, ..., c9, c0, c1, ...
-
-
-def _apportion(counts: np.ndarray, total: int) -> np.ndarray:
-    """Split ``total`` across classes in proportion to ``counts`` (largest remainders), never above a count."""
-    exact = counts * total / counts.sum()
-    quota = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - quota), kind="stable")[: total - quota.sum()]:
-        quota[i] += 1
-    return np.minimum(quota, counts)
-
-
 def _to_chw_tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # (N, H, W, 3) -> (N, 3, H, W)
 
 
 class CIFARDataModule(L.LightningDataModule):
-    """CIFAR-10 (or any image-folder dataset) for training, validation and test.
+    """CIFAR-10 (or any image-folder dataset) for training, validation and test. Each argument is a key of
+    the ``data`` config group, described in ``configs/data/cifar10.yaml``. Two that shape a run:
 
-    Args:
-        root: torchvision data folder, an image-folder tree, or a .tar/.tar.gz of one.
-        source: ``auto`` (from what ``root`` holds), ``torchvision``, ``folder`` or ``synthetic``.
-        dataset: torchvision dataset name (``cifar10``, ``cifar100``).
-        num_classes: classes the model predicts; checked against the data.
-        download: let ``prepare_data`` download the torchvision copy when it is missing.
-        cache_dir: where decoded image folders are cached as ``.npz``; None disables the cache.
-        image_size: images are resized to this on decode (folders only; CIFAR is already 32).
-        val_size: training images held out for validation, stratified; 0 trains on all of them.
-        split_seed: seed of the validation split and of the subsets, independent of the training seed.
-        train_subset, test_subset: optional class-balanced subset sizes for quick runs.
-        batch_size: the global training batch, images per optimiser step: under DDP each process takes
-            ``batch_size / world size`` (:func:`rank_batch_size`), so a recipe trains the same on any number of GPUs.
-        eval_batch_size: images per evaluation batch, per process (it does not change a result).
-        num_workers: DataLoader workers; None picks min(8, CPUs - 1).
-        pin_memory: None pins when the trainer runs on CUDA.
-        persistent_workers: keep workers alive between epochs.
-        repeated_aug: copies of each training image per epoch, each augmented anew (see
-            :class:`~vit_cifar.data.samplers.RepeatedAugSampler`); 1 switches it off.
-        mean, std: normalisation.
-        synthetic: sizes and noise of the synthetic source.
-        skip_bad: leave out files of an image folder that do not decode (counted) instead of stopping.
-        sha256: the expected SHA-256 of an image-folder archive; another file stops the run.
-        aug: the ``aug`` config group (see ``configs/aug``).
-        device_aug: the GPU data path: the uint8 training images are held on the accelerator and augmented
-            there, per sample, in batches (:mod:`vit_cifar.data.gpu_aug`); no DataLoader for training. ``auto``
-            is resolved for the device before the DataModule is built (``training.run.build_datamodule``);
-            left unresolved it means the workers.
+    ``batch_size`` is the global batch, images per optimiser step: under DDP each process takes
+    ``batch_size / world size`` (:func:`rank_batch_size`), so a recipe trains the same on any number of GPUs.
+
+    ``device_aug``: the GPU data path: the uint8 training images are held on the accelerator and augmented
+    there, per sample, in batches (:mod:`vit_cifar.data.gpu_aug`); no DataLoader for training. ``auto`` is
+    resolved for the device before the DataModule is built (``training.run.build_datamodule``); left
+    unresolved it means the workers.
     """
 
     def __init__(
@@ -282,10 +197,11 @@ class CIFARDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.synthetic = dict(synthetic or {})
         self.skip_bad, self.sha256 = skip_bad, sha256
-        if sha256 and self.source != "folder":
+        if sha256 and not sources.is_archive(self.root):  # the one check of where data.sha256 applies
+            what = f"the {self.source} source" if self.source != "folder" else "not an archive file"
             raise ConfigError(
-                f"data.sha256 checks an image-folder archive, but data.root={root} is the {self.source} "
-                "source: point data.root at the .tar/.tar.gz, or set data.sha256=null"
+                f"data.sha256 checks an image-folder archive, but data.root={root} is {what}: "
+                "point data.root at the .tar/.tar.gz, or set data.sha256=null"
             )
         self.aug = dict(aug or {})
         # Build the transforms now so that a bad aug value fails before any work.
@@ -302,9 +218,7 @@ class CIFARDataModule(L.LightningDataModule):
             self.device_augment = DeviceAugment(self.aug, self.mean, self.std, num_classes)
         self.arrays: sources.ImageArrays | None = None
         self.train_set = self.val_set = self.test_set = None
-        self.device_batches: DeviceBatches | None = (
-            None  # device_aug: this epoch's batches and random generator
-        )
+        self.device_batches: DeviceBatches | None = None  # device_aug: this epoch's batches and generator
 
     # -- Lightning hooks -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -316,11 +230,10 @@ class CIFARDataModule(L.LightningDataModule):
         arrays = self.load_arrays()
         train_idx, val_idx = stratified_split(arrays.train_y, self.val_size, self.split_seed)
         if self.train_subset:
-            train_idx = train_idx[
-                balanced_subset(
-                    arrays.train_y[train_idx], self.train_subset, self.split_seed, "data.train_subset"
-                )
-            ]
+            subset = balanced_subset(
+                arrays.train_y[train_idx], self.train_subset, self.split_seed, "data.train_subset"
+            )
+            train_idx = train_idx[subset]
         test_idx = np.arange(len(arrays.test_y))
         if self.test_subset:
             test_idx = balanced_subset(arrays.test_y, self.test_subset, self.split_seed, "data.test_subset")
@@ -331,29 +244,16 @@ class CIFARDataModule(L.LightningDataModule):
         test_x, test_y = _to_chw_tensor(arrays.test_x), torch.from_numpy(arrays.test_y)
         train_tf = None if self.device_augment is not None else self.train_tf  # device_aug: uint8 batches
         self.train_set = ArrayDataset(train_x[train_idx], train_y[train_idx], train_tf)
-        self.val_set = (
-            ArrayDataset(train_x[val_idx], train_y[val_idx], self.eval_tf) if len(val_idx) else None
-        )
+        if len(val_idx):
+            self.val_set = ArrayDataset(train_x[val_idx], train_y[val_idx], self.eval_tf)
         self.test_set = ArrayDataset(test_x[test_idx], test_y[test_idx], self.eval_tf)
 
     def load_arrays(self) -> sources.ImageArrays:
         """Decode the source once per process; later calls (fit, then test) reuse the arrays."""
         if self.arrays is None:
             if self.source == "synthetic":
-                s = {
-                    "train_per_class": 500,
-                    "test_per_class": 100,
-                    "noise": 60.0,
-                    "seed": 0,
-                    **self.synthetic,
-                }
                 self.arrays = sources.make_synthetic(
-                    self.num_classes,
-                    s["train_per_class"],
-                    s["test_per_class"],
-                    self.image_size,
-                    s["noise"],
-                    s["seed"],
+                    self.num_classes, image_size=self.image_size, **self.synthetic
                 )
             elif self.source == "folder":
                 self.arrays = sources.load_image_folder(
@@ -387,12 +287,15 @@ class CIFARDataModule(L.LightningDataModule):
     def skipped_files(self) -> list[str]:
         return self.load_arrays().skipped
 
+    def _world_and_rank(self) -> tuple[int, int]:
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+
     def _loader(
         self,
         dataset: Dataset,
         batch_size: int,
-        drop_last: bool = False,
         sampler: Sampler | None = None,
+        drop_last: bool = False,
         loader_class: type[DataLoader] = DataLoader,
     ) -> DataLoader:
         device = self.trainer.strategy.root_device.type if self.trainer is not None else "cpu"
@@ -417,7 +320,7 @@ class CIFARDataModule(L.LightningDataModule):
         rank has as many; with 3, 6 or 7 GPUs some of the 10,000 test images would then count twice. Without
         padding, ranks may run one batch fewer than others, which evaluation allows: nothing is synchronised
         per batch (the metrics are reduced once, at the epoch's end)."""
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        world, rank = self._world_and_rank()
         if world == 1:
             return self._loader(dataset, self.eval_batch_size)
         if len(dataset) < world:
@@ -425,56 +328,38 @@ class CIFARDataModule(L.LightningDataModule):
         sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         return self._loader(dataset, self.eval_batch_size, sampler=sampler)
 
-    def _train_sampler(self) -> SeededShuffleSampler:
-        """This rank's share of a seeded shuffle (each image ``repeated_aug`` times when that is above 1),
-        every item with the seed of its augmentation: the same draws with any number of workers, or resumed."""
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        if self.repeated_aug == 1:
-            return SeededShuffleSampler(self.train_set, num_replicas=world, rank=rank)
-        # so that the copies of an image share a batch
-        group = max(1, rank_batch_size(self.batch_size, world) // self.repeated_aug)
-        return RepeatedAugSampler(self.train_set, self.repeated_aug, group, num_replicas=world, rank=rank)
-
     def train_dataloader(self) -> DataLoader | DeviceBatches:
+        """This rank's share of a seeded shuffle (each image ``repeated_aug`` times when that is above 1),
+        every item with the seed of its augmentation: the same draws with any number of workers, or resumed.
+        With ``device_aug``, the training images moved once to this process's device and batched there."""
+        world, rank = self._world_and_rank()
+        batch_size = rank_batch_size(self.batch_size, world)
         if self.device_augment is not None:
-            return self._device_batches()
-        sampler = self._train_sampler()
-        batch_size = rank_batch_size(self.batch_size, sampler.num_replicas)
-        # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one.
-        return self._loader(
-            self.train_set,
-            batch_size,
-            sampler=sampler,
-            drop_last=len(sampler) > batch_size,
-            loader_class=LazyStartDataLoader,
-        )
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
+            # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one
+            drop_last = len(labels) > batch_size
+            # Shuffled from the run's seed (not torch's, which each rank reseeds from (seed, rank)), so every
+            # rank draws the same permutation and takes its own share of it.
+            self.device_batches = DeviceBatches(
+                images, labels, batch_size, drop_last=drop_last, seed=run_seed(), rank=rank, world_size=world
+            )
+            return self.device_batches
+        if self.repeated_aug == 1:
+            sampler = SeededShuffleSampler(self.train_set, num_replicas=world, rank=rank)
+        else:  # groups of batch_size // repeated_aug images, so that the copies of an image share a batch
+            group = max(1, batch_size // self.repeated_aug)
+            sampler = RepeatedAugSampler(
+                self.train_set, self.repeated_aug, group, num_replicas=world, rank=rank
+            )
+        drop_last = len(sampler) > batch_size  # as for device_aug
+        return self._loader(self.train_set, batch_size, sampler, drop_last, loader_class=LazyStartDataLoader)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader(self.val_set) if self.val_set else []
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_set)
-
-    def _device_batches(self) -> DeviceBatches:
-        """The training images moved once to this process's device, batched there (see ``device_aug``)."""
-        trainer = self.trainer
-        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
-        # Shuffled from the run's seed (not torch's, which each rank reseeds from (seed, rank)), so every rank
-        # draws the same permutation; its augmentation draws come from a generator seeded from (seed, epoch, rank).
-        batch_size = rank_batch_size(self.batch_size, world)
-        drop_last = len(labels) > batch_size  # as train_dataloader
-        self.device_batches = DeviceBatches(
-            images,
-            labels,
-            batch_size,
-            drop_last=drop_last,
-            seed=run_seed(),
-            rank=rank,
-            world_size=world,
-        )
-        return self.device_batches
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """MixUp/CutMix on the device, on training batches only: targets become class probabilities. With

@@ -393,7 +393,12 @@ def load_image_folder(
 
 
 def make_synthetic(
-    num_classes: int, train_per_class: int, test_per_class: int, image_size: int, noise: float, seed: int
+    num_classes: int,
+    train_per_class: int = 500,
+    test_per_class: int = 100,
+    image_size: int = 32,
+    noise: float = 60.0,
+    seed: int = 0,
 ) -> ImageArrays:
     """Class-dependent images: each class is a fixed random 4x4 colour layout, blown up, plus pixel noise."""
     rng = np.random.default_rng(seed)
