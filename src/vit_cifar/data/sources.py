@@ -24,6 +24,12 @@ from vit_cifar.errors import DataError, first_line
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 SPLITS = ("train", "test")
+ARRAY_KEYS = (
+    "train_x",
+    "train_y",
+    "test_x",
+    "test_y",
+)  # the arrays of ImageArrays, as the decode cache holds them
 # No image file of a dataset is read past this size (an archive member declares its size before it is read):
 # memory stays bounded whatever an archive holds. CIFAR's files are about 2 KB; a 24-megapixel photo is ~10 MB.
 MAX_IMAGE_FILE_BYTES = 64 * 2**20
@@ -159,12 +165,11 @@ def to_rgb(img, size: int | None = None):
     from PIL import Image, ImageOps
 
     img = ImageOps.exif_transpose(img)  # photos taken sideways
-    if size is not None and img.mode in ("L", "RGB") and img.size != (size, size):
+    wide = img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+    top = 65535.0 if wide and (img.getextrema()[1] or 0) > 255 else 255.0  # the whole image's range, in place
+    if size is not None and (wide or img.mode in ("L", "RGB")) and img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)  # first: the conversions copy a small image
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        top = 65535.0 if (img.getextrema()[1] or 0) > 255 else 255.0  # the whole image's range, read in place
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
+    if wide:
         values = np.asarray(img, dtype=np.float32)
         img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
@@ -293,10 +298,7 @@ def _read_cache(cache: Path, root: Path, image_size: int) -> ImageArrays | None:
     try:
         with np.load(cache) as z:
             arrays = ImageArrays(
-                train_x=z["train_x"],
-                train_y=z["train_y"],
-                test_x=z["test_x"],
-                test_y=z["test_y"],
+                **{key: z[key] for key in ARRAY_KEYS},
                 classes=[str(c) for c in z["classes"]],
                 description=f"image folder {root}",
                 skipped=[str(p) for p in z["skipped"]] if "skipped" in z else [],
@@ -323,16 +325,12 @@ def _cache_problem(arrays: ImageArrays, image_size: int) -> str | None:
 
 
 def verify_sha256(path: Path, expected: str) -> None:
-    """Stop unless the file's SHA-256 is ``expected``: a truncated download or another file."""
-    if not is_archive(path):
-        raise DataError(f"data.sha256 is set but data.root={path} is not a .tar/.tar.gz/.tgz archive file")
-    digest = hashlib.sha256()
+    """Stop unless the archive's SHA-256 is ``expected``: a truncated download or another file."""
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != expected.lower():
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != expected.lower():
         raise DataError(
-            f"archive {path} has SHA-256 {digest.hexdigest()}, not data.sha256={expected}: "
+            f"archive {path} has SHA-256 {digest}, not data.sha256={expected}: "
             "it is incomplete or another file; download it again, or correct data.sha256"
         )
 
@@ -371,10 +369,7 @@ def load_image_folder(
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(
                 tmp,
-                train_x=arrays.train_x,
-                train_y=arrays.train_y,
-                test_x=arrays.test_x,
-                test_y=arrays.test_y,
+                **{key: getattr(arrays, key) for key in ARRAY_KEYS},
                 classes=np.array(arrays.classes),
                 skipped=np.array(arrays.skipped, dtype=str),
             )
