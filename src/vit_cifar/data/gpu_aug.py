@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 from vit_cifar.compat import trivial_augment_space
@@ -342,8 +343,9 @@ def _normalisation(mean: tuple, std: tuple, device: torch.device) -> tuple[torch
 
 class DeviceBatches:
     """Shuffled training batches sliced from uint8 tensors held on the accelerator: no workers, no collation,
-    no host-to-device copies. Each rank takes its own share of one permutation drawn from ``seed`` and the
-    epoch; Lightning sets the epoch through ``sampler.set_epoch``, as for a DistributedSampler.
+    no host-to-device copy but the epoch's order. The order is a :class:`DistributedSampler`'s, drawn from
+    ``seed`` and the epoch (the permutation of the workers' path), one share per rank; Lightning gives it the
+    epoch (``sampler.set_epoch``) as for a DataLoader.
 
     ``generator``, on the images' device, is reseeded at the start of each epoch from (seed, epoch, rank): the
     augmentation's per-image draws (``DeviceAugment(..., generator=batches.generator)``) then differ between
@@ -361,40 +363,31 @@ class DeviceBatches:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
-        self.sampler = self  # where Lightning looks for set_epoch
+        self.images, self.labels, self.batch_size, self.drop_last = images, labels, batch_size, drop_last
+        # drop_last=True: every rank takes len // world_size images, so all ranks run as many steps
+        indices = range(len(labels))
+        self.sampler = DistributedSampler(
+            indices, world_size, rank, shuffle=shuffle, seed=seed, drop_last=True
+        )
         self.generator = torch.Generator(device=images.device)
-        self.generator.manual_seed(augmentation_seed(seed, 0, rank))
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _per_rank(self) -> int:
-        return len(self.labels) // self.world_size
+        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        n = self._per_rank()
+        n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        self.generator.manual_seed(augmentation_seed(self.seed, self.epoch, self.rank))
-        n = len(self.labels)
-        if self.shuffle:  # drawn on the CPU from (seed, epoch): the same on every rank and every device
-            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) % 2**63)
-            order = torch.randperm(n, generator=generator)
-        else:
-            order = torch.arange(n)
-        order = order[self.rank :: self.world_size][: self._per_rank()].to(self.images.device)
-        for batch in range(len(self)):
-            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+        sampler = self.sampler
+        self.generator.manual_seed(augmentation_seed(sampler.seed, sampler.epoch, sampler.rank))
+        order = torch.tensor(list(sampler), device=self.images.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
             yield self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
 def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of a rank's augmentation generator for an epoch: distinct for each (seed, epoch, rank), and
-    distinct from the shuffle's seed, ``hash((seed, epoch))``. Python hashes tuples of ints the same way in
-    every process (PYTHONHASHSEED only changes str and bytes hashes)."""
+    """The seed of a rank's augmentation generator for an epoch: distinct for each (seed, epoch, rank). Python
+    hashes tuples of ints the same way in every process (PYTHONHASHSEED only changes str and bytes hashes)."""
     return hash((seed, epoch, rank, 1)) % 2**63
