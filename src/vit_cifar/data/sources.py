@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from vit_cifar.compat import torchvision_copy_present
 from vit_cifar.errors import DataError, first_line
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -106,20 +105,15 @@ def _no_local_copy_hint(root: Path, dataset: str) -> str:
 
 
 def download_torchvision(root: Path, dataset: str, download: bool) -> None:
-    """Make sure torchvision's copy is in ``root``, downloading it when allowed."""
+    """Make sure torchvision's copy is in ``root``, downloading it when allowed: torchvision checks the files
+    and fetches the archive only when they are missing or damaged."""
     cls = _torchvision_class(dataset)
-    if torchvision_copy_present(cls, root):
-        return
-    if not download:
-        raise DataError(
-            f"{dataset} is not in {root} and data.download=false: {_no_local_copy_hint(root, dataset)}"
-        )
     try:
-        cls(str(root), train=True, download=True)
-    except Exception as err:  # URLError, socket errors, HTTP errors: all mean the same to the user
+        cls(str(root), train=False, download=download)  # the smaller split: only the check is wanted
+    except Exception as err:  # not found, or URLError, socket and HTTP errors: all mean the same to the user
+        why = f"could not be downloaded ({first_line(err)})" if download else "data.download=false"
         raise DataError(
-            f"{dataset} is not in {root} and could not be downloaded ({first_line(err)}): "
-            f"{_no_local_copy_hint(root, dataset)}"
+            f"{dataset} is not in {root} and {why}: {_no_local_copy_hint(root, dataset)}"
         ) from err
 
 
