@@ -260,8 +260,7 @@ def _read_folder(root: Path, image_size: int, skip_bad: bool) -> ImageArrays:
                 f"no images under {split}/<class>/ in {root}: an image folder needs train/<class>/*.jpg|png "
                 "and test/<class>/*.jpg|png"
             )
-    classes = sorted({c for c, _, _ in found["train"]})
-    test_classes = sorted({c for c, _, _ in found["test"]})
+    classes, test_classes = (sorted({c for c, _, _ in found[split]}) for split in SPLITS)
     if classes != test_classes:
         raise DataError(
             f"train and test classes differ in {root}: only in train {sorted(set(classes) - set(test_classes))}, "
@@ -297,24 +296,19 @@ def _read_cache(cache: Path, root: Path, image_size: int) -> ImageArrays | None:
                 description=f"image folder {root}",
                 skipped=[str(p) for p in z["skipped"]] if "skipped" in z else [],
             )
-        problem = _cache_problem(arrays, image_size)
+        problem = None
+        for split in SPLITS:  # what makes the arrays unfit for the data they stand for
+            x, y, n = getattr(arrays, f"{split}_x"), getattr(arrays, f"{split}_y"), len(arrays.classes)
+            if x.dtype != np.uint8 or x.shape[1:] != (image_size, image_size, 3) or len(x) == 0:
+                problem = f"{split}_x is {x.dtype} {x.shape}, not {image_size}x{image_size} RGB images"
+            elif y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n:
+                problem = f"{split}_y does not label the {len(x)} images with {n} classes"
     # whatever a damaged file raises: BadZipFile, KeyError, ValueError, EOFError, zlib.error, OSError, ...
     except Exception as err:
         problem = f"{type(err).__name__}: {first_line(err)[:200]}"
     if problem is None:
         return arrays
     log.warning("decode cache %s is unusable (%s): decoding %s again to rebuild it", cache, problem, root)
-    return None
-
-
-def _cache_problem(arrays: ImageArrays, image_size: int) -> str | None:
-    """What makes cached arrays unfit for the data they stand for, or None."""
-    for split in SPLITS:
-        x, y = getattr(arrays, f"{split}_x"), getattr(arrays, f"{split}_y")
-        if x.dtype != np.uint8 or x.shape[1:] != (image_size, image_size, 3) or len(x) == 0:
-            return f"{split}_x is {x.dtype} {x.shape}, not {image_size}x{image_size} RGB images"
-        if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= len(arrays.classes):
-            return f"{split}_y does not label the {len(x)} images with {len(arrays.classes)} classes"
     return None
 
 
