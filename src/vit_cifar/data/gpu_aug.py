@@ -22,6 +22,7 @@ from torch.utils.data import DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 from vit_cifar.compat import trivial_augment_space
+from vit_cifar.data.samplers import augmentation_seeds
 from vit_cifar.data.transforms import aug_value, batch_mix
 from vit_cifar.errors import ConfigError
 
@@ -388,6 +389,6 @@ class DeviceBatches:
 
 
 def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of a rank's augmentation generator for an epoch: distinct for each (seed, epoch, rank). Python
-    hashes tuples of ints the same way in every process (PYTHONHASHSEED only changes str and bytes hashes)."""
-    return hash((seed, epoch, rank, 1)) % 2**63
+    """The seed of a rank's augmentation generator for an epoch: the workers' path's seed of the epoch's first
+    item (:func:`~vit_cifar.data.samplers.augmentation_seeds`), distinct for each (seed, epoch, rank)."""
+    return augmentation_seeds(seed, epoch, rank, 1)[0]

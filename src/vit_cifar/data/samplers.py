@@ -34,12 +34,8 @@ class SeededShuffleSampler(DistributedSampler):
     in it, never on which DataLoader worker decodes it, how many there are, whether they persist, or whether
     the run was resumed: a killed run resumes bit for bit with workers (``ArrayDataset`` applies the seed).
     Being a :class:`DistributedSampler`, Lightning neither replaces nor wraps it under DDP and calls
-    :meth:`set_epoch` each epoch.
-
-    Args:
-        dataset: the training set (only its length is used).
-        num_replicas, rank: the DDP world size and this process's rank.
-        seed: None takes Lightning's global seed (``seed_everything``), the same on every rank.
+    :meth:`set_epoch` each epoch. Only the dataset's length is used; ``seed=None`` takes Lightning's global
+    seed (``seed_everything``), the same on every rank.
     """
 
     def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0, seed: int | None = None) -> None:
@@ -67,13 +63,6 @@ class RepeatedAugSampler(SeededShuffleSampler):
 
     An epoch is ``repeats`` times longer than without it: divide ``trainer.max_epochs`` by ``repeats`` for the
     same compute. Each copy has a seed of its own (its position), so the copies are augmented differently.
-
-    Args:
-        dataset: the training set (only its length is used).
-        repeats: copies of each image per epoch (DeiT uses 3).
-        group_size: images whose copies are shuffled together.
-        num_replicas, rank: the DDP world size and this process's rank.
-        seed: None takes Lightning's global seed (``seed_everything``), the same on every rank.
     """
 
     def __init__(
