@@ -64,16 +64,15 @@ def sample_trivial_augment(
     height: int,
     width: int,
     device: torch.device | str = "cpu",
-    num_bins: int = NUM_BINS,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, as torchvision draws once per call: an op index (uniform over OPS), a magnitude bin
     (uniform), and for signed ops a sign (negative with probability 1/2).
 
     Returns op (n,) int64 and magnitude (n,) float32."""
-    table, signed = magnitude_table(num_bins, height, width, device)
+    table, signed = magnitude_table(NUM_BINS, height, width, device)
     op = torch.randint(len(OPS), (n,), device=device, generator=generator)
-    bin_ = torch.randint(num_bins, (n,), device=device, generator=generator)
+    bin_ = torch.randint(NUM_BINS, (n,), device=device, generator=generator)
     negative = signed[op] & (torch.rand(n, device=device, generator=generator) <= 0.5)
     magnitude = table[op, bin_]
     return op, torch.where(negative, -magnitude, magnitude)
@@ -93,12 +92,10 @@ def apply_trivial_augment(images: torch.Tensor, op: torch.Tensor, magnitude: tor
     return out
 
 
-def trivial_augment_wide(
-    images: torch.Tensor, num_bins: int = NUM_BINS, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def trivial_augment_wide(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """TrivialAugmentWide, an operation and magnitude for each image of a uint8 (B, C, H, W) batch."""
     h, w = images.shape[-2:]
-    op, magnitude = sample_trivial_augment(len(images), h, w, images.device, num_bins, generator)
+    op, magnitude = sample_trivial_augment(len(images), h, w, images.device, generator)
     return apply_trivial_augment(images, op, magnitude)
 
 
@@ -253,24 +250,17 @@ def random_hflip(images: torch.Tensor, p: float, generator: torch.Generator | No
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def random_erasing(
-    images: torch.Tensor,
-    p: float,
-    value: float = 0.0,
-    scale: Sequence[float] = ERASING_SCALE,
-    ratio: Sequence[float] = ERASING_RATIO,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+def random_erasing(images: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """torchvision's RandomErasing drawn per image: with probability ``p``, a rectangle of area fraction in
-    ``scale`` and aspect ratio in ``ratio`` (log-uniform), at a uniform place, is set to ``value``."""
+    ``ERASING_SCALE`` and aspect ratio in ``ERASING_RATIO`` (log-uniform), at a uniform place, is set to 0."""
     n, _, h, w = images.shape
     dev = images.device
 
     def uniform(low: float, high: float) -> torch.Tensor:
         return torch.rand(n, ERASING_TRIES, device=dev, generator=generator) * (high - low) + low
 
-    area = h * w * uniform(*scale)  # (n, tries)
-    aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1])))
+    area = h * w * uniform(*ERASING_SCALE)  # (n, tries)
+    aspect = torch.exp(uniform(math.log(ERASING_RATIO[0]), math.log(ERASING_RATIO[1])))
     eh = torch.sqrt(area * aspect).round().long()
     ew = torch.sqrt(area / aspect).round().long()
     fits = (eh < h) & (ew < w)
@@ -288,7 +278,7 @@ def random_erasing(
         & (cols < (left + ew)[:, None, None])
     )
     mask = (inside & erase[:, None, None])[:, None]  # (n, 1, H, W)
-    return images.masked_fill(mask, value)
+    return images.masked_fill(mask, 0.0)
 
 
 # ---------------------------------------------------------------------------------------- the whole pipeline
