@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -77,13 +77,11 @@ class ArrayDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, seed = item if isinstance(item, tuple) else (item, None)
-        x = self.images[i]
+        x, y = self.images[i], self.labels[i]
         if self.transform is None:
-            return x, self.labels[i]
-        if seed is None:
-            return self.transform(x), self.labels[i]
-        with seeded_torch_rng(seed):
-            return self.transform(x), self.labels[i]
+            return x, y
+        with seeded_torch_rng(seed) if seed is not None else nullcontext():
+            return self.transform(x), y
 
 
 class LazyStartDataLoader(DataLoader):
