@@ -141,20 +141,11 @@ def _affine(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> 
     m0, m1, m3, m4 = d, -b, -c, a
     m2 = cx - m0 * (cx + tx) - m1 * (cy + ty)
     m5 = cy - m3 * (cx + tx) - m4 * (cy + ty)
-    theta = torch.stack([m0, m1, m2, m3, m4, m5], dim=1).view(n, 2, 3).to(torch.float32)  # (n, 2, 3)
-
-    # Output pixel centres in pixels relative to the image centre, mapped by theta, normalised to [-1, 1].
-    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=images.device)
-    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=images.device)
-    ones = torch.ones(h, w, device=images.device)
-    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), ones], dim=-1)  # (h, w, 3)
-    rescaled = theta.transpose(1, 2).contiguous()  # (n, 3, 2)
-    rescaled[..., 0] /= 0.5 * w
-    rescaled[..., 1] /= 0.5 * h
-    grid = base.view(1, h * w, 3) @ rescaled  # (n, h * w, 2)
-    out = F.grid_sample(
-        images.float(), grid.view(n, h, w, 2), mode="nearest", padding_mode="zeros", align_corners=False
-    )
+    # theta maps output pixel centres to input pixels, both relative to the image centre: in affine_grid's
+    # units, where the image spans [-1, 1], the translations and the cross terms scale with the image's sides.
+    theta = torch.stack([m0, m1 * h / w, m2 * 2 / w, m3 * w / h, m4, m5 * 2 / h], dim=1).view(n, 2, 3)
+    grid = F.affine_grid(theta.to(torch.float32), [n, 1, h, w], align_corners=False)
+    out = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_().to(torch.uint8)
 
 
