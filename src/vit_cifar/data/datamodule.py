@@ -319,12 +319,10 @@ class CIFARDataModule(L.LightningDataModule):
         padding, ranks may run one batch fewer than others, which evaluation allows: nothing is synchronised
         per batch (the metrics are reduced once, at the epoch's end)."""
         world, rank = self._world_and_rank()
-        if world == 1:
-            return self._loader(dataset, self.eval_batch_size)
         if len(dataset) < world:
             raise ConfigError(f"{len(dataset)} evaluation images cannot be shared out over {world} processes")
-        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-        return self._loader(dataset, self.eval_batch_size, sampler=sampler)
+        shared = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        return self._loader(dataset, self.eval_batch_size, shared if world > 1 else None)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         """This rank's share of a seeded shuffle (each image ``repeated_aug`` times when that is above 1),
