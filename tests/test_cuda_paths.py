@@ -478,31 +478,6 @@ def test_checkpoints_keep_and_restore_the_cuda_generator(monkeypatch):
     assert restored == [[7, 8]]
 
 
-def test_the_benchmark_on_a_gpu_synchronises_at_window_edges_and_names_the_gpu(monkeypatch, tmp_path):
-    from types import SimpleNamespace
-
-    from vit_cifar.bench import report, settings, timing
-
-    synced = []
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
-    watch = timing.Stopwatch(torch.device("cuda"))
-    watch.start()
-    watch.stop()
-    assert len(synced) == 2  # the two edges, nothing inside
-    props = SimpleNamespace(name="NVIDIA H200", total_memory=141 * 2**30, major=9, minor=0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
-    info = report.device_info(torch.device("cuda"))
-    assert info["capability"] == "9.0" and info["name"] == "NVIDIA H200"
-    assert report.result_path(tmp_path, info, tiny=False).name.endswith("-cuda-nvidia-h200.json")
-    # precision auto on a T4, through the benchmark's settings; 16-mixed keeps its GradScaler
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("vit_cifar.devices._nvml_description", lambda index: ("Tesla T4", (7, 5), 15 * 2**30))
-    settings = settings.settings_from(settings.parse_args(["--tiny", "--device", "cuda"]))
-    assert settings["precision"] == "16-mixed" and settings["device_spec"].capability == (7, 5)
-    assert timing.autocast_for("16-mixed", torch.device("cpu"))[1] is True
-    assert timing.autocast_for("bf16-mixed", torch.device("cpu"))[1] is False
-
-
 def test_evaluation_names_the_gpu_and_picks_it_for_auto(monkeypatch):
     from vit_cifar.inference import engine as inference
 

@@ -85,7 +85,7 @@ def test_a_documented_command_runs_as_written(where, command, arguments, tmp_pat
     monkeypatch.setenv("SLURM_JOB_ID", "1234")  # docs/scaling.md's SLURM script names its run folder by it
     argv = as_run(arguments, tmp_path)
     if command == "benchmark":
-        from vit_cifar.bench.settings import parse_args
+        from vit_cifar.benchmark import parse_args
 
         parse_args(argv)
         return

@@ -1,14 +1,232 @@
-"""How fast vit-cifar trains and infers on this machine: ``python -m vit_cifar.benchmark [--inference] ...``
-(``vit-cifar-benchmark``). The work is :mod:`vit_cifar.bench.training` and :mod:`vit_cifar.bench.inference`;
-``--help`` lists the flags. argparse, not Hydra: it runs where only torch, torchvision and lightning are installed.
+"""How fast vit-cifar trains, loads and infers on this machine (``vit-cifar-benchmark``).
+
+    python -m vit_cifar.benchmark                                  # the seed recipe (CUDA if any): images/s
+    python -m vit_cifar.benchmark --experiment cpu_hour --compile  # eager, then compiled: compile time apart
+    python -m vit_cifar.benchmark data.batch_size=256 trainer.precision=bf16-mixed   # any train override
+    python -m vit_cifar.benchmark --tiny                           # a tiny model, a few steps: does it run?
+    python -m vit_cifar.benchmark --loader --data /path/to/cifar10-jpeg.tar.gz      # the training DataLoader
+    python -m vit_cifar.benchmark --inference --data <dataset> --ckpt <file>       # CPU inference variants
+
+Training is timed through ``python -m vit_cifar.train``'s own job, beside one plain PyTorch loop (vit_cifar.bench
+.training); synthetic images unless ``--data`` (augmenting and training cost the same whatever they show). Each run
+writes ``benchmarks/results/<date>-<device>[-loader|-inference][-tiny].json`` with the device, threads, load
+average, library versions, git state, the settings and every window; docs/performance.md sums them up.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
 import sys
+import tempfile
+from functools import partial
+from importlib.metadata import version
+from importlib.util import find_spec
+from pathlib import Path
 
-from vit_cifar.bench.report import run
-from vit_cifar.errors import VitCifarError
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from vit_cifar.bench.inference import REFERENCE, VARIANTS
+from vit_cifar.errors import ConfigError, VitCifarError
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: benchmarks/ sits here
+# --tiny: a model that trains in milliseconds, on small batches made in the training process
+TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2"]
+TINY += ["data.batch_size=16", "data.num_workers=0"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m vit_cifar.benchmark", description=__doc__.split("\n")[0])
+    p.add_argument("overrides", nargs="*", help="train overrides, e.g. data.batch_size=256")
+    p.add_argument("--experiment", default="seed", help="a recipe of configs/experiment (default: seed)")
+    p.add_argument("--compile", action="store_true", help="also time the compiled network (compile=true)")
+    p.add_argument("--steps", type=int, help="steps per timed window (default: CUDA 50, CPU 3)")
+    p.add_argument("--warmup", type=int, help="untimed first steps (CUDA 10, CPU 1; --compile: 3)")
+    p.add_argument("--repeats", type=int, help="timed windows (default: CUDA 5, CPU 3)")
+    p.add_argument("--data", help="dataset root, as data.root (default: synthetic images)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the results JSON")
+    p.add_argument("--tiny", action="store_true", help="a tiny model and a few steps: checks that all runs")
+    p.add_argument("--loader", action="store_true", help="only the training DataLoader, per aug and workers")
+    p.add_argument("--workers", type=int, nargs="+", help="--loader: worker counts (default: 0 1 2 3 7)")
+    p.add_argument("--inference", action="store_true", help="only CPU inference: eager, compile, ONNX, timm")
+    p.add_argument("--ckpt", help="--inference: a checkpoint (default: the recipe's network, random init)")
+    p.add_argument("--images", type=int, help="--inference: images (default: all of --data, or 2000)")
+    p.add_argument("--latency-images", type=int, help="--inference: images timed one by one (default 100)")
+    p.add_argument("--variants", nargs="+", help="--inference: the variants to run (default: all)")
+    args = p.parse_args(argv)
+    least = {"steps": 1, "warmup": 1, "repeats": 1, "images": 1, "latency_images": 0}
+    given = [(k, getattr(args, k), low) for k, low in least.items()]
+    for key, value, low in given + [("workers", w, 0) for w in args.workers or []]:
+        if value is not None and value < low:
+            raise ConfigError(f"--{key.replace('_', '-')}={value} must be at least {low}")
+    if args.variants and (set(args.variants) - set(VARIANTS) or REFERENCE not in args.variants):
+        raise ConfigError(f"--variants: choose among {', '.join(VARIANTS)}, {REFERENCE} included")
+    return args
+
+
+def environment(device: torch.device) -> dict:
+    """The device, library versions and git state to keep beside every measurement."""
+    from vit_cifar.inference.engine import cpu_model
+
+    info = {"type": device.type, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    info |= {"cpu": cpu_model(), "name": cpu_model(), "platform": platform.platform()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info |= {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)}
+        info |= {"capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "torchvision", "lightning", "timm", "onnxruntime"):  # None: not installed
+        versions[package] = version(package) if find_spec(package) else None
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return done.stdout.strip()
+
+    try:
+        state = {"sha": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        state = {"sha": "unknown", "dirty": None}
+    return {"device": info, "versions": versions, "git": state}
+
+
+def result_path(out: Path, device: dict, mode: str) -> Path:
+    """``<date>-<device><mode>.json``, e.g. ``2026-11-27-cpu-2threads.json``, ``2026-11-28-cuda-nvidia-h100-80gb-hbm3
+    .json``; a later run of the same day and device gets -2, -3, ... rather than replacing it."""
+    slug = f"cpu-{device['threads']}thread{'' if device['threads'] == 1 else 's'}"
+    if device["type"] == "cuda":
+        slug = "cuda-" + re.sub(r"[^a-z0-9]+", "-", device["name"].lower()).strip("-")
+    stem = f"{dt.date.today().isoformat()}-{slug}{mode}"
+    path, n = out / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = out / f"{stem}-{n}.json"
+    return path
+
+
+def table(report: dict) -> str:
+    """The printed summary: images/s, mean ± std over the windows, by the wall clock (and per CPU-second)."""
+
+    def cell(r: dict) -> str:
+        cpu = f" {r['per_cpu_second']['mean']:>10,.1f} per CPU-s" if "per_cpu_second" in r else ""
+        return f"{r['mean']:>12,.1f} ± {r['std']:<9,.1f}{cpu}"
+
+    lines = [f"device: {report['device']['name']} ({report['device']['threads']} threads); images/s"]
+    for variant, t in report.get("training", {}).items():
+        lines.append(f"{'train, ' + variant + ', Lightning':<36}{cell(t['lightning'])}")
+        lines.append(f"{'train, ' + variant + ', plain loop':<36}{cell(t['plain'])}")
+        lines.append(f"{'  Lightning overhead':<36}{100 * t['lightning_overhead']:>11.1f}%")
+    if "compile_s" in report:
+        lines.append(f"{'compile time (s), beside eager':<36}{report['compile_s']:>12.1f}")
+    for key, r in report.get("loader", {}).items():
+        lines.append(f"{'loader, ' + key:<36}{cell(r)}")
+    for name, r in report.get("inference", {}).get("results", {}).items():
+        ratio = f"{r['over_timm_eager']:.2f}x timm" if "over_timm_eager" in r else ""
+        lines.append(f"{'infer, ' + name:<36}{r['images_per_s']:>12,.1f}  {ratio}")
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Measure what the flags ask for, print the table, write the results file; returns the report."""
+    from vit_cifar.checkpoints.atomic import write_atomic
+    from vit_cifar.config.entry import check_output_place, compose_config, preflight
+
+    args = parse_args(argv)
+    check_output_place(args.out, "--out", folder=True)  # before minutes of measuring
+    overrides = [f"experiment={args.experiment}", *(TINY if args.tiny else []), *args.overrides]
+    preflight("train", overrides)  # a bad override: one line, exit 2
+    log, load_before = partial(print, flush=True), os.getloadavg()
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg = compose_config(overrides, scratch)
+        cuda = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        steps, warmup, repeats = (50, 10, 5) if cuda else (10, 1, 3) if args.loader else (3, 1, 3)
+        steps, warmup, repeats = (2, 1, 2) if args.tiny else (steps, warmup, repeats)
+        warmup = max(warmup, 3) if args.compile else warmup  # recompiles for new shapes: not in a window
+        steps, warmup, repeats = args.steps or steps, args.warmup or warmup, args.repeats or repeats
+        prepare(cfg, args.data, warmup + steps * repeats + 2 * max(args.workers or [7]))
+        report = environment(torch.device("cuda" if cuda and not args.inference else "cpu")) | {
+            "benchmark": "python -m vit_cifar.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "config": {"steps": steps, "warmup": warmup, "repeats": repeats},
+        }
+        report["config"]["recipe"] = OmegaConf.to_container(cfg, resolve=True)
+        log(f"benchmark on {report['device']['name']}, {torch.get_num_threads()} threads")
+        if args.loader:
+            from vit_cifar.bench.training import measure_loader
+
+            workers = args.workers or ([1] if args.tiny else [0, 1, 2, 3, 7])
+            report["loader"] = measure_loader(cfg, workers, steps, warmup, repeats)
+        elif args.inference:
+            report["inference"] = inference(args, cfg, log)
+        else:
+            from vit_cifar.bench.training import measure_training
+
+            report["training"] = {"eager": measure_training(cfg, steps, warmup, repeats, False, log)}
+            if args.compile:
+                report["training"]["compiled"] = measure_training(cfg, steps, warmup, repeats, True, log)
+                first = {v: t["lightning"]["first_steps_s"] for v, t in report["training"].items()}
+                report["compile_s"] = first["compiled"] - first["eager"]
+    report["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
+    mode = "-loader" if args.loader else "-inference" if args.inference else ""
+    out = result_path(Path(args.out), report["device"], mode + ("-tiny" if args.tiny else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, json.dumps(report, indent=2) + "\n")
+    log(table(report))
+    log(f"written: {out}")
+    return report | {"path": str(out)}
+
+
+def prepare(cfg, data: str | None, batches: int) -> None:
+    """Train on all images, test nothing, keep no checkpoints (written at epoch ends, after the windows);
+    ``data`` as data.root, or synthetic images enough for ``batches`` batches in one epoch."""
+    with open_dict(cfg):
+        cfg.test, cfg.data.val_size, cfg.data.download = False, 0, False
+        cfg.callbacks.model_checkpoint = cfg.callbacks.last_checkpoint = None
+        cfg.trainer.enable_checkpointing = False  # nor Lightning's own
+        if data:
+            cfg.data.root = data
+        else:
+            per_class = -(-cfg.data.batch_size * batches // cfg.data.num_classes)
+            cfg.data.source = "synthetic"
+            cfg.data.synthetic = {"train_per_class": per_class, "test_per_class": 1}
+
+
+def inference(args: argparse.Namespace, cfg, log) -> dict:
+    """``--inference``: the checkpoint's network (or the recipe's, randomly initialised) on ``--data``'s test
+    images (or random ones: speed only), at the evaluation's batch size (configs/eval.yaml)."""
+    from vit_cifar.bench.inference import measure_inference
+    from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier
+    from vit_cifar.config.entry import compose_config
+    from vit_cifar.inference.engine import evaluation_datamodule, input_spec
+    from vit_cifar.models.registry import build_network
+
+    if args.ckpt:
+        loaded = load_classifier(args.ckpt)
+    else:
+        torch.manual_seed(0)
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        net = build_network(model).eval()
+        loaded = LoadedClassifier(net=net, classes=[str(i) for i in range(net.num_classes)], net_config=model)
+    batch = 8 if args.tiny else compose_config([], cfg.paths.output_dir, config_name="eval").batch_size
+    if args.data:
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        datamodule = evaluation_datamodule(data, input_spec(loaded), 1000)
+        datamodule.setup("test")
+        x, labels = (torch.cat(t) for t in zip(*datamodule.test_dataloader(), strict=True))
+        x, labels = x[: args.images], labels[: args.images]
+    else:
+        size = input_spec(loaded).image_size
+        count = args.images or (64 if args.tiny else 2000)
+        x, labels = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0)), None
+    singles = args.latency_images if args.latency_images is not None else (4 if args.tiny else 100)
+    log(f"inference: {len(x):,} images, batch {batch} and 1, {torch.get_num_threads()} threads")
+    result = measure_inference(loaded, x, labels, batch, singles, args.variants or list(VARIANTS), log)
+    return result | {"weights": args.ckpt or "random init, seed 0", "images": len(x)}
 
 
 def main(argv: list[str] | None = None) -> None:
