@@ -3,14 +3,12 @@
     python -m vit_cifar.benchmark                                  # the seed recipe (CUDA if any): images/s
     python -m vit_cifar.benchmark --experiment cpu_hour --compile  # eager, then compiled: compile time apart
     python -m vit_cifar.benchmark data.batch_size=256 trainer.precision=bf16-mixed   # any train override
-    python -m vit_cifar.benchmark --tiny                           # a tiny model, a few steps: does it run?
     python -m vit_cifar.benchmark --loader --data /path/to/cifar10-jpeg.tar.gz      # the training DataLoader
     python -m vit_cifar.benchmark --inference --data <dataset> --ckpt <file>       # CPU inference variants
 
-Training is timed through ``python -m vit_cifar.train``'s own job, beside one plain PyTorch loop (vit_cifar.bench
-.training); synthetic images unless ``--data`` (augmenting and training cost the same whatever they show). Each run
-writes ``benchmarks/results/<date>-<device>[-loader|-inference][-tiny].json`` with the device, threads, load
-average, library versions, git state, the settings and every window; docs/performance.md sums them up.
+Training is timed through training's own job beside one plain PyTorch loop (:mod:`vit_cifar.bench.training`), on
+synthetic images unless ``--data`` (they cost the same to augment and train on). Each run writes its results file
+in ``benchmarks/results/`` (environment, settings, every window); docs/performance.md sums them up.
 """
 
 from __future__ import annotations
@@ -32,8 +30,15 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from vit_cifar.bench.inference import REFERENCE, VARIANTS
+from vit_cifar.bench.inference import REFERENCE, VARIANTS, measure_inference
+from vit_cifar.bench.training import measure_loader, measure_training
+from vit_cifar.checkpoints.atomic import write_atomic
+from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier
+from vit_cifar.config.entry import check_output_place, compose_config, preflight
+from vit_cifar.devices import local_device
 from vit_cifar.errors import ConfigError, VitCifarError
+from vit_cifar.inference.engine import cpu_model, evaluation_datamodule, input_spec
+from vit_cifar.models.registry import build_network
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: benchmarks/ sits here
 # --tiny: a model that trains in milliseconds, on small batches made in the training process
@@ -72,8 +77,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def environment(device: torch.device) -> dict:
     """The device, library versions and git state to keep beside every measurement."""
-    from vit_cifar.inference.engine import cpu_model
-
     info = {"type": device.type, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     info |= {"cpu": cpu_model(), "name": cpu_model(), "platform": platform.platform()}
     if device.type == "cuda":
@@ -133,9 +136,6 @@ def table(report: dict) -> str:
 
 def run(argv: list[str] | None = None) -> dict:
     """Measure what the flags ask for, print the table, write the results file; returns the report."""
-    from vit_cifar.checkpoints.atomic import write_atomic
-    from vit_cifar.config.entry import check_output_place, compose_config, preflight
-
     args = parse_args(argv)
     check_output_place(args.out, "--out", folder=True)  # before minutes of measuring
     overrides = [f"experiment={args.experiment}", *(TINY if args.tiny else []), *args.overrides]
@@ -143,7 +143,7 @@ def run(argv: list[str] | None = None) -> dict:
     log, load_before = partial(print, flush=True), os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         cfg = compose_config(overrides, scratch)
-        cuda = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        cuda = local_device(cfg.trainer.accelerator).type == "cuda"
         steps, warmup, repeats = (50, 10, 5) if cuda else (10, 1, 3) if args.loader else (3, 1, 3)
         steps, warmup, repeats = (2, 1, 2) if args.tiny else (steps, warmup, repeats)
         warmup = max(warmup, 3) if args.compile else warmup  # recompiles for new shapes: not in a window
@@ -157,15 +157,11 @@ def run(argv: list[str] | None = None) -> dict:
         report["config"]["recipe"] = OmegaConf.to_container(cfg, resolve=True)
         log(f"benchmark on {report['device']['name']}, {torch.get_num_threads()} threads")
         if args.loader:
-            from vit_cifar.bench.training import measure_loader
-
             workers = args.workers or ([1] if args.tiny else [0, 1, 2, 3, 7])
             report["loader"] = measure_loader(cfg, workers, steps, warmup, repeats)
         elif args.inference:
             report["inference"] = inference(args, cfg, log)
         else:
-            from vit_cifar.bench.training import measure_training
-
             report["training"] = {"eager": measure_training(cfg, steps, warmup, repeats, False, log)}
             if args.compile:
                 report["training"]["compiled"] = measure_training(cfg, steps, warmup, repeats, True, log)
@@ -176,8 +172,7 @@ def run(argv: list[str] | None = None) -> dict:
     out = result_path(Path(args.out), report["device"], mode + ("-tiny" if args.tiny else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json.dumps(report, indent=2) + "\n")
-    log(table(report))
-    log(f"written: {out}")
+    log(f"{table(report)}\nwritten: {out}")
     return report | {"path": str(out)}
 
 
@@ -199,12 +194,6 @@ def prepare(cfg, data: str | None, batches: int) -> None:
 def inference(args: argparse.Namespace, cfg, log) -> dict:
     """``--inference``: the checkpoint's network (or the recipe's, randomly initialised) on ``--data``'s test
     images (or random ones: speed only), at the evaluation's batch size (configs/eval.yaml)."""
-    from vit_cifar.bench.inference import measure_inference
-    from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier
-    from vit_cifar.config.entry import compose_config
-    from vit_cifar.inference.engine import evaluation_datamodule, input_spec
-    from vit_cifar.models.registry import build_network
-
     if args.ckpt:
         loaded = load_classifier(args.ckpt)
     else:

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from vit_cifar.config.entry import CONFIG_DIR, compose_config
+from vit_cifar.devices import local_device
 from vit_cifar.training.run import build_datamodule, train
 
 
@@ -133,7 +134,7 @@ def measure_loader(cfg: DictConfig, workers: list[int], steps: int, warmup: int,
     augmentation, collation, and on CUDA pinned memory and the copy), for each preset of configs/aug and each
     worker count: the most it can feed a training step. Untimed batches first: at least two per worker (what
     each prefetches)."""
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    device = torch.device(local_device(cfg.trainer.accelerator).type)
     result, threads = {}, torch.get_num_threads()
     for aug in sorted(p.stem for p in (Path(CONFIG_DIR) / "aug").glob("*.yaml")):
         for n in workers:
