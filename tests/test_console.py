@@ -17,7 +17,7 @@ import torch
 from conftest import QUIET, ROOT, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module
 from vit_cifar.analysis import plots
 from vit_cifar.checkpoints.loading import beside_run
-from vit_cifar.console import quiet_device_banner, quiet_library_noise
+from vit_cifar.config.entry import quiet_device_banner, quiet_library_noise
 from vit_cifar.data.datamodule import interleaved_order
 from vit_cifar.data.sources import resolve_source
 from vit_cifar.errors import DataError

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vit_cifar"
 # Bottom first. A part is a top-level module or a subpackage of vit_cifar.
 LAYERS = [
     {"errors"},
-    {"compat", "console"},
+    {"compat"},
     {"devices"},
     {"models"},
     {"data"},
@@ -78,12 +78,12 @@ def test_imports_only_go_down_the_layers():
 def test_an_import_up_the_layers_or_within_a_layer_is_found():
     files = {
         "vit_cifar.checkpoints.loading": "from vit_cifar.training.module import ClassifierModule\n",
-        "vit_cifar.compat": "def f():\n    import vit_cifar.console\n",
+        "vit_cifar.train": "def f():\n    import vit_cifar.evaluate\n",
         "vit_cifar.training.run": "from vit_cifar.checkpoints.atomic import write_atomic\n",
         "vit_cifar.models.vit": "from vit_cifar import data\n",
     }
     assert upward_imports(files) == [
         "vit_cifar.checkpoints.loading -> vit_cifar.training.module",
-        "vit_cifar.compat -> vit_cifar.console",
         "vit_cifar.models.vit -> vit_cifar.data",
+        "vit_cifar.train -> vit_cifar.evaluate",
     ]

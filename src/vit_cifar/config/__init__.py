@@ -1,2 +1,2 @@
-"""The configuration: Hydra's entry and the pre-flight every command shares, the schema of checked values, a
-quiet console."""
+"""The configuration: Hydra's entry and the pre-flight every command shares (with a quiet console), and the
+schema of checked values."""

@@ -1,11 +1,13 @@
 """What every ``python -m vit_cifar.<command>`` shares: the config folder, a pre-flight check of the command
-line, and one-line errors."""
+line, one-line errors and a quiet console."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,6 @@ from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from vit_cifar.compat import hydra_command_line, sweep_jobs
-from vit_cifar.console import quiet_library_noise
 from vit_cifar.errors import ConfigError, VitCifarError, first_line, one_line
 from vit_cifar.sweeps.jobs import in_sweep, run_sweep_job
 
@@ -27,6 +28,25 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "configs")
 # Config groups that optional Hydra plugins bring, and the extra of pyproject.toml that installs each.
 PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/submitit_slurm": "slurm"}
 
+# The quiet console: library messages that say nothing about the user's run are dropped; warnings that matter stay.
+# Python warnings (message regex) that libraries raise about themselves, not about the run.
+NOISY_WARNINGS = (
+    # Lightning's pytree helper against a newer torch: a deprecation inside Lightning, printed twice per run
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+    # the model summary's size estimate under mixed precision: it says so and uses 32 bits
+    r"Precision .* is not supported by the model summary",
+    # training without a validation split (data.val_size=0) returns no validation loader, on purpose
+    r"Total length of `list` across ranks is zero",
+)
+# Lightning's information lines (message prefix) that advertise or explain Lightning's own defaults.
+NOISY_INFO = (
+    "💡 Tip:",  # advertisements for Lightning's cloud products
+    "Trainer already configured with model summary callbacks",
+)
+# The Trainer's start-up banner (which accelerators exist): the same for every job of a sweep, so said once.
+DEVICE_BANNER = ("GPU available:", "TPU available:", "HPU available:", "LOCAL_RANK:")
+LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
 
 def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     """Run ``job``; a user error ends the process with one line on stderr and the error's exit code.
@@ -34,17 +54,57 @@ def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     (``vit_cifar.sweeps.jobs``)."""
     quiet_library_noise()
     if in_sweep():
+        # Hydra's "#k : overrides" line heads each job; the device banner is said by the first job only.
+        quiet_device_banner(quiet=int(HydraConfig.get().job.num) > 0)
         return run_sweep_job(job, cfg)
     try:
         return job(cfg)
     except (VitCifarError, InstantiationException) as err:
-        # Hydra's instantiate wraps what a constructor raises (a DataModule's or a callback's ConfigError).
+        # Hydra's instantiate wraps what a constructor raises: a ValueError is a constructor refusing the
+        # arguments the config gave it (an invariant of its own arithmetic), so a bad value, as a ConfigError.
         while isinstance(err, InstantiationException) and err.__cause__ is not None:
             err = err.__cause__
+        if isinstance(err, ValueError):
+            err = ConfigError(str(err))
         if not isinstance(err, VitCifarError):
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+
+
+class _DropNoise(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefixes = NOISY_INFO
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.prefixes)
+
+
+def _noise_filters() -> list[_DropNoise]:
+    """The filter on each of Lightning's information loggers, installed once per process."""
+    filters = []
+    for name in LIGHTNING_INFO_LOGGERS:
+        logger = logging.getLogger(name)
+        found = [f for f in logger.filters if isinstance(f, _DropNoise)]
+        if not found:
+            found = [_DropNoise()]
+            logger.addFilter(found[0])
+        filters.extend(found)
+    return filters
+
+
+def quiet_library_noise() -> None:
+    for pattern in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    _noise_filters()
+
+
+def quiet_device_banner(quiet: bool = True) -> None:
+    """Drop (or, with ``quiet=False``, let through again) the Trainer's device banner: a sweep's jobs after the
+    first run in the same process and would print it again, word for word, before each job."""
+    for noise in _noise_filters():
+        noise.prefixes = NOISY_INFO + DEVICE_BANNER if quiet else NOISY_INFO
 
 
 Check = Callable[[DictConfig, bool], None]  # check(composed config with its hydra node, multirun)

@@ -18,7 +18,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vit_cifar.checkpoints.atomic import write_atomic
-from vit_cifar.console import quiet_device_banner
 from vit_cifar.errors import VitCifarError, one_line
 from vit_cifar.sweeps.summary import ERROR_FILE, failure_line, report, summarise
 
@@ -44,8 +43,6 @@ def run_sweep_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     """
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
-    # Hydra's "#k : overrides" line heads each job; the device banner is said by the first job only.
-    quiet_device_banner(quiet=int(hydra_cfg.job.num) > 0)
     try:
         return job(cfg)
     except Exception as err:
