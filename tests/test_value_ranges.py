@@ -100,11 +100,11 @@ def test_a_value_outside_its_range_stops_the_preflight_in_one_line(capsys, overr
     assert err.count("\n") == 1 and err.startswith(f"error: {message}")
 
 
-def test_the_datamodule_refuses_a_bad_mean_in_the_schemas_words():
-    from vit_cifar.data.datamodule import CIFARDataModule
-
+def test_the_schema_refuses_a_bad_mean_by_the_datamodules_rule(tmp_path: Path):
+    cfg = compose_config(["data.mean=[0.5,2.0,0.5]"], tmp_path)
+    assert isinstance(cfg.data.mean, ListConfig)  # as the DataModule would be given it
     with pytest.raises(ConfigError, match=r"^data\.mean=\[0\.5, 2\.0, 0\.5\] is out of range"):
-        CIFARDataModule(source="synthetic", mean=ListConfig([0.5, 2.0, 0.5]))
+        validate_config(cfg)
 
 
 @pytest.mark.e2e

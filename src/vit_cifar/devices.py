@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vit_cifar.errors import Choice, check
+from vit_cifar.errors import Choice
 
 COMPILE = Choice(("auto", True, False))  # compile=auto compiles where it pays: see resolve_compile
 DEVICE_AUG = Choice(
@@ -166,7 +166,6 @@ def resolve_compile(value: str | bool, device: DeviceSpec | torch.device) -> boo
     epochs. ``python -m vit_cifar.benchmark --compile`` measures both on any device. Below 8.0, auto takes the
     path known to work: float16 Inductor there has never been run (docs/performance.md); ``compile=true`` asks.
     """
-    check("compile", value, COMPILE)
     if value == "auto":
         if isinstance(device, torch.device):
             device = local_device("cuda") if device.type == "cuda" else DeviceSpec(device.type)
@@ -183,13 +182,19 @@ def resolve_device_aug(value: str | bool, device: DeviceSpec, batched: bool) -> 
     one far less (docs/performance.md, ``python -m vit_cifar.benchmark --loader``); a T4 trains the seed at
     about 1,900 images/s, which Colab's single worker, sharing its core with the training process, meets with no
     headroom, and a compiled H100 step wants over 20,000, six or more cores given to the workers alone."""
-    check("data.device_aug", value, DEVICE_AUG)
     if value == "auto":
         return device.type == "cuda" and batched
     return bool(value)
 
 
 AUTOCAST_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+# What the layers compute in: autocast's dtype under the mixed precisions, the weights' own under the -true ones.
+COMPUTE_DTYPES = {
+    **AUTOCAST_DTYPES,
+    "16-true": torch.float16,
+    "bf16-true": torch.bfloat16,
+    "64-true": torch.float64,
+}
 
 
 def canonical_precision(precision: str | int) -> str:
@@ -203,9 +208,14 @@ def autocast_dtype(precision: str | int) -> torch.dtype | None:
     return AUTOCAST_DTYPES.get(canonical_precision(precision))
 
 
+def compute_dtype(precision: str | int) -> torch.dtype:
+    """The dtype the layers compute in under ``precision`` (float32 where it names none)."""
+    return COMPUTE_DTYPES.get(canonical_precision(precision), torch.float32)
+
+
 def computes_in_bf16(precision: str | int) -> bool:
     """Whether ``precision`` computes in bfloat16 (``bf16-mixed`` autocast, or ``bf16-true`` weights)."""
-    return canonical_precision(precision).startswith("bf16")
+    return compute_dtype(precision) == torch.bfloat16
 
 
 def has_fused_kernel(optimizer_class: type) -> bool:

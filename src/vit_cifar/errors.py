@@ -2,8 +2,8 @@
 
 A rule says what a config key takes (a number within bounds, one of some choices, a flag, a checksum). The module
 that owns a group of keys declares its rules beside the code that uses them (``models.vit.RULES``,
-``data.transforms.RULES``, ...); ``config.schema`` gathers every rule to check a whole config before Hydra makes
-a run folder. A bad value gets one line: ``<key>=<value> <what is wrong>: use <what is allowed>``.
+``data.transforms.RULES``, ...); ``config.schema`` gathers every rule to check a whole config, once, before Hydra
+makes a run folder. A bad value gets one line: ``<key>=<value> <what is wrong>: use <what is allowed>``.
 """
 
 from __future__ import annotations
@@ -172,13 +172,6 @@ def check(key: str, value: Any, rule: Rule) -> None:
     problem = rule.problem(value)
     if problem:
         raise ConfigError(f"{key}={show(value)} {problem}: use {rule.describe()}")
-
-
-def check_args(group: str, rules: dict[str, Rule], **values: Any) -> None:
-    """Check a constructor's arguments against its group's rules: ``check_args("model", RULES, depth=0)``
-    reports ``model.depth=0``."""
-    for name, value in values.items():
-        check(f"{group}.{name}", value, rules[name])
 
 
 def show(value: Any) -> str:

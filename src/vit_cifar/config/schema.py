@@ -1,23 +1,26 @@
 """The configuration's schema: every checked key with its allowed values, and the rules that tie keys
-together. ``validate_config`` runs in train's pre-flight, before Hydra creates a run folder
-(``training.run.check_train_command``), and again at the top of ``train()``; a bad value stops with one line
-naming the key and what is allowed (exit code 2).
+together. ``validate_config`` runs before any work: in train's pre-flight, before Hydra creates a run folder
+(``training.run.check_train_command``), or at the start of ``train()`` for a config composed in-process. A bad
+value stops with one line naming the key and what is allowed (exit code 2). It is the one place a train config's
+values are checked: the code that takes them trusts them.
 
-The rules of the model, data and aug groups are declared by the code that takes those values
-(``models.vit.RULES``, ``models.resnet.RULES``, ``data.datamodule.RULES``, ``data.transforms.RULES``), which
-checks its arguments with them; the rest are here, and the training package checks its own arguments with
-:func:`check_key`. One rule per key, one wording (:mod:`vit_cifar.errors`).
+The rules of the model, data and aug groups are declared beside the code that takes those values
+(``models.vit.RULES``, ``models.resnet.RULES``, ``data.datamodule.RULES``, ``data.transforms.RULES``); the rest are
+here. What a network's own arithmetic needs of its arguments (heads that divide the width) its constructor says,
+as a ValueError: the pre-flight builds the network on the meta device and words that as any bad value.
+One rule per key, one wording (:mod:`vit_cifar.errors`).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -29,6 +32,7 @@ from vit_cifar.devices import (
     PRECISION_ALIASES,
     PRECISIONS,
     DeviceSpec,
+    compute_dtype,
     computes_in_bf16,
     has_fused_kernel,
     local_device,
@@ -100,7 +104,7 @@ RULES: dict[str, Rule] = {
     },
     "callbacks.progress_bar.metrics_every_n_steps": Number(low=1, integer=True, optional=True),
     "compile": COMPILE,
-    # the groups whose constructors check the same rules (models, the DataModule, the transforms)
+    # the groups whose rules are declared beside the code that takes them (models, the DataModule, the transforms)
     # data before model: model.img_size and model.num_classes are ${data...}, named where they are set
     **{f"data.{key}": rule for key, rule in datamodule.RULES.items()},
     **{f"model.{key}": rule for rules in (vit.RULES, resnet.RULES) for key, rule in rules.items()},
@@ -119,7 +123,7 @@ def _rule(keys: tuple[str, ...], broken: Callable[..., bool], message: str) -> C
     return rule
 
 
-# Rules over several keys, checked once each key has passed its own rule (the ViT's own: vit.check_shape).
+# Rules over several keys, checked once each key has passed its own rule (the ViT's own: its constructor's).
 CROSS_RULES = [
     _rule(
         ("scheduler.warmup_epochs", "trainer.max_epochs"),
@@ -155,9 +159,7 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
         check(key, value, rule)
         values[key] = value
     _check_other_numbers(cfg, "")
-    shape = [values.get(f"model.{k}") for k in ("img_size", "patch_size", "embed_dim", "num_heads")]
-    if all(v is not None for v in shape):  # a ViT
-        vit.check_shape(*shape, tokenizer=values.get("model.tokenizer", "patch"))
+    optimizer = _optimizer_class(_select(cfg, "optim._target_"))
     for rule in CROSS_RULES:
         if all(values.get(k) is not None for k in rule.keys):
             message = rule(values)
@@ -175,17 +177,39 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
         datamodule.rank_batch_size(values["data.batch_size"], processes)  # the global batch, shared out
     # the device the choices are made for, read once (on a GPU machine a query of the driver)
     device = device or local_device(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
-    _check_device_choices(cfg, device)
-    _check_memory(cfg, values, device)
+    _check_device_choices(cfg, device, optimizer)
+    _check_network(cfg, values, device)
     _check_image_size(cfg, values)
 
 
 def check_key(key: str, value: Any) -> None:
-    """Check one value of the config against its key's rule (the training package's constructors use it)."""
+    """Check one value against its key's rule. Kept only while training/ still calls it (its values are checked
+    by :func:`validate_config` already); to be deleted with the last call."""
     check(key, value, RULES[key])
 
 
-def _check_device_choices(cfg: DictConfig, device: DeviceSpec) -> None:
+def _optimizer_class(target: Any) -> type | None:
+    """The optimiser class ``optim._target_`` names, which must be one of torch.optim's (Hydra instantiates it
+    as named; the config is the user's own, but a typo or a non-optimiser is better refused before any work)."""
+    if target is _ABSENT:
+        return None
+    if not (isinstance(target, str) and target.startswith("torch.optim.")):
+        raise ConfigError(
+            f"optim._target_={show(target)} is not allowed: name an optimiser class in torch.optim "
+            "(e.g. torch.optim.AdamW)"
+        )
+    try:
+        found = get_class(target)
+    except (ImportError, AttributeError, ValueError):  # not there, or not a class
+        found = None
+    if not (isinstance(found, type) and issubclass(found, torch.optim.Optimizer)):
+        raise ConfigError(
+            f"optim._target_={target} is not an optimiser class: name one in torch.optim (e.g. torch.optim.AdamW)"
+        )
+    return found
+
+
+def _check_device_choices(cfg: DictConfig, device: DeviceSpec, optimizer: type | None) -> None:
     """The choices that depend on the device, resolved as the run will resolve them, and what cannot work."""
     if "compile" in cfg:
         compiled = resolve_compile(cfg.compile, device)  # the same one-line error as at the start of a run
@@ -209,17 +233,11 @@ def _check_device_choices(cfg: DictConfig, device: DeviceSpec) -> None:
                     "it has no bf16 units and Inductor does not compile bf16 for it; use "
                     "trainer.precision=16-mixed (or auto), or compile=false"
                 )
-    target = OmegaConf.select(cfg, "optim._target_", default=None)
-    if OmegaConf.select(cfg, "optim.fused", default=None) is True and isinstance(target, str):
-        module_name, _, name = target.rpartition(".")
-        try:
-            optimizer = getattr(importlib.import_module(module_name), name, None)
-        except (ImportError, ValueError):
-            optimizer = None  # the run names the bad target itself
-        if optimizer is not None and not has_fused_kernel(optimizer):
-            raise ConfigError(
-                f"optim.fused=true but {target} has no fused kernel: set optim.fused=null or false"
-            )
+    fused = OmegaConf.select(cfg, "optim.fused", default=None) is True
+    if fused and optimizer is not None and not has_fused_kernel(optimizer):
+        raise ConfigError(
+            f"optim.fused=true but {cfg.optim._target_} has no fused kernel: set optim.fused=null or false"
+        )
 
 
 def _processes(cfg: DictConfig) -> int | None:
@@ -281,11 +299,13 @@ def _check_image_size(cfg: DictConfig, values: dict) -> None:
         )
 
 
-def _check_memory(cfg: DictConfig, values: dict, device: DeviceSpec) -> None:
-    """Refuse, before anything is allocated, a model and batch whose training takes more memory than the device
-    has: the weights with their gradients and AdamW's two moments, and the outputs of the layers with weights
-    for a batch (a lower bound: attention maps and the like come on top), measured on the meta device."""
-    if "model" not in cfg or values.get("data.batch_size") is None:
+def _check_network(cfg: DictConfig, values: dict, device: DeviceSpec) -> None:
+    """Build the network on the meta device (shapes only, no memory whatever the sizes): what its constructor
+    refuses (``model.embed_dim`` not divisible by ``model.num_heads``) is refused here, before any work. Then
+    refuse a model and batch whose training takes more memory than the device has: the weights with their
+    gradients and AdamW's two moments, and the outputs of the layers with weights for a batch (a lower bound:
+    attention maps and the like come on top)."""
+    if "model" not in cfg:
         return
     net_config = OmegaConf.to_container(cfg.model, resolve=True)
     size, depth = values.get("data.image_size") or 32, net_config.get("depth")
@@ -297,9 +317,11 @@ def _check_memory(cfg: DictConfig, values: dict, device: DeviceSpec) -> None:
             weights, outputs, top = _measure(net_config, size)
     except (TypeError, ValueError, RuntimeError):
         return  # arguments the network does not take, or input it cannot run: the run names them
+    if values.get("data.batch_size") is None:
+        return
     precision = resolve_precision(OmegaConf.select(cfg, "trainer.precision", default="32-true"), device)
     batch, eval_batch = values["data.batch_size"], values.get("data.eval_batch_size", 1)
-    need = 16 * weights + (2 if "16" in precision else 4) * max(batch * outputs, eval_batch * top)
+    need = 16 * weights + compute_dtype(precision).itemsize * max(batch * outputs, eval_batch * top)
     have, where = _device_memory(device)
     if have and need > have:
         raise ConfigError(
@@ -311,9 +333,7 @@ def _check_memory(cfg: DictConfig, values: dict, device: DeviceSpec) -> None:
 
 def _measure(net_config: dict, size: int) -> tuple[int, int, int]:
     """A network's weights, and the values its layers with weights output for one image (all, and the
-    largest), from one pass on the meta device: shapes only, no memory whatever the sizes."""
-    import torch
-
+    largest), from one pass on the meta device."""
     from vit_cifar.models.registry import build_network
 
     with torch.device("meta"):
@@ -341,8 +361,6 @@ def _gb(n: int) -> str:
 
 
 def _compile_backends() -> list[str]:
-    import torch
-
     return sorted(set(torch.compiler.list_backends(exclude_tags=())) | {"inductor"})
 
 

@@ -32,11 +32,11 @@ from vit_cifar.errors import (
     Hex,
     Number,
     Numbers,
-    check_args,
 )
 
 SOURCES = ("auto", "torchvision", "folder", "synthetic")
-# The values each checked argument of CIFARDataModule takes (config.schema checks the data group with them too).
+# The values each checked argument of CIFARDataModule takes: config.schema checks the data group with them, before
+# any work (the DataModule trusts them).
 RULES = {
     "source": Choice(SOURCES),
     "num_classes": Number(low=2, integer=True),
@@ -159,28 +159,6 @@ class CIFARDataModule(L.LightningDataModule):
         device_aug: bool = False,
     ) -> None:
         super().__init__()
-        check_args(
-            "data",
-            RULES,
-            source=source,
-            num_classes=num_classes,
-            image_size=image_size,
-            val_size=val_size,
-            split_seed=split_seed,
-            train_subset=train_subset,
-            test_subset=test_subset,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            repeated_aug=repeated_aug,
-            download=download,
-            skip_bad=skip_bad,
-            sha256=sha256,
-            device_aug=device_aug,
-            mean=mean,
-            std=std,
-            **{f"synthetic.{k}": v for k, v in (synthetic or {}).items() if f"synthetic.{k}" in RULES},
-        )
         self.root = Path(os.path.expanduser(str(root)))
         self.source = sources.resolve_source(source, self.root, dataset) if source != "synthetic" else source
         self.dataset, self.num_classes, self.download = dataset, num_classes, download

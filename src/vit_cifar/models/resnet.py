@@ -12,9 +12,9 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from vit_cifar.errors import POSITIVE_INT, check_args
+from vit_cifar.errors import POSITIVE_INT
 
-RULES = {"num_classes": POSITIVE_INT, "in_chans": POSITIVE_INT}  # checked by config.schema too
+RULES = {"num_classes": POSITIVE_INT, "in_chans": POSITIVE_INT}  # checked by config.schema, before any work
 
 
 class ResNet18(ResNet):
@@ -26,7 +26,6 @@ class ResNet18(ResNet):
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3) -> None:
-        check_args("model", RULES, num_classes=num_classes, in_chans=in_chans)
         super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)  # (B, 64, H, W)

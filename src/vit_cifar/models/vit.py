@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vit_cifar.errors import OPEN_PROBABILITY, POSITIVE_INT, Choice, ConfigError, Flag, Number, check_args
+from vit_cifar.errors import OPEN_PROBABILITY, POSITIVE_INT, Choice, Flag, Number
 
 
 class PatchEmbed(nn.Module):
@@ -63,7 +63,8 @@ class ConvTokenizer(nn.Module):
 
 
 TOKENIZERS = {"patch": PatchEmbed, "conv": ConvTokenizer}
-# The values each argument of VisionTransformer takes (config.schema checks the model group with them too).
+# The values each argument of VisionTransformer takes: config.schema checks the model group with them, before any
+# work (the constructor trusts them, and keeps only the shape rules its arithmetic needs).
 RULES = {
     "img_size": POSITIVE_INT,
     "patch_size": POSITIVE_INT,
@@ -207,24 +208,23 @@ class VisionTransformer(nn.Module):
         tokenizer: str = "patch",
     ) -> None:
         super().__init__()
-        check_args(
-            "model",
-            RULES,
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            drop_rate=drop_rate,
-            attn_drop_rate=attn_drop_rate,
-            drop_path_rate=drop_path_rate,
-            tokenizer=tokenizer,
-        )
-        check_shape(img_size, patch_size, embed_dim, num_heads, tokenizer)
+        # What the arithmetic below needs of the arguments (their own ranges are the schema's, models.vit.RULES):
+        # heads split the width, patches tile the image, each conv stage halves the grid.
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"model.embed_dim={embed_dim} is not divisible by model.num_heads={num_heads}: "
+                "choose heads that divide the width (e.g. 192 with 3, 4, 6 or 12 heads)"
+            )
+        if img_size % patch_size:
+            raise ValueError(
+                f"model.patch_size={patch_size} does not divide model.img_size={img_size}: "
+                "choose a patch size that divides the image (e.g. 2, 4 or 8 for 32x32)"
+            )
+        if tokenizer == "conv" and patch_size & (patch_size - 1):
+            raise ValueError(
+                f"model.patch_size={patch_size} with model.tokenizer=conv must be a power of two "
+                "(each conv stage halves the grid): e.g. 2, 4 or 8"
+            )
         self.num_classes = num_classes
         self.patch_embed = TOKENIZERS[tokenizer](img_size, patch_size, in_chans, embed_dim)
         num_tokens = self.patch_embed.num_patches + 1
@@ -266,28 +266,6 @@ class VisionTransformer(nn.Module):
             x, attn = block(x, return_attn=True)
             attentions.append(attn)
         return self.head(self.norm(x[:, 0])), attentions
-
-
-def check_shape(
-    img_size: int, patch_size: int, embed_dim: int, num_heads: int, tokenizer: str = "patch"
-) -> None:
-    """The rules between the ViT's arguments (each already within its own rule): heads divide the width,
-    patches tile the image, and the conv tokenizer's patch is a power of two."""
-    if embed_dim % num_heads:
-        raise ConfigError(
-            f"model.embed_dim={embed_dim} is not divisible by model.num_heads={num_heads}: "
-            "choose heads that divide the width (e.g. 192 with 3, 4, 6 or 12 heads)"
-        )
-    if img_size % patch_size:
-        raise ConfigError(
-            f"model.patch_size={patch_size} does not divide model.img_size={img_size}: "
-            "choose a patch size that divides the image (e.g. 2, 4 or 8 for 32x32)"
-        )
-    if tokenizer == "conv" and patch_size & (patch_size - 1):
-        raise ConfigError(
-            f"model.patch_size={patch_size} with model.tokenizer=conv must be a power of two "
-            "(each conv stage halves the grid): e.g. 2, 4 or 8"
-        )
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.utils import get_class
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, SumMetric
@@ -18,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vit_cifar.config.schema import NO_TIME_BUDGET, check_key
 from vit_cifar.data.samplers import run_seed
 from vit_cifar.errors import ConfigError
-from vit_cifar.models.registry import OPTIMIZER_PACKAGES, build_network, locate
+from vit_cifar.models.registry import build_network
 from vit_cifar.training.monitoring import budget_timer, time_budget_s
 from vit_cifar.training.optim import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
 from vit_cifar.training.speed import optimizer_kwargs_for
@@ -42,7 +43,9 @@ class ClassifierModule(L.LightningModule):
         check_key("aug.label_smoothing", label_smoothing)
         self.save_hyperparameters()
         self.net = build_network(net)
-        self.optimizer_class = locate(optimizer.get("_target_"), OPTIMIZER_PACKAGES, "optim")
+        self.optimizer_class = get_class(
+            optimizer["_target_"]
+        )  # a class of torch.optim: config.schema checks it
         num_classes = self.net.num_classes
         # Takes hard labels (N,) or MixUp/CutMix class probabilities (N, C); smoothing applies to both. One loss
         # per image, for the loss metrics (see _step).
