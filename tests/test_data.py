@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import write_archive, write_image_folder
-from vit_cifar.data import CIFARDataModule, balanced_subset, sources, stratified_split
+from vit_cifar.data import CIFARDataModule, balanced_subset, sources, stratified_split, transforms
 from vit_cifar.data.transforms import batch_mix, train_transform
-from vit_cifar.errors import ConfigError, DataError
+from vit_cifar.errors import ConfigError, DataError, check
 
 SEED_AUG = {
     "policy": "trivialaugment",
@@ -186,9 +186,10 @@ def test_seed_pipeline_and_bad_values():
     assert names == ["TrivialAugmentWide", "ToDtype", "Normalize", "RandomErasing"]
     out = tf(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8))
     assert out.dtype == torch.float32 and out.shape == (3, 32, 32)
+    # bad values are the schema's, by the rules beside the transforms
     with pytest.raises(ConfigError, match=r"^aug.erasing_p=1.5 is out of range: use a number in \[0, 1\]$"):
-        train_transform({"erasing_p": 1.5}, (0.5,) * 3, (0.25,) * 3, 32)
+        check("aug.erasing_p", 1.5, transforms.RULES["erasing_p"])
     with pytest.raises(
         ConfigError, match=r"^aug.mixup_alpha=-0.2 is out of range: use a number >= 0 \(0 switches it off\)$"
     ):
-        batch_mix({"mixup_alpha": -0.2}, 10)
+        check("aug.mixup_alpha", -0.2, transforms.RULES["mixup_alpha"])

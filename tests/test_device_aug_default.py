@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import compose_config
+from vit_cifar.config.schema import validate_config
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
 from vit_cifar.devices import CPU, DeviceSpec
@@ -51,7 +52,7 @@ def test_train_makes_the_data_path_choice_for_its_device(tmp_path, monkeypatch):
 def test_a_bad_value_names_the_choices(tmp_path):
     cfg = compose_config(["data=synthetic", "data.device_aug=sometimes"], tmp_path)
     with pytest.raises(ConfigError, match=r"^data.device_aug='sometimes' is unknown: use one of auto, true"):
-        run.build_datamodule(cfg, T4)
+        validate_config(cfg, device=T4)  # the schema's check, before any work
 
 
 def test_an_epoch_of_the_gpu_path_draws_the_same_fresh_or_after_earlier_epochs():

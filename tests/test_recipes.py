@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module, write_image_folder
 from vit_cifar.checkpoints.loading import load_classifier
 from vit_cifar.config.entry import run_cli
+from vit_cifar.config.schema import validate_config
 from vit_cifar.errors import ConfigError
 from vit_cifar.models import ResNet18
 from vit_cifar.models.registry import build_network
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tie
 # ----------------------------------------------------------------------------------------------- ResNet-18
 
 
-def test_resnet18_is_the_cifar_variant_with_the_baseline_parameter_count():
+def test_resnet18_is_the_cifar_variant_with_the_baseline_parameter_count(tmp_path):
     model = ResNet18()
     assert sum(p.numel() for p in model.parameters()) == 11_173_962
     assert model.num_classes == 10
@@ -38,7 +39,7 @@ def test_resnet18_is_the_cifar_variant_with_the_baseline_parameter_count():
     assert stem.shape == (2, 64, 32, 32)  # 3x3 stride-1 stem and no max-pool: full resolution into layer1
     assert model.layer4(model.layer3(model.layer2(model.layer1(stem)))).shape == (2, 512, 4, 4)
     with pytest.raises(ConfigError, match="model.num_classes=0 is out of range: use an integer >= 1"):
-        ResNet18(num_classes=0)
+        validate_config(compose_config(["model=resnet18", "model.num_classes=0"], tmp_path))  # the schema's
 
 
 def test_resnet18_config_follows_the_data_and_decays_conv_and_linear_weights_only(tmp_path):

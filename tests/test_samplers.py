@@ -9,8 +9,9 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from vit_cifar.data import CIFARDataModule
+from vit_cifar.data.datamodule import RULES
 from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler
-from vit_cifar.errors import ConfigError
+from vit_cifar.errors import ConfigError, check
 
 
 def _epoch(n, repeats=3, group_size=4, world=1, rank=0, seed=0, epoch=0):
@@ -72,9 +73,9 @@ def test_datamodule_uses_it_for_training_only_and_checks_the_value():
     assert not isinstance(dm.val_dataloader().sampler, RepeatedAugSampler)
     labels = torch.cat([y for _, y in loader])
     assert torch.bincount(labels).tolist() == [24] * 10  # 8 images per class, 3 times each
-    for bad, problem in ((0, "is out of range"), (1.5, "is not an integer")):
+    for bad, problem in ((0, "is out of range"), (1.5, "is not an integer")):  # the schema's rule of the key
         with pytest.raises(ConfigError, match=rf"^data.repeated_aug={bad} {problem}: use an integer >= 1"):
-            CIFARDataModule(source="synthetic", num_workers=0, cache_dir=None, repeated_aug=bad)
+            check("data.repeated_aug", bad, RULES["repeated_aug"])
 
 
 def _datamodule(**kwargs) -> CIFARDataModule:
