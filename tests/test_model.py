@@ -1,9 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import StochasticDepth
 
 from vit_cifar.models import VisionTransformer
-from vit_cifar.models.vit import DropPath
 
 
 def test_vit_tiny_has_the_seed_parameter_count():
@@ -60,9 +60,9 @@ def test_impossible_shapes_fail_at_construction(kwargs, message):
 
 def test_stochastic_depth_rises_linearly_and_is_off_in_eval():
     model = VisionTransformer(embed_dim=32, depth=5, num_heads=2, drop_path_rate=0.2)
-    rates = [0.0 if not isinstance(b.drop_path1, DropPath) else b.drop_path1.drop_prob for b in model.blocks]
+    rates = [b.drop_path1.p if isinstance(b.drop_path1, StochasticDepth) else 0.0 for b in model.blocks]
     assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
-    drop = DropPath(0.5)
+    drop = StochasticDepth(0.5, mode="row")
     x = torch.ones(2000, 4)
     kept = drop.train()(x)[:, 0]
     assert set(kept.unique().tolist()) <= {0.0, 2.0}  # dropped, or kept and rescaled by 1 / 0.5

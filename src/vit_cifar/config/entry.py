@@ -72,39 +72,25 @@ def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
         sys.exit(err.exit_code)
 
 
-class _DropNoise(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.prefixes = NOISY_INFO
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(self.prefixes)
+# The information lines dropped now: NOISY_INFO, and the device banner in a sweep's jobs after the first.
+_dropped_info = list(NOISY_INFO)
 
 
-def _noise_filters() -> list[_DropNoise]:
-    """The filter on each of Lightning's information loggers, installed once per process."""
-    filters = []
-    for name in LIGHTNING_INFO_LOGGERS:
-        logger = logging.getLogger(name)
-        found = [f for f in logger.filters if isinstance(f, _DropNoise)]
-        if not found:
-            found = [_DropNoise()]
-            logger.addFilter(found[0])
-        filters.extend(found)
-    return filters
+def _drop_noise(record: logging.LogRecord) -> bool:
+    return not str(record.getMessage()).startswith(tuple(_dropped_info))
 
 
 def quiet_library_noise() -> None:
     for pattern in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    _noise_filters()
+    for name in LIGHTNING_INFO_LOGGERS:
+        logging.getLogger(name).addFilter(_drop_noise)  # once: a logger does not add a filter it has
 
 
 def quiet_device_banner(quiet: bool = True) -> None:
     """Drop (or, with ``quiet=False``, let through again) the Trainer's device banner: a sweep's jobs after the
     first run in the same process and would print it again, word for word, before each job."""
-    for noise in _noise_filters():
-        noise.prefixes = NOISY_INFO + DEVICE_BANNER if quiet else NOISY_INFO
+    _dropped_info[:] = NOISY_INFO + DEVICE_BANNER if quiet else NOISY_INFO
 
 
 Check = Callable[[DictConfig, bool], None]  # check(composed config with its hydra node, multirun)

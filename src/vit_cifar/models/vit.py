@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from vit_cifar.errors import OPEN_PROBABILITY, POSITIVE_INT, Choice, Flag, Number
 
@@ -23,8 +24,12 @@ class PatchEmbed(nn.Module):
         self.img_size = img_size
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size**2
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = self.projection(patch_size, in_chans, embed_dim)  # (B, C, H, W) -> (B, D, H/p, W/p)
         self.norm = nn.LayerNorm(embed_dim)
+
+    @staticmethod
+    def projection(patch_size: int, in_chans: int, embed_dim: int) -> nn.Module:
+        return nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # (B, D, H/p, W/p)
@@ -32,7 +37,7 @@ class PatchEmbed(nn.Module):
         return self.norm(x)
 
 
-class ConvTokenizer(nn.Module):
+class ConvTokenizer(PatchEmbed):
     """A small convolutional tokenizer (as in Compact Convolutional Transformers, Hassani et al. 2021): each stage
     is conv 3x3 -> ReLU -> max-pool 3x3 stride 2, halving the grid, until one token covers ``patch_size`` pixels
     a side; then LayerNorm. The same token grid as :class:`PatchEmbed` (so attention maps and rollout work
@@ -40,8 +45,8 @@ class ConvTokenizer(nn.Module):
     to learn them from data.
     """
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
-        super().__init__()
+    @staticmethod
+    def projection(patch_size: int, in_chans: int, embed_dim: int) -> nn.Module:
         stages = max(1, int(math.log2(patch_size)))  # patch 1: one conv stage, no pooling
         widths = [in_chans] + [max(embed_dim // 2 ** (stages - 1 - i), 16) for i in range(stages)]
         widths[-1] = embed_dim
@@ -50,16 +55,7 @@ class ConvTokenizer(nn.Module):
             layers += [nn.Conv2d(widths[i], widths[i + 1], 3, padding=1, bias=False), nn.ReLU(inplace=True)]
             if patch_size > 1:
                 layers.append(nn.MaxPool2d(3, stride=2, padding=1))
-        self.proj = nn.Sequential(*layers)
-        self.img_size = img_size
-        self.grid_size = img_size // patch_size
-        self.num_patches = self.grid_size**2
-        self.norm = nn.LayerNorm(embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # (B, D, H/p, W/p)
-        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
-        return self.norm(x)
+        return nn.Sequential(*layers)
 
 
 TOKENIZERS = {"patch": PatchEmbed, "conv": ConvTokenizer}
@@ -125,24 +121,6 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop a residual branch per sample, scaling the kept ones by 1 / keep probability."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
-
-
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
@@ -159,10 +137,11 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # stochastic depth: a residual branch dropped per sample, the kept ones scaled by 1 / keep probability
+        self.drop_path1 = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path2 = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, return_attn: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, attn = self.attn(self.norm1(x), return_attn=return_attn)
