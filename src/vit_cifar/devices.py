@@ -138,17 +138,11 @@ def _child_process_description(index: int) -> tuple[str, tuple[int, int], int]:
     return name, (int(major), int(minor)), int(memory)
 
 
-def resolve_precision(
-    precision: str, device: DeviceSpec | str, capability: tuple[int, int] | None = None
-) -> str:
+def resolve_precision(precision: str, device: DeviceSpec) -> str:
     """``auto``: bf16-mixed on GPUs with native bf16 (compute capability 8.0 and newer), 16-mixed on older CUDA
-    GPUs (never emulated bf16), 32-true elsewhere. Other values are returned as they are.
-
-    ``device`` is a :class:`DeviceSpec` or a device type (then ``capability`` gives the CUDA capability)."""
+    GPUs (never emulated bf16), 32-true elsewhere. Other values are returned as they are."""
     if str(precision) != "auto":
         return canonical_precision(precision)
-    if isinstance(device, str):
-        device = DeviceSpec(device, capability)
     if device.type != "cuda":
         return "32-true"
     if device.capability is None:
@@ -156,7 +150,7 @@ def resolve_precision(
     return "bf16-mixed" if tuple(device.capability) >= NATIVE_BF16_CAPABILITY else "16-mixed"
 
 
-def resolve_compile(value: str | bool, device: DeviceSpec | torch.device) -> bool:
+def resolve_compile(value: str | bool, device: DeviceSpec) -> bool:
     """``compile``: true, false, or auto, which compiles on CUDA GPUs of compute capability 8.0 and newer (where
     Triton is installed), not on older GPUs (a T4 is 7.5) and not on CPU.
 
@@ -167,8 +161,6 @@ def resolve_compile(value: str | bool, device: DeviceSpec | torch.device) -> boo
     path known to work: float16 Inductor there has never been run (docs/performance.md); ``compile=true`` asks.
     """
     if value == "auto":
-        if isinstance(device, torch.device):
-            device = local_device("cuda") if device.type == "cuda" else DeviceSpec(device.type)
         # the GPUs the device check runs on; a T4's float16 Inductor never ran (the seed trained eagerly)
         return device.type == "cuda" and device.triton and tuple(device.capability) >= NATIVE_BF16_CAPABILITY
     return bool(value)

@@ -13,9 +13,9 @@ One rule per key, one wording (:mod:`vit_cifar.errors`).
 
 from __future__ import annotations
 
+import operator
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from vit_cifar.errors import (
     show,
 )
 from vit_cifar.models import resnet, vit
+from vit_cifar.models.registry import build_network
 
 _ABSENT = object()
 ANY_NUMBER = Number()
@@ -112,37 +113,27 @@ RULES: dict[str, Rule] = {
 }
 
 
-def _rule(keys: tuple[str, ...], broken: Callable[..., bool], message: str) -> Callable[[dict], str | None]:
-    """A rule over ``keys``: when ``broken(*values)``, ``message`` formatted with the values is the error."""
-
-    def rule(values: dict) -> str | None:
-        args = [values[k] for k in keys]
-        return message.format(*args) if broken(*args) else None
-
-    rule.keys = keys  # type: ignore[attr-defined]
-    return rule
-
-
-# Rules over several keys, checked once each key has passed its own rule (the ViT's own: its constructor's).
+# Rules over two keys, checked once each key has passed its own rule (the ViT's own: its constructor's):
+# (keys, broken(first, second), the message formatted with the two values).
 CROSS_RULES = [
-    _rule(
+    (
         ("scheduler.warmup_epochs", "trainer.max_epochs"),
-        lambda warmup, epochs: warmup > epochs,
+        operator.gt,
         "scheduler.warmup_epochs={} is longer than trainer.max_epochs={}: shorten the warmup or train longer",
     ),
-    _rule(
+    (
         ("scheduler.min_lr", "optim.lr"),
-        lambda low, peak: low > peak,
+        operator.gt,
         "scheduler.min_lr={} is above optim.lr={}: the schedule decays from optim.lr down to min_lr",
     ),
-    _rule(
+    (
         ("model.num_classes", "data.num_classes"),
-        lambda model, data: model != data,
+        operator.ne,
         "model.num_classes={} differs from data.num_classes={}: set data.num_classes (the model follows it)",
     ),
-    _rule(
+    (
         ("model.img_size", "data.image_size"),
-        lambda model, data: model != data,
+        operator.ne,
         "model.img_size={} differs from data.image_size={}: set data.image_size (the model follows it)",
     ),
 ]
@@ -160,11 +151,10 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
         values[key] = value
     _check_other_numbers(cfg, "")
     optimizer = _optimizer_class(_select(cfg, "optim._target_"))
-    for rule in CROSS_RULES:
-        if all(values.get(k) is not None for k in rule.keys):
-            message = rule(values)
-            if message:
-                raise ConfigError(message)
+    for keys, broken, message in CROSS_RULES:
+        pair = [values.get(k) for k in keys]
+        if None not in pair and broken(*pair):
+            raise ConfigError(message.format(*pair))
     max_time = _select(cfg, "trainer.max_time")
     if values.get("scheduler.by") == "time" and max_time in (None, _ABSENT):
         raise ConfigError(NO_TIME_BUDGET)
@@ -212,7 +202,7 @@ def _optimizer_class(target: Any) -> type | None:
 def _check_device_choices(cfg: DictConfig, device: DeviceSpec, optimizer: type | None) -> None:
     """The choices that depend on the device, resolved as the run will resolve them, and what cannot work."""
     if "compile" in cfg:
-        compiled = resolve_compile(cfg.compile, device)  # the same one-line error as at the start of a run
+        compiled = resolve_compile(cfg.compile, device)  # as the run will resolve it
         backend = cfg.get("compile_backend", "inductor")
         if compiled and backend not in _compile_backends():
             raise ConfigError(
@@ -334,8 +324,6 @@ def _check_network(cfg: DictConfig, values: dict, device: DeviceSpec) -> None:
 def _measure(net_config: dict, size: int) -> tuple[int, int, int]:
     """A network's weights, and the values its layers with weights output for one image (all, and the
     largest), from one pass on the meta device."""
-    from vit_cifar.models.registry import build_network
-
     with torch.device("meta"):
         net = build_network(net_config)
     outputs: list[int] = []
