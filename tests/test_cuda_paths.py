@@ -58,7 +58,7 @@ def test_precision_auto_never_picks_emulated_bf16():
     assert resolve_precision("auto", H100) == "bf16-mixed"
     assert resolve_precision("auto", DeviceSpec.cuda(7, 0)) == "16-mixed"  # V100
     assert resolve_precision("auto", CPU) == "32-true"
-    assert resolve_precision("auto", "cuda", (8, 6)) == "bf16-mixed"
+    assert resolve_precision("auto", DeviceSpec.cuda(8, 6)) == "bf16-mixed"
     assert resolve_precision("bf16-mixed", T4) == "bf16-mixed"  # asked for: kept (and checked, below)
     assert resolve_precision("16", CPU) == "16-mixed" and resolve_precision(32, CPU) == "32-true"
 
