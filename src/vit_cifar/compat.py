@@ -1,7 +1,5 @@
-"""The private parts of libraries this project uses, each behind one small adapter that says why, so that an
-upgrade that moves them breaks here, in one known place, and a test (tests/test_compat.py) says so.
-
-Each is used because the library has no public way to do the same thing; none is needed to train."""
+"""The private parts of libraries this project uses, each behind one adapter that says why (the library has no
+public way), so that an upgrade that moves them breaks here, and tests/test_compat.py says so."""
 
 from __future__ import annotations
 
@@ -10,27 +8,24 @@ from typing import Any
 
 
 def hydra_command_line(argv: list[str]) -> Any:
-    """Hydra's own parse of a command line (``.overrides``, ``.multirun``, ``.cfg``, ``.help`` ...). The
-    pre-flight (``config.entry.preflight``) must read the command line exactly as ``@hydra.main`` will, and Hydra keeps
-    its parser in ``hydra._internal.utils``."""
+    """Hydra's own parse of a command line (``.overrides``, ``.multirun``, ``.cfg`` ...): the pre-flight must read
+    it exactly as ``@hydra.main`` will."""
     from hydra._internal.utils import get_args_parser
 
     return get_args_parser().parse_args(argv)
 
 
 def sweep_jobs(overrides: list[Any]) -> list[list[str]]:
-    """The override list of each job of a ``-m`` grid sweep, in the order Hydra's basic sweeper runs them
-    (its ``split_arguments``, in ``hydra._internal.core_plugins``): the pre-flight checks every job before the
-    first starts. ``overrides``: parsed by ``OverridesParser`` (public)."""
+    """The override list of each job of a ``-m`` grid sweep (``overrides`` parsed by ``OverridesParser``), in
+    the order Hydra's basic sweeper runs them: the pre-flight checks every job before the first starts."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
     return BasicSweeper.split_arguments(overrides, max_batch_size=None)[0]
 
 
 def trivial_augment_space() -> dict:
-    """torchvision's TrivialAugmentWide table ``{op name: (magnitudes(num_bins, height, width), signed)}``, a
-    class attribute without a public accessor. The batched GPU path (``data.gpu_aug``) draws from the very same
-    ops and magnitude bins as the per-image path, so the two cannot drift apart."""
+    """torchvision's TrivialAugmentWide table ``{op name: (magnitudes(num_bins, height, width), signed)}``: the
+    batched GPU path (``data.gpu_aug``) draws from the very same ops and bins as the per-image path."""
     from torchvision.transforms import v2
 
     return v2.TrivialAugmentWide._AUGMENTATION_SPACE

@@ -27,7 +27,6 @@ DEVICE_AUG = Choice(
     hint="auto: on CUDA where the aug recipe has a batched version; true or false forces it",
 )
 MATMUL_PRECISIONS = ("highest", "high", "medium")
-# Lightning's precision values; its short forms (PRECISION_ALIASES) are read as Lightning 2.x reads them.
 PRECISIONS = (
     "auto",
     "32-true",
@@ -39,15 +38,8 @@ PRECISIONS = (
     "transformer-engine",
 )
 # Lightning's short forms, and what Lightning 2.x reads them as.
-PRECISION_ALIASES = {
-    "16": "16-mixed",
-    "bf16": "bf16-mixed",
-    "32": "32-true",
-    "64": "64-true",
-    16: "16-mixed",
-    32: "32-true",
-    64: "64-true",
-}
+PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
+PRECISION_ALIASES |= {int(k): v for k, v in PRECISION_ALIASES.items() if k.isdigit()}
 # bf16 tensor cores arrive with Ampere (compute capability 8.0). Older GPUs (the T4 is 7.5) report
 # torch.cuda.is_bf16_supported() == True because bf16 can be emulated in float32, slowly, and Inductor refuses
 # to compile bf16 kernels for them.
@@ -56,9 +48,8 @@ NATIVE_BF16_CAPABILITY = (8, 0)
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """What the device-dependent choices depend on: ``type`` (``cuda``, ``cpu``, ``mps``), the CUDA compute
-    capability ``(major, minor)`` (None off CUDA), whether Triton (Inductor's GPU code generator) is
-    installed, and a GPU's memory in bytes (None: unknown)."""
+    """What the device-dependent choices depend on; ``capability`` is CUDA's (major, minor), None off CUDA,
+    ``triton`` whether Inductor's GPU code generator is installed, ``memory`` a GPU's bytes (None: unknown)."""
 
     type: str
     capability: tuple[int, int] | None = None
@@ -74,24 +65,20 @@ CPU = DeviceSpec("cpu")
 
 
 def local_device(accelerator: str = "auto") -> DeviceSpec:
-    """The device ``trainer.accelerator`` selects on this machine (its first GPU for ``gpu``/``cuda``/``auto``
-    when CUDA is available), described for the functions below without initialising CUDA. The one place that
-    queries CUDA (with :func:`cuda_description`)."""
+    """The device ``trainer.accelerator`` selects on this machine (its first GPU for gpu, cuda or auto), described
+    without initialising CUDA: the one place that asks this machine."""
     accelerator = str(accelerator).lower()
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():  # NVML's count under Lightning
         _, (major, minor), memory = cuda_description()
         return DeviceSpec.cuda(major, minor, importlib.util.find_spec("triton") is not None, memory)
-    if accelerator == "mps":
-        return DeviceSpec("mps")
-    return CPU
+    return DeviceSpec("mps") if accelerator == "mps" else CPU
 
 
 def cuda_description(index: int = 0) -> tuple[str, tuple[int, int], int]:
-    """The name, compute capability and memory (bytes) of visible CUDA device ``index``, read without
-    initialising CUDA here.
+    """The name, compute capability and memory (bytes) of visible CUDA device ``index``.
 
     Lightning's ``ddp_notebook`` forks one process per GPU from the notebook's kernel and refuses to once CUDA
-    is initialised in it, which ``torch.cuda.get_device_capability`` does. So, until CUDA is running, the driver's
+    is initialised in it, which ``torch.cuda.get_device_properties`` does. So, until CUDA is running, the driver's
     management library (NVML, which torch and Lightning already use to count GPUs without starting CUDA)
     answers; where it cannot be loaded, a child process asks torch."""
     if torch.cuda.is_initialized():
@@ -145,8 +132,6 @@ def resolve_precision(precision: str, device: DeviceSpec) -> str:
         return canonical_precision(precision)
     if device.type != "cuda":
         return "32-true"
-    if device.capability is None:
-        raise ValueError("resolve_precision needs the compute capability of a CUDA device")
     return "bf16-mixed" if tuple(device.capability) >= NATIVE_BF16_CAPABILITY else "16-mixed"
 
 
@@ -195,23 +180,15 @@ def canonical_precision(precision: str | int) -> str:
 
 
 def autocast_dtype(precision: str | int) -> torch.dtype | None:
-    """The dtype autocast computes in under ``precision`` (float16 for 16-mixed, bfloat16 for bf16-mixed), or
-    None where there is no autocast (``32-true`` and the ``-true`` precisions, which convert the weights)."""
+    """The dtype autocast computes in, or None where there is none (the -true precisions convert the weights)."""
     return AUTOCAST_DTYPES.get(canonical_precision(precision))
 
 
 def compute_dtype(precision: str | int) -> torch.dtype:
-    """The dtype the layers compute in under ``precision`` (float32 where it names none)."""
     return COMPUTE_DTYPES.get(canonical_precision(precision), torch.float32)
 
 
-def computes_in_bf16(precision: str | int) -> bool:
-    """Whether ``precision`` computes in bfloat16 (``bf16-mixed`` autocast, or ``bf16-true`` weights)."""
-    return compute_dtype(precision) == torch.bfloat16
-
-
 def has_fused_kernel(optimizer_class: type) -> bool:
-    """Whether the optimiser takes ``fused`` (a constructor taking ``**kwargs`` is given the benefit of the
-    doubt: its base class decides)."""
+    """Whether the optimiser takes ``fused`` (one taking ``**kwargs`` is given the benefit of the doubt)."""
     parameters = inspect.signature(optimizer_class).parameters
     return "fused" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())

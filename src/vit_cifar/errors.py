@@ -1,9 +1,8 @@
 """Errors that stop a command with one clear line instead of a traceback, and the rules that word a bad value.
 
-A rule says what a config key takes (a number within bounds, one of some choices, a flag, a checksum). The module
-that owns a group of keys declares its rules beside the code that uses them (``models.vit.RULES``,
-``data.transforms.RULES``, ...); ``config.schema`` gathers every rule to check a whole config, once, before Hydra
-makes a run folder. A bad value gets one line: ``<key>=<value> <what is wrong>: use <what is allowed>``.
+A rule says what a config key takes; the module that owns a group of keys declares its rules beside its code
+(``models.vit.RULES``, ...), and ``config.schema`` checks a whole config with them, once, before any work. A bad
+value gets one line: ``<key>=<value> <what is wrong>: use <what is allowed>``.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ from typing import Any
 
 
 def first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message (its type's name when it has none), for one-line
-    errors that quote a library's own message."""
+    """The first non-empty line of an exception's message (its type's name when it has none)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
 
@@ -29,8 +27,7 @@ def one_line(err: BaseException | str) -> str:
 
 
 class VitCifarError(Exception):
-    """A problem the user can fix; the message says what was wrong and how to fix it, on one line (a library's
-    message quoted in it may span several)."""
+    """A problem the user can fix: the message says what was wrong and how to fix it, on one line."""
 
     exit_code = 1
 
@@ -91,15 +88,15 @@ class Number:
         return None if above and below else "is out of range"
 
     def describe(self) -> str:
-        kind = "an integer" if self.integer else "a number"
-        if self.low is not None and self.high is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            bounds = f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        if self.high is not None:
+            bounds = f" in {left}{_number(self.low)}, {_number(self.high)}{right}"
         elif self.low is not None:
-            bounds = f"{'>' if self.low_open else '>='} {_number(self.low)}"
+            bounds = f" {'>' if self.low_open else '>='} {_number(self.low)}"
         else:
             bounds = ""
-        return _with_hint(f"{'null or ' if self.optional else ''}{kind} {bounds}".strip(), self.hint)
+        kind = f"{'null or ' if self.optional else ''}{'an integer' if self.integer else 'a number'}{bounds}"
+        return f"{kind} ({self.hint})" if self.hint else kind
 
 
 @dataclass(frozen=True)
@@ -132,8 +129,8 @@ class Choice:
         return None if value in same_kind else "is unknown"
 
     def describe(self) -> str:
-        options = ", ".join(o if isinstance(o, str) else show(o) for o in self.options)
-        return _with_hint(f"one of {options}", self.hint)
+        options = "one of " + ", ".join(o if isinstance(o, str) else show(o) for o in self.options)
+        return f"{options} ({self.hint})" if self.hint else options
 
 
 @dataclass(frozen=True)
@@ -185,7 +182,3 @@ def show(value: Any) -> str:
 
 def _number(x: float) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def _with_hint(text: str, hint: str) -> str:
-    return f"{text} ({hint})" if hint else text

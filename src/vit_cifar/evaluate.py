@@ -1,8 +1,4 @@
-"""Evaluate a checkpoint: ``python -m vit_cifar.evaluate ckpt_path=<file> [data.root=...] [output_dir=...]``
-(``vit-cifar-evaluate``). The work is :mod:`vit_cifar.analysis.evaluation`; configs/eval.yaml lists the keys.
-"""
-
-from __future__ import annotations
+"""Evaluate a checkpoint: ``python -m vit_cifar.evaluate ckpt_path=<file> ...`` (configs/eval.yaml)."""
 
 from omegaconf import DictConfig
 

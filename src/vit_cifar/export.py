@@ -1,8 +1,4 @@
-"""Export a checkpoint: ``python -m vit_cifar.export ckpt_path=<file> format=onnx|safetensors|timm``
-(``vit-cifar-export``). The work is :mod:`vit_cifar.inference.export`; configs/export.yaml lists the keys.
-"""
-
-from __future__ import annotations
+"""Export a checkpoint: ``python -m vit_cifar.export ckpt_path=<file> format=onnx|safetensors|timm``."""
 
 from omegaconf import DictConfig
 

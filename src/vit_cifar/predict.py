@@ -1,8 +1,4 @@
-"""Classify image files: ``python -m vit_cifar.predict ckpt_path=<file> inputs=<file, folder or list>``
-(``vit-cifar-predict``). The work is :mod:`vit_cifar.inference.predict`; configs/predict.yaml lists the keys.
-"""
-
-from __future__ import annotations
+"""Classify image files: ``python -m vit_cifar.predict ckpt_path=<file> inputs=<file, folder or list>``."""
 
 from omegaconf import DictConfig
 

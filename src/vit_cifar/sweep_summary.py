@@ -1,10 +1,5 @@
-"""Summarise a finished (or running) sweep: ``python -m vit_cifar.sweep_summary <multirun folder>``.
-
-Writes ``summary.csv``, ``summary.md``, ``summary.png`` (and ``summary_seeds.csv`` when seeds were swept) into
-the folder; a ``-m`` sweep of ``vit_cifar.train`` does this by itself when it ends. See docs/sweeps.md.
-"""
-
-from __future__ import annotations
+"""Summarise a finished (or running) sweep: ``python -m vit_cifar.sweep_summary <multirun folder>`` writes
+summary.csv, summary.md, summary.png (and summary_seeds.csv) into it, as a ``-m`` sweep does when it ends."""
 
 import argparse
 import sys

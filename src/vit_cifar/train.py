@@ -1,9 +1,5 @@
-"""Train, test the selected checkpoint and write metrics.json into the run folder:
-``python -m vit_cifar.train [key=value ...]`` (``vit-cifar-train``). configs/train.yaml and the README say
-what each key does; the work is :func:`vit_cifar.training.run.train`.
-"""
-
-from __future__ import annotations
+"""Train, test the selected checkpoint and write metrics.json into the run folder: ``python -m vit_cifar.train
+[key=value ...]``. configs/train.yaml and the README say what each key does."""
 
 from omegaconf import DictConfig
 

@@ -1,8 +1,4 @@
-"""Attention maps and rollout of a checkpoint: ``python -m vit_cifar.visualize ckpt_path=<file> ...``
-(``vit-cifar-visualize``). The work is :mod:`vit_cifar.analysis.explain`; configs/visualize.yaml lists the keys.
-"""
-
-from __future__ import annotations
+"""Attention maps and rollout of a checkpoint: ``python -m vit_cifar.visualize ckpt_path=<file> ...``."""
 
 from omegaconf import DictConfig
 

@@ -1,5 +1,5 @@
-"""What every ``python -m vit_cifar.<command>`` shares: the config folder, a pre-flight check of the command
-line, one-line errors and a quiet console."""
+"""What every ``python -m vit_cifar.<command>`` shares: the config folder, a pre-flight of the command line,
+one-line errors and a quiet console."""
 
 from __future__ import annotations
 
@@ -28,9 +28,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "configs")
 # Config groups that optional Hydra plugins bring, and the extra of pyproject.toml that installs each.
 PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/submitit_slurm": "slurm"}
 
-# The quiet console: library messages that say nothing about the user's run are dropped; warnings that matter stay.
-# Python warnings (message regex) that libraries raise about themselves, not about the run.
-NOISY_WARNINGS = (
+# The quiet console: what libraries say about themselves, not about the user's run, is dropped.
+NOISY_WARNINGS = (  # Python warnings, by message regex
     # Lightning's pytree helper against a newer torch: a deprecation inside Lightning, printed twice per run
     r".*isinstance\(treespec, LeafSpec\)` is deprecated",
     # the model summary's size estimate under mixed precision: it says so and uses 32 bits
@@ -38,23 +37,18 @@ NOISY_WARNINGS = (
     # training without a validation split (data.val_size=0) returns no validation loader, on purpose
     r"Total length of `list` across ranks is zero",
 )
-# Lightning's information lines (message prefix) that advertise or explain Lightning's own defaults.
-NOISY_INFO = (
-    "💡 Tip:",  # advertisements for Lightning's cloud products
-    "Trainer already configured with model summary callbacks",
-)
-# The Trainer's start-up banner (which accelerators exist): the same for every job of a sweep, so said once.
+# Lightning's information lines (by prefix) that advertise its cloud or explain its own defaults.
+NOISY_INFO = ("💡 Tip:", "Trainer already configured with model summary callbacks")
+# The Trainer's start-up banner: the same for every job of a sweep, so said by the first job only.
 DEVICE_BANNER = ("GPU available:", "TPU available:", "HPU available:", "LOCAL_RANK:")
-LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+_dropped_info = list(NOISY_INFO)
 
 
 def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
-    """Run ``job``; a user error ends the process with one line on stderr and the error's exit code.
-    In a ``-m`` sweep a failed job is recorded in its folder instead, and the sweep goes on
-    (``vit_cifar.sweeps.jobs``)."""
+    """Run ``job``; a user error ends the process with one line on stderr and the error's exit code. In a
+    ``-m`` sweep a failed job is recorded in its folder instead, and the sweep goes on."""
     quiet_library_noise()
     if in_sweep():
-        # Hydra's "#k : overrides" line heads each job; the device banner is said by the first job only.
         quiet_device_banner(quiet=int(HydraConfig.get().job.num) > 0)
         return run_sweep_job(job, cfg)
     try:
@@ -68,12 +62,7 @@ def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
             err = ConfigError(str(err))
         if not isinstance(err, VitCifarError):
             raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
-
-
-# The information lines dropped now: NOISY_INFO, and the device banner in a sweep's jobs after the first.
-_dropped_info = list(NOISY_INFO)
+        _exit(str(err), err.exit_code)
 
 
 def _drop_noise(record: logging.LogRecord) -> bool:
@@ -83,13 +72,12 @@ def _drop_noise(record: logging.LogRecord) -> bool:
 def quiet_library_noise() -> None:
     for pattern in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    for name in LIGHTNING_INFO_LOGGERS:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_drop_noise)  # once: a logger does not add a filter it has
 
 
 def quiet_device_banner(quiet: bool = True) -> None:
-    """Drop (or, with ``quiet=False``, let through again) the Trainer's device banner: a sweep's jobs after the
-    first run in the same process and would print it again, word for word, before each job."""
+    """Drop (or let through again) the Trainer's device banner, which each job of a sweep would print again."""
     _dropped_info[:] = NOISY_INFO + DEVICE_BANNER if quiet else NOISY_INFO
 
 
@@ -97,10 +85,8 @@ Check = Callable[[DictConfig, bool], None]  # check(composed config with its hyd
 
 
 def hydra_main(config_name: str, check: Check | None = None) -> Callable:
-    """``@hydra.main`` for ``config_name``, preceded by :func:`preflight` on the command line: every command's
-    unknown key or malformed override ends in one line and exit 2. ``check(cfg, multirun)`` is the command's own
-    pre-flight (train's checks its values, its run folder and its checkpoint; the other commands check theirs
-    in the job, before they write anything)."""
+    """``@hydra.main`` for ``config_name``, preceded by :func:`preflight` of the command line. ``check`` is the
+    command's own pre-flight (train's; the other commands check their values in the job, before any writing)."""
 
     def decorator(task: Callable[[DictConfig], Any]) -> Callable:
         hydra_task = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
@@ -117,8 +103,8 @@ def hydra_main(config_name: str, check: Check | None = None) -> Callable:
 
 
 def compose_config(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:
-    """The configuration ``python -m vit_cifar.<command> <overrides>`` runs, for calling its job in this process
-    (a notebook, the tests), with the run's outputs in ``output_dir``."""
+    """The config ``python -m vit_cifar.<command> <overrides>`` runs, for its job in this process (a notebook,
+    the tests), with the outputs in ``output_dir``."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # so ${hydra:...} resolves outside @hydra.main
@@ -130,14 +116,10 @@ def compose_config(overrides: list[str], output_dir: str | Path, config_name: st
 
 
 def preflight(config_name: str, argv: list[str], check: Check | None = None) -> None:
-    """Compose the config the command line asks for, every job of a ``-m`` sweep included, and ``check`` it,
-    before Hydra creates a run folder: a bad override ends the process with one line and exit code 2, and
-    nothing is written.
-
-    Hydra's own messages for an unknown key or option span several lines and exit 1; they are rewritten here.
-    Commands that only print (``--help``, ``--cfg``, ``--info``) or load configs from elsewhere (``-cp``,
-    ``-cd``) go straight to Hydra; the job itself checks its config again.
-    """
+    """Compose the config of the command line, every job of a ``-m`` sweep included, and ``check`` it before
+    Hydra creates a run folder: a bad override ends the process with one line, exit code 2, nothing written.
+    (Hydra's own messages span several lines and exit 1.) Commands that only print (``--help``, ``--cfg``) or
+    load configs from elsewhere (``-cp``, ``-cd``) go straight to Hydra."""
     args = hydra_command_line(argv)
     only_prints = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
     if only_prints or args.experimental_rerun or args.config_path or args.config_dir:
@@ -192,9 +174,8 @@ def _exit(message: str, code: int) -> None:
 
 
 def check_output_place(path: str | Path, key: str, folder: bool) -> Path:
-    """Before any work: that ``path`` (a folder to write into, or a file to write) can be made and written, so
-    a command never computes its results and then fails to keep them. Raises ``ConfigError`` (exit code 2)
-    naming ``key``: a file where a folder is wanted or the reverse, or a place this user cannot write."""
+    """Before any work: that ``path`` (a folder to write into, or a file) can be made and written, so a command
+    never computes its results and then fails to keep them; a ``ConfigError`` naming ``key`` if not."""
     path = Path(path).expanduser()
     if folder and path.exists() and not path.is_dir():
         raise ConfigError(f"{key}={path} is a file, not a folder: give a folder to write into")

@@ -1,14 +1,10 @@
 """The configuration's schema: every checked key with its allowed values, and the rules that tie keys
-together. ``validate_config`` runs before any work: in train's pre-flight, before Hydra creates a run folder
-(``training.run.check_train_command``), or at the start of ``train()`` for a config composed in-process. A bad
-value stops with one line naming the key and what is allowed (exit code 2). It is the one place a train config's
-values are checked: the code that takes them trusts them.
-
-The rules of the model, data and aug groups are declared beside the code that takes those values
-(``models.vit.RULES``, ``models.resnet.RULES``, ``data.datamodule.RULES``, ``data.transforms.RULES``); the rest are
-here. What a network's own arithmetic needs of its arguments (heads that divide the width) its constructor says,
-as a ValueError: the pre-flight builds the network on the meta device and words that as any bad value.
-One rule per key, one wording (:mod:`vit_cifar.errors`).
+together. :func:`validate_config` runs before any work (in train's pre-flight, before Hydra creates a run folder,
+or at the start of ``train()`` for a config composed in-process): a bad value stops with one line naming the key
+and what is allowed, exit code 2. It is the one place a train config's values are checked; the code that takes
+them trusts them. The model, data and aug groups declare their rules beside their code (``models.vit.RULES``,
+``data.datamodule.RULES``, ...). What a network's own arithmetic needs (heads that divide the width) its
+constructor refuses with a ValueError: the pre-flight builds the network on the meta device to ask it.
 """
 
 from __future__ import annotations
@@ -33,7 +29,6 @@ from vit_cifar.devices import (
     PRECISIONS,
     DeviceSpec,
     compute_dtype,
-    computes_in_bf16,
     has_fused_kernel,
     local_device,
     resolve_compile,
@@ -149,7 +144,7 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
             continue
         check(key, value, rule)
         values[key] = value
-    _check_other_numbers(cfg, "")
+    _check_other_numbers(OmegaConf.to_container(cfg, resolve=False))
     optimizer = _optimizer_class(_select(cfg, "optim._target_"))
     for keys, broken, message in CROSS_RULES:
         pair = [values.get(k) for k in keys]
@@ -173,14 +168,13 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
 
 
 def check_key(key: str, value: Any) -> None:
-    """Check one value against its key's rule. Kept only while training/ still calls it (its values are checked
-    by :func:`validate_config` already); to be deleted with the last call."""
+    """Kept only while training/ still calls it (validate_config checks its values): to go with the last call."""
     check(key, value, RULES[key])
 
 
 def _optimizer_class(target: Any) -> type | None:
-    """The optimiser class ``optim._target_`` names, which must be one of torch.optim's (Hydra instantiates it
-    as named; the config is the user's own, but a typo or a non-optimiser is better refused before any work)."""
+    """The torch.optim class ``optim._target_`` names: Hydra would instantiate whatever it names, so a typo or a
+    non-optimiser is refused before any work."""
     if target is _ABSENT:
         return None
     if not (isinstance(target, str) and target.startswith("torch.optim.")):
@@ -201,28 +195,21 @@ def _optimizer_class(target: Any) -> type | None:
 
 def _check_device_choices(cfg: DictConfig, device: DeviceSpec, optimizer: type | None) -> None:
     """The choices that depend on the device, resolved as the run will resolve them, and what cannot work."""
-    if "compile" in cfg:
-        compiled = resolve_compile(cfg.compile, device)  # as the run will resolve it
+    if "compile" in cfg and resolve_compile(cfg.compile, device):
         backend = cfg.get("compile_backend", "inductor")
-        if compiled and backend not in _compile_backends():
+        if backend not in _compile_backends():
             raise ConfigError(
                 f"compile_backend={show(backend)} is unknown: use one of {', '.join(_compile_backends())}"
             )
-        precision = OmegaConf.select(cfg, "trainer.precision", default=None)
-        if precision is not None and device.type == "cuda" and device.capability is not None:
-            resolved = resolve_precision(precision, device)
-            if (
-                compiled
-                and backend == "inductor"
-                and computes_in_bf16(resolved)
-                and tuple(device.capability) < NATIVE_BF16_CAPABILITY
-            ):
-                major, minor = device.capability
-                raise ConfigError(
-                    f"trainer.precision={resolved} with compile on a GPU of compute capability {major}.{minor}: "
-                    "it has no bf16 units and Inductor does not compile bf16 for it; use "
-                    "trainer.precision=16-mixed (or auto), or compile=false"
-                )
+        precision = resolve_precision(OmegaConf.select(cfg, "trainer.precision", default="32-true"), device)
+        old_gpu = device.capability is not None and tuple(device.capability) < NATIVE_BF16_CAPABILITY
+        if backend == "inductor" and old_gpu and compute_dtype(precision) == torch.bfloat16:
+            major, minor = device.capability
+            raise ConfigError(
+                f"trainer.precision={precision} with compile on a GPU of compute capability {major}.{minor}: "
+                "it has no bf16 units and Inductor does not compile bf16 for it; use "
+                "trainer.precision=16-mixed (or auto), or compile=false"
+            )
     fused = OmegaConf.select(cfg, "optim.fused", default=None) is True
     if fused and optimizer is not None and not has_fused_kernel(optimizer):
         raise ConfigError(
@@ -253,22 +240,16 @@ def _processes(cfg: DictConfig) -> int | None:
     return per_node * int(OmegaConf.select(cfg, "trainer.num_nodes", default=1))
 
 
-def _check_other_numbers(node: Any, prefix: str) -> None:
-    """Every number the config holds under a key without a rule must be finite (``+optim.foo=inf``)."""
-    if isinstance(node, DictConfig):
-        items = [(f"{prefix}{k}", k) for k in node if f"{prefix}{k}" != "hydra"]
-    elif isinstance(node, ListConfig):
-        items = [(f"{prefix.rstrip('.')}[{i}]", i) for i in range(len(node))]
-    else:
-        return
-    for key, child in items:
-        if key in RULES or OmegaConf.is_missing(node, child) or OmegaConf.is_interpolation(node, child):
-            continue  # a ruled key, or one whose value is the key it points to (checked there)
-        value = node[child]
-        if isinstance(value, DictConfig | ListConfig):
-            _check_other_numbers(value, f"{key}.")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            check(key, value, ANY_NUMBER)
+def _check_other_numbers(node: Any, key: str = "") -> None:
+    """Every number under a key without a rule must be finite (``+optim.foo=inf``). Run on the unresolved
+    container: an interpolation is a string there, its value checked at the key it points to."""
+    if isinstance(node, dict | list):
+        for name, child in node.items() if isinstance(node, dict) else enumerate(node):
+            name = f"{key}.{name}".lstrip(".") if isinstance(node, dict) else f"{key}[{name}]"
+            if name not in RULES and name != "hydra":
+                _check_other_numbers(child, name)
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        check(key, node, ANY_NUMBER)
 
 
 def _check_image_size(cfg: DictConfig, values: dict) -> None:
@@ -290,11 +271,9 @@ def _check_image_size(cfg: DictConfig, values: dict) -> None:
 
 
 def _check_network(cfg: DictConfig, values: dict, device: DeviceSpec) -> None:
-    """Build the network on the meta device (shapes only, no memory whatever the sizes): what its constructor
-    refuses (``model.embed_dim`` not divisible by ``model.num_heads``) is refused here, before any work. Then
-    refuse a model and batch whose training takes more memory than the device has: the weights with their
-    gradients and AdamW's two moments, and the outputs of the layers with weights for a batch (a lower bound:
-    attention maps and the like come on top)."""
+    """Build the network on the meta device (shapes only, no memory): what its constructor refuses is refused
+    before any work. Then refuse a training that needs more memory than the device has: the weights with their
+    gradients and AdamW's two moments, and the outputs of the layers with weights for a batch (a lower bound)."""
     if "model" not in cfg:
         return
     net_config = OmegaConf.to_container(cfg.model, resolve=True)
@@ -316,7 +295,8 @@ def _check_network(cfg: DictConfig, values: dict, device: DeviceSpec) -> None:
     if have and need > have:
         raise ConfigError(
             f"data.image_size={size}, data.batch_size={batch} and data.eval_batch_size={eval_batch} with this "
-            f"model ({weights:,} weights) need at least {_gb(need)}, more than the {_gb(have)} of {where}: "
+            f"model ({weights:,} weights) need at least {need / 2**30:,.1f} GiB, more than the "
+            f"{have / 2**30:,.1f} GiB of {where}: "
             "use a smaller data.image_size, batch size or model"
         )
 
@@ -342,10 +322,6 @@ def _device_memory(device: DeviceSpec) -> tuple[int | None, str]:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory on this machine"
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows): not checked
         return None, ""
-
-
-def _gb(n: int) -> str:
-    return f"{n / 2**30:,.1f} GiB"
 
 
 def _compile_backends() -> list[str]:

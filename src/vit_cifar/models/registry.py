@@ -1,10 +1,5 @@
-"""Building the network a config or a checkpoint names, from the one package allowed to be named.
-
-A checkpoint names the network it was trained with (``_target_`` plus arguments). Only network classes under
-``vit_cifar.models`` may be named, so that loading a checkpoint cannot run arbitrary code, and a name that is not
-such a class (a function, a module's ``__builtins__``) is refused by name. (The optimiser, which only the train
-config names, is checked by ``config.schema`` and instantiated by Hydra.)
-"""
+"""Building the network a config or a checkpoint names (``_target_`` plus arguments). Only network classes
+under ``vit_cifar.models`` may be named, so that loading a checkpoint cannot run arbitrary code."""
 
 from __future__ import annotations
 
@@ -34,9 +29,8 @@ def locate(target: str, allowed: tuple[str, ...] = NETWORK_PACKAGES, key: str = 
 
 
 def build_network(cfg: dict) -> nn.Module:
-    """Instantiate a network from its config dict (``_target_`` plus constructor arguments). A network refuses
-    arguments its arithmetic cannot use with a ValueError (``model.embed_dim`` not divisible by
-    ``model.num_heads``): a bad value of the config, so one line and exit code 2."""
+    """A network from its config dict; a ValueError of its constructor (arguments its arithmetic cannot use) is
+    a bad value of the config, so one line and exit code 2."""
     kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
     network = locate(cfg.get("_target_"), NETWORK_PACKAGES, "model")
     try:

@@ -18,12 +18,7 @@ RULES = {"num_classes": POSITIVE_INT, "in_chans": POSITIVE_INT}  # checked by co
 
 
 class ResNet18(ResNet):
-    """ResNet-18 for 32x32 images.
-
-    Args:
-        num_classes: output classes.
-        in_chans: input channels.
-    """
+    """ResNet-18 for 32x32 images."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3) -> None:
         super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)

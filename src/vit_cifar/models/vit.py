@@ -38,12 +38,9 @@ class PatchEmbed(nn.Module):
 
 
 class ConvTokenizer(PatchEmbed):
-    """A small convolutional tokenizer (as in Compact Convolutional Transformers, Hassani et al. 2021): each stage
-    is conv 3x3 -> ReLU -> max-pool 3x3 stride 2, halving the grid, until one token covers ``patch_size`` pixels
-    a side; then LayerNorm. The same token grid as :class:`PatchEmbed` (so attention maps and rollout work
-    unchanged), but overlapping receptive fields and locality built in: on short schedules the ViT no longer has
-    to learn them from data.
-    """
+    """A convolutional tokenizer (Compact Convolutional Transformers, Hassani et al. 2021): stages of conv 3x3 ->
+    ReLU -> max-pool 3x3 stride 2, each halving the grid, to :class:`PatchEmbed`'s token grid (attention maps
+    work unchanged), but with locality built in, which short schedules cannot learn from data."""
 
     @staticmethod
     def projection(patch_size: int, in_chans: int, embed_dim: int) -> nn.Module:
@@ -59,8 +56,7 @@ class ConvTokenizer(PatchEmbed):
 
 
 TOKENIZERS = {"patch": PatchEmbed, "conv": ConvTokenizer}
-# The values each argument of VisionTransformer takes: config.schema checks the model group with them, before any
-# work (the constructor trusts them, and keeps only the shape rules its arithmetic needs).
+# The values each argument of VisionTransformer takes, checked by config.schema before any work.
 RULES = {
     "img_size": POSITIVE_INT,
     "patch_size": POSITIVE_INT,
@@ -151,24 +147,9 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT classifier from the CLS token.
-
-    Args:
-        img_size: input height and width (square images).
-        patch_size: side of each square patch; must divide ``img_size``.
-        in_chans: input channels.
-        num_classes: output classes.
-        embed_dim: token width; must be divisible by ``num_heads``.
-        depth: number of transformer blocks.
-        num_heads: attention heads per block.
-        mlp_ratio: MLP hidden width as a multiple of ``embed_dim``.
-        qkv_bias: bias on the qkv projection (the seed's count implies none).
-        drop_rate: dropout inside the MLP and on each residual branch's output.
-        attn_drop_rate: dropout on the attention weights.
-        drop_path_rate: stochastic depth of the last block; earlier blocks rise linearly from 0.
-        tokenizer: ``patch`` (the seed's linear patch embedding) or ``conv`` (:class:`ConvTokenizer`, CCT-style;
-            ``patch_size`` must then be a power of two).
-    """
+    """ViT classifier from the CLS token. ``drop_rate`` drops inside the MLP and on each residual branch's
+    output; ``drop_path_rate`` is the last block's stochastic depth, rising linearly from 0 in the first;
+    ``tokenizer`` is ``patch`` (the seed's) or ``conv`` (:class:`ConvTokenizer`)."""
 
     def __init__(
         self,
@@ -248,13 +229,11 @@ class VisionTransformer(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    """Truncated-normal weights and zero biases for linear layers and the patch projection (timm's ViT init)."""
+    """Truncated-normal weights and zero biases for linear layers and the patch projection (timm's ViT init);
+    LayerNorm keeps PyTorch's ones and zeros."""
     if isinstance(module, nn.Conv2d) and module.bias is None:  # the conv tokenizer: followed by ReLU
         nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     elif isinstance(module, nn.Linear | nn.Conv2d):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
