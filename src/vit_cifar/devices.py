@@ -1,10 +1,5 @@
-"""What a device can do, and what the device-dependent config values mean on it: precision, compile, fused
-optimisers. The one place that reads precision strings.
-
-Every choice is a pure function of a :class:`DeviceSpec` (device type, CUDA compute capability, whether Triton
-is installed), so that a test on a CPU machine can pass it a CUDA device's description; :func:`local_device` is
-the only function that asks this machine.
-"""
+"""What the device-dependent config values (precision, compile, fused optimisers) mean on a device: pure
+functions of a :class:`DeviceSpec`, so that a test on a CPU machine can pass them a CUDA device's description."""
 
 from __future__ import annotations
 
@@ -126,8 +121,8 @@ def _child_process_description(index: int) -> tuple[str, tuple[int, int], int]:
 
 
 def resolve_precision(precision: str, device: DeviceSpec) -> str:
-    """``auto``: bf16-mixed on GPUs with native bf16 (compute capability 8.0 and newer), 16-mixed on older CUDA
-    GPUs (never emulated bf16), 32-true elsewhere. Other values are returned as they are."""
+    """``auto``: bf16-mixed on GPUs with native bf16, 16-mixed on older CUDA GPUs (never emulated bf16), 32-true
+    elsewhere. Other values in Lightning's full name."""
     if str(precision) != "auto":
         return canonical_precision(precision)
     if device.type != "cuda":
@@ -136,8 +131,7 @@ def resolve_precision(precision: str, device: DeviceSpec) -> str:
 
 
 def resolve_compile(value: str | bool, device: DeviceSpec) -> bool:
-    """``compile``: true, false, or auto, which compiles on CUDA GPUs of compute capability 8.0 and newer (where
-    Triton is installed), not on older GPUs (a T4 is 7.5) and not on CPU.
+    """``compile=auto`` compiles on CUDA GPUs of compute capability 8.0 and newer (where Triton is installed).
 
     Why by device rather than by a measurement at start-up: on CPU, compiling ViT-Tiny's training step takes
     minutes on a few cores, longer than a CPU run is meant to last; on a GPU the eager step is a long chain of
@@ -146,7 +140,6 @@ def resolve_compile(value: str | bool, device: DeviceSpec) -> bool:
     path known to work: float16 Inductor there has never been run (docs/performance.md); ``compile=true`` asks.
     """
     if value == "auto":
-        # the GPUs the device check runs on; a T4's float16 Inductor never ran (the seed trained eagerly)
         return device.type == "cuda" and device.triton and tuple(device.capability) >= NATIVE_BF16_CAPABILITY
     return bool(value)
 

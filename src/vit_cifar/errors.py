@@ -7,6 +7,7 @@ value gets one line: ``<key>=<value> <what is wrong>: use <what is allowed>``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -134,15 +135,6 @@ class Choice:
 
 
 @dataclass(frozen=True)
-class Flag:
-    def problem(self, value: Any) -> str | None:
-        return None if isinstance(value, bool) else "has the wrong type"
-
-    def describe(self) -> str:
-        return "true or false"
-
-
-@dataclass(frozen=True)
 class Hex:
     digits: int
 
@@ -156,7 +148,8 @@ class Hex:
         return f"null or {self.digits} hexadecimal digits"
 
 
-Rule = Number | Numbers | Choice | Flag | Hex
+Rule = Number | Numbers | Choice | Hex
+Flag = functools.partial(Choice, (True, False))  # True == 1 in Python: Choice refuses 1 for a flag
 
 POSITIVE_INT = Number(low=1, integer=True)
 COUNT = Number(low=0, integer=True)

@@ -62,7 +62,8 @@ def run_cli(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
             err = ConfigError(str(err))
         if not isinstance(err, VitCifarError):
             raise
-        _exit(str(err), err.exit_code)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
 
 
 def _drop_noise(record: logging.LogRecord) -> bool:
@@ -130,10 +131,9 @@ def preflight(config_name: str, argv: list[str], check: Check | None = None) -> 
                 cfg = compose(args.config_name or config_name, overrides=overrides, return_hydra_config=True)
             if check is not None:
                 check(cfg, bool(args.multirun))
-    except VitCifarError as err:
-        _exit(str(err), ConfigError.exit_code)
-    except (hydra.errors.HydraException, OmegaConfBaseException) as err:
-        _exit(_one_line(err), ConfigError.exit_code)
+    except (VitCifarError, hydra.errors.HydraException, OmegaConfBaseException) as err:
+        print(f"error: {err if isinstance(err, VitCifarError) else _one_line(err)}", file=sys.stderr)
+        sys.exit(ConfigError.exit_code)
 
 
 def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -166,11 +166,6 @@ def _one_line(err: BaseException) -> str:
     if missing:  # a config of an optional Hydra plugin that is not installed
         parts.append(f"(install the plugin: pip install -e '.[{missing[0]}]')")
     return " ".join(parts)
-
-
-def _exit(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def check_output_place(path: str | Path, key: str, folder: bool) -> Path:

@@ -20,20 +20,8 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vit_cifar import devices
 from vit_cifar.data import datamodule, sources, transforms
-from vit_cifar.devices import (
-    COMPILE,
-    MATMUL_PRECISIONS,
-    NATIVE_BF16_CAPABILITY,
-    PRECISION_ALIASES,
-    PRECISIONS,
-    DeviceSpec,
-    compute_dtype,
-    has_fused_kernel,
-    local_device,
-    resolve_compile,
-    resolve_precision,
-)
 from vit_cifar.errors import (
     COUNT,
     POSITIVE_INT,
@@ -42,7 +30,6 @@ from vit_cifar.errors import (
     Flag,
     Number,
     Numbers,
-    Rule,
     VitCifarError,
     check,
     show,
@@ -58,7 +45,7 @@ NO_TIME_BUDGET = "scheduler.by=time needs a time budget: set trainer.max_time (e
 
 # Key -> allowed values. Keys absent from a config (another model, a switched-off group) are not checked; a
 # number under any other key (one Lightning or a constructor takes, or one added with +key=) must be finite.
-RULES: dict[str, Rule] = {
+RULES = {
     "seed": Number(low=0, high=2**32 - 1, integer=True),
     "train": Flag(),
     "test": Flag(),
@@ -81,14 +68,14 @@ RULES: dict[str, Rule] = {
     },
     "trainer.gradient_clip_val": Number(low=0, optional=True),
     "trainer.gradient_clip_algorithm": Choice(("norm", "value"), optional=True),
-    "trainer.precision": Choice(tuple(PRECISIONS) + tuple(PRECISION_ALIASES)),
+    "trainer.precision": Choice(tuple(devices.PRECISIONS) + tuple(devices.PRECISION_ALIASES)),
     # the accelerators this project runs on (Lightning's tpu and hpu need packages it does not install)
     "trainer.accelerator": Choice(("auto", "cpu", "gpu", "cuda", "mps")),
     "optim.fused": Choice(
         (True, False), optional=True, hint="null: fused on CUDA where the optimiser has a fused kernel"
     ),
     "callbacks.finite_loss.check_every_n_steps": Number(low=1, integer=True, optional=True),
-    "matmul_precision": Choice(MATMUL_PRECISIONS, hint="high: TF32 matmuls on Ampere and newer GPUs"),
+    "matmul_precision": Choice(devices.MATMUL_PRECISIONS, hint="high: TF32 matmuls on Ampere and newer GPUs"),
     "callbacks.tensorboard_figures.every_n_epochs": POSITIVE_INT,
     "callbacks.tensorboard_figures.num_images": COUNT,
     "callbacks.ema.decay": Number(low=0, high=1, high_open=True, hint="0.9995 averages ~2,000 steps"),
@@ -99,7 +86,7 @@ RULES: dict[str, Rule] = {
         for name in ("model_checkpoint", "last_checkpoint")
     },
     "callbacks.progress_bar.metrics_every_n_steps": Number(low=1, integer=True, optional=True),
-    "compile": COMPILE,
+    "compile": devices.COMPILE,
     # the groups whose rules are declared beside the code that takes them (models, the DataModule, the transforms)
     # data before model: model.img_size and model.num_classes are ${data...}, named where they are set
     **{f"data.{key}": rule for key, rule in datamodule.RULES.items()},
@@ -134,7 +121,7 @@ CROSS_RULES = [
 ]
 
 
-def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
+def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -> None:
     """Raise :class:`ConfigError` for the first value outside its allowed range, or broken cross-key rule, or a
     combination that cannot train on ``device`` (default: the device ``trainer.accelerator`` selects here)."""
     values: dict[str, Any] = {}
@@ -157,12 +144,12 @@ def validate_config(cfg: DictConfig, device: DeviceSpec | None = None) -> None:
         raise ConfigError(
             f"trainer.max_time={show(max_time)} is not a duration: use DD:HH:MM:SS, e.g. 00:00:55:00"
         )
-    processes = _processes(cfg)
+    processes = _processes(cfg, values.get("trainer.accelerator", "auto"))
     if "data.batch_size" in values and processes:
         datamodule.rank_batch_size(values["data.batch_size"], processes)  # the global batch, shared out
     # the device the choices are made for, read once (on a GPU machine a query of the driver)
-    device = device or local_device(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
-    _check_device_choices(cfg, device, optimizer)
+    device = device or devices.local_device(values.get("trainer.accelerator", "auto"))
+    _check_device_choices(cfg, values, device, optimizer)
     _check_network(cfg, values, device)
     _check_image_size(cfg, values)
 
@@ -193,17 +180,19 @@ def _optimizer_class(target: Any) -> type | None:
     return found
 
 
-def _check_device_choices(cfg: DictConfig, device: DeviceSpec, optimizer: type | None) -> None:
+def _check_device_choices(
+    cfg: DictConfig, values: dict, device: devices.DeviceSpec, optimizer: type | None
+) -> None:
     """The choices that depend on the device, resolved as the run will resolve them, and what cannot work."""
-    if "compile" in cfg and resolve_compile(cfg.compile, device):
+    if "compile" in cfg and devices.resolve_compile(cfg.compile, device):
         backend = cfg.get("compile_backend", "inductor")
         if backend not in _compile_backends():
             raise ConfigError(
                 f"compile_backend={show(backend)} is unknown: use one of {', '.join(_compile_backends())}"
             )
-        precision = resolve_precision(OmegaConf.select(cfg, "trainer.precision", default="32-true"), device)
-        old_gpu = device.capability is not None and tuple(device.capability) < NATIVE_BF16_CAPABILITY
-        if backend == "inductor" and old_gpu and compute_dtype(precision) == torch.bfloat16:
+        precision = devices.resolve_precision(values.get("trainer.precision", "32-true"), device)
+        old_gpu = device.capability is not None and tuple(device.capability) < devices.NATIVE_BF16_CAPABILITY
+        if backend == "inductor" and old_gpu and devices.compute_dtype(precision) == torch.bfloat16:
             major, minor = device.capability
             raise ConfigError(
                 f"trainer.precision={precision} with compile on a GPU of compute capability {major}.{minor}: "
@@ -211,21 +200,20 @@ def _check_device_choices(cfg: DictConfig, device: DeviceSpec, optimizer: type |
                 "trainer.precision=16-mixed (or auto), or compile=false"
             )
     fused = OmegaConf.select(cfg, "optim.fused", default=None) is True
-    if fused and optimizer is not None and not has_fused_kernel(optimizer):
+    if fused and optimizer is not None and not devices.has_fused_kernel(optimizer):
         raise ConfigError(
             f"optim.fused=true but {cfg.optim._target_} has no fused kernel: set optim.fused=null or false"
         )
 
 
-def _processes(cfg: DictConfig) -> int | None:
+def _processes(cfg: DictConfig, accelerator: str) -> int | None:
     """How many processes the trainer config trains in (devices x nodes), counted as Lightning counts them,
     without initialising CUDA; None where Lightning will refuse the devices."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
-    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto")).lower()
-    devices = OmegaConf.select(cfg, "trainer.devices", default="auto")
-    devices = OmegaConf.to_object(devices) if isinstance(devices, ListConfig) else devices
+    asked = OmegaConf.select(cfg, "trainer.devices", default="auto")
+    asked = OmegaConf.to_object(asked) if isinstance(asked, ListConfig) else asked
     if accelerator in ("auto", "gpu", "cuda") and CUDAAccelerator.is_available():
         kind = CUDAAccelerator
     elif accelerator in ("auto", "cpu"):
@@ -233,11 +221,11 @@ def _processes(cfg: DictConfig) -> int | None:
     else:
         return None  # one Apple GPU, or a GPU asked for where there is none (train() says so)
     try:
-        parsed = kind.parse_devices(kind.auto_device_count() if devices == "auto" else devices)
+        parsed = kind.parse_devices(kind.auto_device_count() if asked == "auto" else asked)
         per_node = len(kind.get_parallel_devices(parsed)) if parsed else 0
     except (MisconfigurationException, TypeError):  # Lightning's own message comes from the Trainer
         return None
-    return per_node * int(OmegaConf.select(cfg, "trainer.num_nodes", default=1))
+    return per_node * OmegaConf.select(cfg, "trainer.num_nodes", default=1)
 
 
 def _check_other_numbers(node: Any, key: str = "") -> None:
@@ -270,7 +258,7 @@ def _check_image_size(cfg: DictConfig, values: dict) -> None:
         )
 
 
-def _check_network(cfg: DictConfig, values: dict, device: DeviceSpec) -> None:
+def _check_network(cfg: DictConfig, values: dict, device: devices.DeviceSpec) -> None:
     """Build the network on the meta device (shapes only, no memory): what its constructor refuses is refused
     before any work. Then refuse a training that needs more memory than the device has: the weights with their
     gradients and AdamW's two moments, and the outputs of the layers with weights for a batch (a lower bound)."""
@@ -288,16 +276,15 @@ def _check_network(cfg: DictConfig, values: dict, device: DeviceSpec) -> None:
         return  # arguments the network does not take, or input it cannot run: the run names them
     if values.get("data.batch_size") is None:
         return
-    precision = resolve_precision(OmegaConf.select(cfg, "trainer.precision", default="32-true"), device)
+    precision = devices.resolve_precision(values.get("trainer.precision", "32-true"), device)
     batch, eval_batch = values["data.batch_size"], values.get("data.eval_batch_size", 1)
-    need = 16 * weights + compute_dtype(precision).itemsize * max(batch * outputs, eval_batch * top)
+    need = 16 * weights + devices.compute_dtype(precision).itemsize * max(batch * outputs, eval_batch * top)
     have, where = _device_memory(device)
     if have and need > have:
         raise ConfigError(
             f"data.image_size={size}, data.batch_size={batch} and data.eval_batch_size={eval_batch} with this "
             f"model ({weights:,} weights) need at least {need / 2**30:,.1f} GiB, more than the "
-            f"{have / 2**30:,.1f} GiB of {where}: "
-            "use a smaller data.image_size, batch size or model"
+            f"{have / 2**30:,.1f} GiB of {where}: use a smaller data.image_size, batch size or model"
         )
 
 
@@ -314,7 +301,7 @@ def _measure(net_config: dict, size: int) -> tuple[int, int, int]:
     return sum(p.numel() for p in net.parameters()), sum(outputs), max(outputs, default=0)
 
 
-def _device_memory(device: DeviceSpec) -> tuple[int | None, str]:
+def _device_memory(device: devices.DeviceSpec) -> tuple[int | None, str]:
     """The memory the device has, and what it is called (a GPU's, or this machine's RAM)."""
     if device.type == "cuda":  # as the driver reports it (asking torch would initialise CUDA here)
         return device.memory, "memory on the GPU"
