@@ -4,12 +4,9 @@ functions of a :class:`DeviceSpec`, so that a test on a CPU machine can pass the
 from __future__ import annotations
 
 import ctypes
-import functools
 import importlib.util
 import inspect
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -75,14 +72,14 @@ def cuda_description(index: int = 0) -> tuple[str, tuple[int, int], int]:
     Lightning's ``ddp_notebook`` forks one process per GPU from the notebook's kernel and refuses to once CUDA
     is initialised in it, which ``torch.cuda.get_device_properties`` does. So, until CUDA is running, the driver's
     management library (NVML, which torch and Lightning already use to count GPUs without starting CUDA)
-    answers; where it cannot be loaded, a child process asks torch."""
-    if torch.cuda.is_initialized():
-        props = torch.cuda.get_device_properties(index)
-        return props.name, (props.major, props.minor), props.total_memory
-    try:
-        return _nvml_description(index)
-    except OSError:
-        return _child_process_description(index)
+    answers; only where it cannot be loaded (a container without the driver's utilities) does torch."""
+    if not torch.cuda.is_initialized():
+        try:
+            return _nvml_description(index)
+        except OSError:
+            pass
+    props = torch.cuda.get_device_properties(index)
+    return props.name, (props.major, props.minor), props.total_memory
 
 
 def _nvml_description(index: int) -> tuple[str, tuple[int, int], int]:
@@ -107,17 +104,6 @@ def _nvml_description(index: int) -> tuple[str, tuple[int, int], int]:
         return name.value.decode(), (major.value, minor.value), int(memory[0])
     finally:
         nvml.nvmlShutdown()
-
-
-@functools.cache
-def _child_process_description(index: int) -> tuple[str, tuple[int, int], int]:
-    ask = (
-        "import sys, torch; p = torch.cuda.get_device_properties(int(sys.argv[1])); "
-        "print(p.major, p.minor, p.total_memory, p.name)"
-    )
-    out = subprocess.run([sys.executable, "-c", ask, str(index)], capture_output=True, text=True, check=True)
-    major, minor, memory, name = out.stdout.strip().split(" ", 3)
-    return name, (int(major), int(minor)), int(memory)
 
 
 def resolve_precision(precision: str, device: DeviceSpec) -> str:

@@ -93,10 +93,9 @@ def hydra_main(config_name: str, check: Check | None = None) -> Callable:
         hydra_task = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
 
         @functools.wraps(task)
-        def entry(cfg_passthrough: DictConfig | None = None) -> Any:
-            if cfg_passthrough is None:
-                preflight(config_name, sys.argv[1:], check)
-            return hydra_task(cfg_passthrough)
+        def entry() -> Any:
+            preflight(config_name, sys.argv[1:], check)
+            return hydra_task()
 
         return entry
 

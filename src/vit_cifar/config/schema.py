@@ -1,11 +1,7 @@
-"""The configuration's schema: every checked key with its allowed values, and the rules that tie keys
-together. :func:`validate_config` runs before any work (in train's pre-flight, before Hydra creates a run folder,
-or at the start of ``train()`` for a config composed in-process): a bad value stops with one line naming the key
-and what is allowed, exit code 2. It is the one place a train config's values are checked; the code that takes
-them trusts them. The model, data and aug groups declare their rules beside their code (``models.vit.RULES``,
-``data.datamodule.RULES``, ...). What a network's own arithmetic needs (heads that divide the width) its
-constructor refuses with a ValueError: the pre-flight builds the network on the meta device to ask it.
-"""
+"""The one place a train config's values are checked, before any work (train's pre-flight, or the start of
+``train()`` for a config composed in-process): every key's allowed values, the rules that tie keys together, and
+what the device cannot do. The model, data and aug groups declare their rules beside their code; a network's own
+arithmetic (heads that divide the width) its constructor checks, built here on the meta device to ask it."""
 
 from __future__ import annotations
 
@@ -71,9 +67,7 @@ RULES = {
     "trainer.precision": Choice(tuple(devices.PRECISIONS) + tuple(devices.PRECISION_ALIASES)),
     # the accelerators this project runs on (Lightning's tpu and hpu need packages it does not install)
     "trainer.accelerator": Choice(("auto", "cpu", "gpu", "cuda", "mps")),
-    "optim.fused": Choice(
-        (True, False), optional=True, hint="null: fused on CUDA where the optimiser has a fused kernel"
-    ),
+    "optim.fused": Flag(optional=True, hint="null: fused on CUDA where the optimiser has a fused kernel"),
     "callbacks.finite_loss.check_every_n_steps": Number(low=1, integer=True, optional=True),
     "matmul_precision": Choice(devices.MATMUL_PRECISIONS, hint="high: TF32 matmuls on Ampere and newer GPUs"),
     "callbacks.tensorboard_figures.every_n_epochs": POSITIVE_INT,
@@ -186,10 +180,9 @@ def _check_device_choices(
     """The choices that depend on the device, resolved as the run will resolve them, and what cannot work."""
     if "compile" in cfg and devices.resolve_compile(cfg.compile, device):
         backend = cfg.get("compile_backend", "inductor")
-        if backend not in _compile_backends():
-            raise ConfigError(
-                f"compile_backend={show(backend)} is unknown: use one of {', '.join(_compile_backends())}"
-            )
+        backends = sorted(set(torch.compiler.list_backends(exclude_tags=())) | {"inductor"})
+        if backend not in backends:
+            raise ConfigError(f"compile_backend={show(backend)} is unknown: use one of {', '.join(backends)}")
         precision = devices.resolve_precision(values.get("trainer.precision", "32-true"), device)
         old_gpu = device.capability is not None and tuple(device.capability) < devices.NATIVE_BF16_CAPABILITY
         if backend == "inductor" and old_gpu and devices.compute_dtype(precision) == torch.bfloat16:
@@ -309,10 +302,6 @@ def _device_memory(device: devices.DeviceSpec) -> tuple[int | None, str]:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory on this machine"
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows): not checked
         return None, ""
-
-
-def _compile_backends() -> list[str]:
-    return sorted(set(torch.compiler.list_backends(exclude_tags=())) | {"inductor"})
 
 
 def _select(cfg: DictConfig, key: str) -> Any:

@@ -1,11 +1,6 @@
-"""The CIFAR ResNet-18 baseline: torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool.
-
-ImageNet's stem (a 7x7 stride-2 conv, then a stride-2 max-pool) would shrink a 32x32 image to 8x8 before the
-first block. The CIFAR variant keeps full resolution through ``layer1`` and halves it in each later stage:
-32 -> 32 -> 16 -> 8 -> 4, then global average pooling and a linear classifier. BasicBlocks [2, 2, 2, 2] with
-64-128-256-512 channels and 1x1 conv + BatchNorm shortcuts where the shape changes: 11,173,962 parameters for
-10 classes. Everything except the stem is torchvision's maintained implementation, weight init included.
-"""
+"""The CIFAR ResNet-18 baseline: torchvision's ResNet-18 (11,173,962 parameters for 10 classes) with a 3x3
+stride-1 stem and no max-pool. ImageNet's stem (a 7x7 stride-2 conv, then a stride-2 max-pool) would shrink a 32x32
+image to 8x8 before the first block; this one keeps 32 -> 32 -> 16 -> 8 -> 4 through the four stages."""
 
 from __future__ import annotations
 

@@ -58,18 +58,12 @@ class ConvTokenizer(PatchEmbed):
 TOKENIZERS = {"patch": PatchEmbed, "conv": ConvTokenizer}
 # The values each argument of VisionTransformer takes, checked by config.schema before any work.
 RULES = {
-    "img_size": POSITIVE_INT,
-    "patch_size": POSITIVE_INT,
-    "in_chans": POSITIVE_INT,
-    "num_classes": POSITIVE_INT,
-    "embed_dim": POSITIVE_INT,
-    "depth": POSITIVE_INT,
-    "num_heads": POSITIVE_INT,
+    **dict.fromkeys(
+        ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads"), POSITIVE_INT
+    ),
     "mlp_ratio": Number(low=0, low_open=True),
     "qkv_bias": Flag(),
-    "drop_rate": OPEN_PROBABILITY,
-    "attn_drop_rate": OPEN_PROBABILITY,
-    "drop_path_rate": OPEN_PROBABILITY,
+    **dict.fromkeys(("drop_rate", "attn_drop_rate", "drop_path_rate"), OPEN_PROBABILITY),
     "tokenizer": Choice(tuple(TOKENIZERS)),
 }
 
