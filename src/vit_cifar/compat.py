@@ -1,8 +1,6 @@
 """The private parts of libraries this project uses, each behind one adapter that says why (the library has no
 public way), so that an upgrade that moves them breaks here, and tests/test_compat.py says so."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Any
 

@@ -1,11 +1,5 @@
-"""Errors that stop a command with one clear line instead of a traceback, and the rules that word a bad value.
-
-A rule says what a config key takes; the module that owns a group of keys declares its rules beside its code
-(``models.vit.RULES``, ...), and ``config.schema`` checks a whole config with them, once, before any work. A bad
-value gets one line: ``<key>=<value> <what is wrong>: use <what is allowed>``.
-"""
-
-from __future__ import annotations
+"""Errors that stop a command with one clear line instead of a traceback, and the rules that say what a config
+key takes, which word a bad value as ``<key>=<value> <what is wrong>: use <what is allowed>``."""
 
 import functools
 import math
@@ -58,9 +52,6 @@ class SkippedInputsError(VitCifarError):
     """Some input files could not be read; the others were processed and their results written."""
 
     exit_code = 3
-
-
-# The rules of config values.
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,6 @@
 """What every ``python -m vit_cifar.<command>`` shares: the config folder, a pre-flight of the command line,
 one-line errors and a quiet console."""
 
-from __future__ import annotations
-
 import functools
 import logging
 import sys

@@ -3,8 +3,6 @@
 what the device cannot do. The model, data and aug groups declare their rules beside their code; a network's own
 arithmetic (heads that divide the width) its constructor checks, built here on the meta device to ask it."""
 
-from __future__ import annotations
-
 import operator
 import os
 import re
@@ -127,6 +125,10 @@ def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -
         values[key] = value
     _check_other_numbers(OmegaConf.to_container(cfg, resolve=False))
     optimizer = _optimizer_class(_select(cfg, "optim._target_"))
+    if values.get("optim.fused") is True and optimizer and not devices.has_fused_kernel(optimizer):
+        raise ConfigError(
+            f"optim.fused=true but {cfg.optim._target_} has no fused kernel: set optim.fused=null or false"
+        )
     for keys, broken, message in CROSS_RULES:
         pair = [values.get(k) for k in keys]
         if None not in pair and broken(*pair):
@@ -143,7 +145,7 @@ def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -
         datamodule.rank_batch_size(values["data.batch_size"], processes)  # the global batch, shared out
     # the device the choices are made for, read once (on a GPU machine a query of the driver)
     device = device or devices.local_device(values.get("trainer.accelerator", "auto"))
-    _check_device_choices(cfg, values, device, optimizer)
+    _check_device_choices(cfg, values, device)
     _check_network(cfg, values, device)
     _check_image_size(cfg, values)
 
@@ -174,9 +176,7 @@ def _optimizer_class(target: Any) -> type | None:
     return found
 
 
-def _check_device_choices(
-    cfg: DictConfig, values: dict, device: devices.DeviceSpec, optimizer: type | None
-) -> None:
+def _check_device_choices(cfg: DictConfig, values: dict, device: devices.DeviceSpec) -> None:
     """The choices that depend on the device, resolved as the run will resolve them, and what cannot work."""
     if "compile" in cfg and devices.resolve_compile(cfg.compile, device):
         backend = cfg.get("compile_backend", "inductor")
@@ -192,11 +192,6 @@ def _check_device_choices(
                 "it has no bf16 units and Inductor does not compile bf16 for it; use "
                 "trainer.precision=16-mixed (or auto), or compile=false"
             )
-    fused = OmegaConf.select(cfg, "optim.fused", default=None) is True
-    if fused and optimizer is not None and not devices.has_fused_kernel(optimizer):
-        raise ConfigError(
-            f"optim.fused=true but {cfg.optim._target_} has no fused kernel: set optim.fused=null or false"
-        )
 
 
 def _processes(cfg: DictConfig, accelerator: str) -> int | None:

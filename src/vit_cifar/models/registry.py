@@ -1,8 +1,6 @@
 """Building the network a config or a checkpoint names (``_target_`` plus arguments). Only network classes
 under ``vit_cifar.models`` may be named, so that loading a checkpoint cannot run arbitrary code."""
 
-from __future__ import annotations
-
 import importlib
 
 from torch import nn

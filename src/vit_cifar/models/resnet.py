@@ -2,8 +2,6 @@
 stride-1 stem and no max-pool. ImageNet's stem (a 7x7 stride-2 conv, then a stride-2 max-pool) would shrink a 32x32
 image to 8x8 before the first block; this one keeps 32 -> 32 -> 16 -> 8 -> 4 through the four stages."""
 
-from __future__ import annotations
-
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 

@@ -4,8 +4,6 @@ Layout (10 classes, defaults): 5,356,234 parameters. Against timm's default ViT 
 bias and the patch embedding ends in a LayerNorm (as in lucidrains' vit-pytorch), which is what that count implies.
 """
 
-from __future__ import annotations
-
 import math
 
 import torch
