@@ -130,10 +130,8 @@ class Hex:
     digits: int
 
     def problem(self, value: Any) -> str | None:
-        ok = value is None or (
-            isinstance(value, str) and re.fullmatch(f"[0-9a-fA-F]{{{self.digits}}}", value)
-        )
-        return None if ok else "is not a checksum"
+        ok = isinstance(value, str) and re.fullmatch(f"[0-9a-fA-F]{{{self.digits}}}", value)
+        return None if value is None or ok else "is not a checksum"
 
     def describe(self) -> str:
         return f"null or {self.digits} hexadecimal digits"

@@ -15,9 +15,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m vit_cifar.sweep_summary",
         description="Rank a sweep's jobs by validation accuracy; plot accuracy against each swept knob.",
     )
-    parser.add_argument(
-        "folder", type=Path, help="the sweep's folder, e.g. outputs/multirun/2026-11-27/20-15-00"
-    )
+    parser.add_argument("folder", type=Path, help="the sweep's folder: outputs/multirun/<date>/<time>")
     args = parser.parse_args(argv)
     try:
         if args.folder.is_dir():  # the summary is written into it (what is not a folder, summarise names)

@@ -1,5 +1,4 @@
-"""Train, test the selected checkpoint and write metrics.json into the run folder: ``python -m vit_cifar.train
-[key=value ...]``. configs/train.yaml and the README say what each key does."""
+"""Train, test and write metrics.json into the run folder: ``python -m vit_cifar.train [key=value ...]``."""
 
 from omegaconf import DictConfig
 

@@ -1,2 +1,1 @@
-"""The configuration: Hydra's entry and the pre-flight every command shares (with a quiet console), and the
-schema of checked values."""
+"""The configuration: what every command shares (config/entry.py) and the schema of checked values."""

@@ -179,8 +179,7 @@ def check_output_place(path: str | Path, key: str, folder: bool) -> Path:
     if not existing.is_dir():
         raise ConfigError(f"{key}={path} lies under {existing}, which is a file: choose another place")
     try:  # the permission bits do not tell (root, ACLs, a read-only mount): try to create a file there
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise ConfigError(

@@ -116,13 +116,10 @@ CROSS_RULES = [
 def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -> None:
     """Raise :class:`ConfigError` for the first value outside its allowed range, or broken cross-key rule, or a
     combination that cannot train on ``device`` (default: the device ``trainer.accelerator`` selects here)."""
-    values: dict[str, Any] = {}
-    for key, rule in RULES.items():
-        value = _select(cfg, key)
-        if value is _ABSENT:
-            continue
-        check(key, value, rule)
-        values[key] = value
+    values = {key: _select(cfg, key) for key in RULES}
+    values = {key: value for key, value in values.items() if value is not _ABSENT}
+    for key, value in values.items():
+        check(key, value, RULES[key])
     _check_other_numbers(OmegaConf.to_container(cfg, resolve=False))
     optimizer = _optimizer_class(_select(cfg, "optim._target_"))
     if values.get("optim.fused") is True and optimizer and not devices.has_fused_kernel(optimizer):

@@ -30,7 +30,7 @@ def build_network(cfg: dict) -> nn.Module:
     """A network from its config dict; a ValueError of its constructor (arguments its arithmetic cannot use) is
     a bad value of the config, so one line and exit code 2."""
     kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    network = locate(cfg.get("_target_"), NETWORK_PACKAGES, "model")
+    network = locate(cfg.get("_target_"))
     try:
         return network(**kwargs)
     except ValueError as err:

@@ -75,7 +75,6 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -87,7 +86,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         attn = None
         if return_attn:
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
+            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, heads, N, N)
             attn = attn.softmax(dim=-1)
             x = self.attn_drop(attn) @ v
         else:
@@ -194,7 +193,6 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
-    @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Parameters that are not weights of a layer and so take no weight decay."""
         return {"cls_token", "pos_embed"}
@@ -221,8 +219,7 @@ class VisionTransformer(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    """Truncated-normal weights and zero biases for linear layers and the patch projection (timm's ViT init);
-    LayerNorm keeps PyTorch's ones and zeros."""
+    """timm's ViT init: truncated-normal weights and zero biases (LayerNorm keeps PyTorch's ones and zeros)."""
     if isinstance(module, nn.Conv2d) and module.bias is None:  # the conv tokenizer: followed by ReLU
         nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     elif isinstance(module, nn.Linear | nn.Conv2d):
