@@ -130,9 +130,7 @@ def resolve_device_aug(value: str | bool, device: DeviceSpec, batched: bool) -> 
     one far less (docs/performance.md, ``python -m vit_cifar.benchmark --loader``); a T4 trains the seed at
     about 1,900 images/s, which Colab's single worker, sharing its core with the training process, meets with no
     headroom, and a compiled H100 step wants over 20,000, six or more cores given to the workers alone."""
-    if value == "auto":
-        return device.type == "cuda" and batched
-    return bool(value)
+    return (device.type == "cuda" and batched) if value == "auto" else bool(value)
 
 
 AUTOCAST_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}

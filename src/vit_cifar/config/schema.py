@@ -32,7 +32,6 @@ from vit_cifar.models import resnet, vit
 from vit_cifar.models.registry import build_network
 
 _ABSENT = object()
-ANY_NUMBER = Number()
 # The one wording of a clock-driven schedule without a budget (the config check and the module both raise it).
 NO_TIME_BUDGET = "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
 
@@ -79,7 +78,6 @@ RULES = {
     },
     "callbacks.progress_bar.metrics_every_n_steps": Number(low=1, integer=True, optional=True),
     "compile": devices.COMPILE,
-    # the groups whose rules are declared beside the code that takes them (models, the DataModule, the transforms)
     # data before model: model.img_size and model.num_classes are ${data...}, named where they are set
     **{f"data.{key}": rule for key, rule in datamodule.RULES.items()},
     **{f"model.{key}": rule for rules in (vit.RULES, resnet.RULES) for key, rule in rules.items()},
@@ -222,7 +220,7 @@ def _check_other_numbers(node: Any, key: str = "") -> None:
             if name not in RULES and name != "hydra":
                 _check_other_numbers(child, name)
     elif isinstance(node, int | float) and not isinstance(node, bool):
-        check(key, node, ANY_NUMBER)
+        check(key, node, Number())
 
 
 def _check_image_size(cfg: DictConfig, values: dict) -> None:

@@ -13,9 +13,7 @@ NETWORK_PACKAGES = ("vit_cifar.models.",)
 def locate(target: str, allowed: tuple[str, ...] = NETWORK_PACKAGES, key: str = "model") -> type[nn.Module]:
     """The network class at dotted path ``target``, if it lies in one of the ``allowed`` packages."""
     if not isinstance(target, str) or not target.startswith(allowed):
-        raise ConfigError(
-            f"{key}._target_={target!r} is not allowed: it must be a class in {', '.join(allowed)}"
-        )
+        raise ConfigError(f"{key}._target_={target!r} is not allowed: name a class in {', '.join(allowed)}")
     module_name, _, name = target.rpartition(".")
     try:
         found = getattr(importlib.import_module(module_name), name)

@@ -30,9 +30,7 @@ class PatchEmbed(nn.Module):
         return nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # (B, D, H/p, W/p)
-        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
-        return self.norm(x)
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))  # (B, D, H/p, W/p) -> (B, N, D)
 
 
 class ConvTokenizer(PatchEmbed):
@@ -86,8 +84,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         attn = None
         if return_attn:
-            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, heads, N, N)
-            attn = attn.softmax(dim=-1)
+            attn = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
             x = self.attn_drop(attn) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
@@ -178,9 +175,8 @@ class VisionTransformer(nn.Module):
             )
         self.num_classes = num_classes
         self.patch_embed = TOKENIZERS[tokenizer](img_size, patch_size, in_chans, embed_dim)
-        num_tokens = self.patch_embed.num_patches + 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))  # CLS too
         # The linear rule; numbers, not weights: on the CPU even when the network is built on the meta device
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
