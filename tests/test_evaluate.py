@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from conftest import QUIET, TINY_MODEL, compose_config, run_module, write_image_folder
-from vit_cifar.analysis.evaluation import FIGURES, evaluate
-from vit_cifar.analysis.history import read_history
+from vit_cifar.analysis.evaluation import FIGURES, evaluate, read_history
 from vit_cifar.analysis.report import weakest_classes
 from vit_cifar.checkpoints.loading import load_classifier
 from vit_cifar.errors import CheckpointError, ConfigError

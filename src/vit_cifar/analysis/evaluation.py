@@ -7,9 +7,10 @@ the whole job; ``python -m vit_cifar.train train=false ckpt_path=<file>`` runs i
 
 from __future__ import annotations
 
+import csv
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,13 +19,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vit_cifar.analysis import plots
-from vit_cifar.analysis.history import find_history
 from vit_cifar.analysis.metrics import summarise
 from vit_cifar.analysis.report import SAMPLES, render_report, summary_line
 from vit_cifar.checkpoints.atomic import staged_results
 from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, required_ckpt_path
 from vit_cifar.config.entry import check_output_place
-from vit_cifar.errors import POSITIVE_INT, CheckpointError, Number, check
+from vit_cifar.errors import POSITIVE_INT, CheckpointError, ConfigError, Number, check
 from vit_cifar.inference.engine import (
     describe_device,
     evaluation_datamodule,
@@ -65,6 +65,58 @@ class EvalOptions:
         check_runtime_options(self.runtime, self.device, self.precision)
         check("batch_size", self.batch_size, POSITIVE_INT)
         check("num_workers", self.num_workers, Number(low=0, integer=True, hint="0 loads in this process"))
+
+
+# Columns of the CSV log -> series names; epoch-level values are keyed by epoch, the learning rate by step.
+EPOCH_COLUMNS = {
+    "train/loss_epoch": "train/loss",
+    "train/acc": "train/acc",
+    "val/loss": "val/loss",
+    "val/acc": "val/acc",
+}
+
+
+def find_history(ckpt_path: str | Path, given: str | None) -> tuple[Path | None, dict | None, str | None]:
+    """The CSV log to plot (the one given, which must exist, or the checkpoint's run's when it has one), its
+    history, and why there is none to plot when there is not."""
+    if given and not Path(given).is_file():
+        raise ConfigError(
+            f"history={given} does not exist: give the run's csv/metrics.csv, or leave it unset"
+        )
+    # The train command logs a run whose checkpoints sit in <run>/checkpoints/ to <run>/csv/metrics.csv.
+    path = Path(given) if given else Path(ckpt_path).resolve().parent.parent / "csv" / "metrics.csv"
+    if not path.is_file():
+        return (
+            None,
+            None,
+            "no training log found beside the checkpoint (<run>/csv/metrics.csv); pass history=<metrics.csv>",
+        )
+    try:
+        history = read_history(path)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return path, None, f"{path} could not be read: {err}"
+    if not any(history.values()):
+        return path, None, f"{path} holds no epoch or learning-rate values"
+    return path, history, None
+
+
+def read_history(path: Path) -> dict[str, list[tuple[float, float]]]:
+    """Series ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` as (epoch, value), one point per epoch
+    (the last logged, so a resumed epoch counts once), and ``lr`` as (step, value) from the first param
+    group."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    # train/lr/decay (the weights' group) first; runs logged before the groups had names: lr-<optimiser>/pg1
+    lr_columns = sorted(c for c in (rows[0] if rows else ()) if c.startswith(("train/lr", "lr-")))
+    columns = {**EPOCH_COLUMNS, **({lr_columns[0]: "lr"} if lr_columns else {})}
+    points: dict[str, dict[int, float]] = {name: {} for name in (*EPOCH_COLUMNS.values(), "lr")}
+    for row in rows:
+        for column, name in columns.items():
+            # Epoch numbers in the log start at 0; plot them as epochs completed (1-based), like the checkpoints.
+            x = row["step"] if name == "lr" else row["epoch"]
+            if row.get(column) and x:
+                points[name][int(float(x)) + (name != "lr")] = float(row[column])
+    return {name: sorted(series.items()) for name, series in points.items()}
 
 
 def evaluate_checkpoint(
@@ -112,11 +164,10 @@ def evaluate_checkpoint(
     # Drawn and written into a hidden folder beside output_dir, then moved into place: a failure leaves no
     # half-written output, and no figure of an earlier evaluation that this report does not show stays behind.
     with staged_results(Path(output_dir), OWN_FILES) as staging:
-        figures = draw_figures(staging, metrics, probs, targets, images, history)
-        notes = {"training_history": history_note} if history_note else {}
+        draw_figures(staging, metrics, probs, targets, images, history)
         metrics["wall_s"] = round(time.perf_counter() - start, 2)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (staging / "report.md").write_text(render_report(metrics, figures, notes))
+        (staging / "report.md").write_text(render_report(metrics, history_note))
     print(summary_line(metrics))
     print(f"wrote the figures, metrics.json and report.md to {output_dir}")
     return metrics
@@ -141,68 +192,41 @@ def evaluation_data(data_cfg: dict, loaded: LoadedClassifier, batch_size: int, n
 
 
 def draw_figures(
-    folder: Path,
-    m: dict,
-    probs: torch.Tensor,
-    targets: torch.Tensor,
-    images: np.ndarray,
-    history: dict | None,
-) -> dict[str, str | None]:
-    """Every figure into ``folder``; returns figure role -> file name (None when not drawn)."""
+    folder: Path, m: dict, probs: torch.Tensor, targets: torch.Tensor, images: np.ndarray, history
+):
+    """Every figure into ``folder``, as ``<name>.png``; the training history only when there is one."""
     classes = m["classes"]
     confidence, predicted = (t.numpy() for t in probs.max(dim=1))
     truth = targets.numpy()
     correct = predicted == truth
-    figures: dict[str, str | None] = {name: f"{name}.png" for name in FIGURES}
-
     per_class = [m["per_class"][c]["accuracy"] for c in classes]
     per_class = [np.nan if a is None else a for a in per_class]  # a class without test images
-    plots.per_class_accuracy(classes, per_class, m["test_acc"], folder / figures["per_class_accuracy"])
-    plots.confusion_matrix(np.array(m["confusion_matrix"]), classes, folder / figures["confusion_matrix"])
-
-    pick = np.random.default_rng(SAMPLE_SEED).choice(len(truth), size=min(SAMPLES, len(truth)), replace=False)
-    plots.image_grid(
-        images[pick],
-        [f"{classes[predicted[i]]} ({confidence[i]:.2f})" for i in pick],
-        [plots.GREEN if correct[i] else plots.RED for i in pick],
-        f"Sample predictions ({len(pick)} random test images, seed {SAMPLE_SEED})",
-        folder / figures["sample_predictions"],
-    )
+    plots.per_class_accuracy(classes, per_class, m["test_acc"], folder / "per_class_accuracy.png")
+    plots.confusion_matrix(np.array(m["confusion_matrix"]), classes, folder / "confusion_matrix.png")
     errors = np.flatnonzero(~correct)
-    pick = errors[
-        np.random.default_rng(SAMPLE_SEED).choice(len(errors), size=min(SAMPLES, len(errors)), replace=False)
-    ]
-    plots.image_grid(
-        images[pick],
-        [f"{classes[truth[i]]} -> {classes[predicted[i]]} ({confidence[i]:.2f})" for i in pick],
-        [plots.RED] * len(pick),
-        f"Misclassified samples ({len(pick)} of {len(errors):,} errors, seed {SAMPLE_SEED})",
-        folder / figures["misclassified_samples"],
-    )
-
-    if history is None:
-        figures["training_history"] = None
-    else:
-        plots.training_history(history, folder / figures["training_history"])
+    for pool, name in ((np.arange(len(truth)), "sample_predictions"), (errors, "misclassified_samples")):
+        pick = pool[
+            np.random.default_rng(SAMPLE_SEED).choice(len(pool), min(SAMPLES, len(pool)), replace=False)
+        ]
+        if name == "sample_predictions":
+            titles = [f"{classes[predicted[i]]} ({confidence[i]:.2f})" for i in pick]
+            heading = f"Sample predictions ({len(pick)} random test images, seed {SAMPLE_SEED})"
+        else:
+            titles = [f"{classes[truth[i]]} -> {classes[predicted[i]]} ({confidence[i]:.2f})" for i in pick]
+            heading = f"Misclassified samples ({len(pick)} of {len(errors):,} errors, seed {SAMPLE_SEED})"
+        colours = [plots.GREEN if correct[i] else plots.RED for i in pick]
+        plots.image_grid(images[pick], titles, colours, heading, folder / f"{name}.png")
+    if history is not None:
+        plots.training_history(history, folder / "training_history.png")
     plots.reliability_diagram(
-        m["calibration"], m["per_class"], confidence, correct, folder / figures["reliability_diagram"]
+        m["calibration"], m["per_class"], confidence, correct, folder / "reliability_diagram.png"
     )
-    return figures
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """The ``python -m vit_cifar.evaluate`` job: ``configs/eval.yaml`` -> :func:`evaluate_checkpoint`."""
     ckpt_path = required_ckpt_path(cfg)
-    options = EvalOptions(
-        device=cfg.device,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        tta=cfg.tta,
-        threads=cfg.threads,
-        history=cfg.history,
-        precision=cfg.precision,
-        runtime=cfg.get("runtime", "torch"),
-    )
+    options = EvalOptions(**{f.name: cfg[f.name] for f in fields(EvalOptions)})  # configs/eval.yaml's keys
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     output_dir = check_output_place(
         cfg.output_dir or beside_run(ckpt_path, "evaluation"), "output_dir", folder=True
