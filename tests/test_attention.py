@@ -84,8 +84,6 @@ def test_head_fusion_modes():
     assert torch.equal(fuse_heads(attn, "min"), attn.min(dim=1).values)
     assert torch.allclose(fuse_heads(attn, "mean"), (attn[:, 0] + attn[:, 1] + attn[:, 2]) / 3)
     assert not torch.allclose(attention_rollout([attn], "max"), attention_rollout([attn], "min"))
-    with pytest.raises(ValueError, match="head_fusion='avg' is not one of mean, max, min"):
-        fuse_heads(attn, "avg")
 
 
 def test_discard_drops_the_weakest_patch_links_per_row_but_never_the_cls_token():
@@ -95,9 +93,6 @@ def test_discard_drops_the_weakest_patch_links_per_row_but_never_the_cls_token()
     assert torch.equal(out[0, 0], torch.tensor([0.05, 0, 0, 0.3, 0.35]))
     assert torch.equal(out[0, 1], torch.tensor([0.35, 0.3, 0.2, 0, 0]))
     assert torch.equal(discard_lowest(attn, 0.0), attn)
-    for ratio in (1.0, -0.1):
-        with pytest.raises(ValueError, match=r"^discard_ratio=.* is outside \[0, 1\)"):
-            attention_rollout([attn[:, None]], discard_ratio=ratio)
 
 
 def test_gradient_weighted_rollout_with_unit_gradients_is_plain_rollout():
@@ -131,8 +126,6 @@ def test_maps_land_where_their_patch_is_in_the_image():
     assert up.shape == (1, 2, 32, 32)
     assert up[0, 0, 8:16, 16:24].mean() > 0.5 > up[0, 0].mean()
     assert torch.allclose(upsample_maps(torch.full((3, 8, 8), 0.25), 32), torch.full((3, 32, 32), 0.25))
-    with pytest.raises(ValueError, match="do not make a CLS token plus a 8x8 patch grid"):
-        cls_patch_maps(attn, 8)
 
 
 def test_scale_to_unit_stretches_each_map_and_leaves_flat_maps_at_zero():

@@ -18,30 +18,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from vit_cifar.errors import Choice, Number, check
-
-HEAD_FUSIONS = ("mean", "max", "min")
-
-
-def check_options(head_fusion: str, discard_ratio: float) -> None:
-    """The visualize command's check of its rollout options, before any work: a one-line ConfigError for an
-    unknown head fusion or a discard ratio outside [0, 1)."""
-    check("head_fusion", head_fusion, Choice(HEAD_FUSIONS))
-    check(
-        "discard_ratio",
-        discard_ratio,
-        Number(low=0, high=1, high_open=True, hint="the share of weak links to drop"),
-    )
+HEAD_FUSIONS = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}
 
 
 def fuse_heads(attn: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
     """(B, H, N, N) -> (B, N, N): the mean, max or min over the heads."""
-    fused = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}.get(head_fusion)
-    if fused is None:
-        raise ValueError(f"head_fusion={head_fusion!r} is not one of {', '.join(HEAD_FUSIONS)}")
-    return fused(attn, dim=1)
+    return HEAD_FUSIONS[head_fusion](attn, dim=1)
 
 
 def discard_lowest(attn: torch.Tensor, discard_ratio: float) -> torch.Tensor:
@@ -51,8 +34,6 @@ def discard_lowest(attn: torch.Tensor, discard_ratio: float) -> torch.Tensor:
     N * N entries together, this ranks within each row: a token that attends diffusely keeps its strongest
     links instead of losing them all to sharper tokens. Rows no longer sum to 1; rollout renormalises them.
     """
-    if not 0 <= discard_ratio < 1:
-        raise ValueError(f"discard_ratio={discard_ratio} is outside [0, 1)")
     k = int((attn.shape[-1] - 1) * float(discard_ratio))  # of the N - 1 patch links
     if k == 0:
         return attn
@@ -73,10 +54,6 @@ def attention_rollout(
     sums to 1. With ``gradients`` (one per layer, the gradient of a class score with respect to each
     attention), each head's attention is first replaced by the positive part of attention * gradient.
     """
-    if not attentions:
-        raise ValueError("attention_rollout needs the attention of at least one layer")
-    if gradients is not None and len(gradients) != len(attentions):
-        raise ValueError(f"{len(gradients)} gradients for {len(attentions)} attention layers")
     batch, _, n, _ = attentions[0].shape
     eye = torch.eye(n, dtype=attentions[0].dtype, device=attentions[0].device)
     rollout = eye.expand(batch, n, n)
@@ -90,13 +67,8 @@ def attention_rollout(
 
 
 def cls_patch_maps(attn: torch.Tensor, grid_size: int) -> torch.Tensor:
-    """The CLS token's row over the patches as a grid: (..., N, N) -> (..., g, g), N = 1 + g * g.
-
-    Works on per-head attention (B, H, N, N) and on a rollout (B, N, N) alike.
-    """
-    n = attn.shape[-1]
-    if n != 1 + grid_size * grid_size:
-        raise ValueError(f"{n} tokens do not make a CLS token plus a {grid_size}x{grid_size} patch grid")
+    """The CLS token's row over the patches as a grid: (..., N, N) -> (..., g, g), N = 1 + g * g; per-head
+    attention (B, H, N, N) and a rollout (B, N, N) alike."""
     return attn[..., 0, 1:].reshape(*attn.shape[:-2], grid_size, grid_size)  # row-major, as PatchEmbed
 
 
@@ -115,20 +87,6 @@ def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
     return (maps - low) / span.clamp(min=torch.finfo(maps.dtype).tiny)
 
 
-def attention_and_gradients(
-    net: nn.Module, x: torch.Tensor, target: torch.Tensor
-) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """Logits, each layer's attention and the gradient of each image's ``target`` logit w.r.t. it.
-
-    ``net`` must offer ``forward_with_attention`` (the explicit attention path); it should be in eval mode.
-    """
-    with torch.enable_grad():
-        logits, attentions = net.forward_with_attention(x)
-        score = logits.gather(1, target.view(-1, 1)).sum()  # images are independent: one backward for all
-        gradients = torch.autograd.grad(score, attentions)
-    return logits.detach(), [a.detach() for a in attentions], list(gradients)
-
-
 # ------------------------------------------------------------------------ the attention of images
 
 BATCH = 64  # images explained per forward pass: attention maps are (B, heads, N, N) per layer
@@ -136,14 +94,15 @@ BATCH = 64  # images explained per forward pass: attention maps are (B, heads, N
 
 @dataclass
 class Explanation:
-    """Per image: prediction, per-layer head maps (H, S, S) and rollout maps (S, S), all in [0, 1]."""
+    """Of K images: predictions and their probabilities (K,), head maps per chosen layer (K, H, S, S), the
+    rollout (K, S, S) and, toward ``grad_targets`` (K,), the gradient-weighted rollout; maps in [0, 1]."""
 
-    preds: list[int]
-    probs: list[float]
-    head_maps: list[dict[int, torch.Tensor]]
-    rollout: torch.Tensor  # (K, S, S)
-    grad_rollout: torch.Tensor | None  # (K, S, S)
-    grad_targets: list[int] | None
+    preds: torch.Tensor
+    probs: torch.Tensor
+    head_maps: dict[int, torch.Tensor]
+    rollout: torch.Tensor
+    grad_rollout: torch.Tensor | None
+    grad_targets: torch.Tensor | None
 
 
 def explain(
@@ -154,27 +113,34 @@ def explain(
     discard_ratio: float,
     grad_class: int | str | None,
 ) -> Explanation:
-    """Attention of normalised images ``x`` (K, 3, S, S), ``BATCH`` at a time, through the explicit path."""
+    """Attention of normalised images ``x`` (K, 3, S, S), ``BATCH`` at a time, through the explicit path
+    (``forward_with_attention``)."""
     grid = net.patch_embed.grid_size
-    to_image = lambda maps: scale_to_unit(upsample_maps(maps, x.shape[-1]))  # (..., g, g) -> (..., S, S)
-    preds, probs, head_maps, rollouts, grad_rollouts, targets = [], [], [], [], [], []
+    to_image = lambda maps: scale_to_unit(upsample_maps(cls_patch_maps(maps, grid), x.shape[-1])).cpu()
+    preds, probs, rollouts, grad_rollouts, targets = [], [], [], [], []
+    head_maps: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     for chunk in x.split(BATCH):
-        with torch.no_grad():
+        # The gradient-weighted rollout needs the graph; the plain one only reads the attention.
+        with torch.set_grad_enabled(grad_class is not None):
             logits, attentions = net.forward_with_attention(chunk)  # attentions: depth x (B, H, N, N)
-        p = logits.softmax(dim=-1)
-        pred = p.argmax(dim=-1)
-        preds += pred.tolist()
-        probs += p.gather(1, pred[:, None]).squeeze(1).tolist()
-        # per layer (B, H, N, N) -> (B, H, g, g) -> (B, H, S, S)
-        per_layer = {i: to_image(cls_patch_maps(attentions[i], grid)) for i in layers}
-        head_maps += [{i: maps[b].cpu() for i, maps in per_layer.items()} for b in range(len(chunk))]
-        rollout = attention_rollout(attentions, head_fusion, discard_ratio)  # (B, N, N)
-        rollouts.append(to_image(cls_patch_maps(rollout, grid)).cpu())  # (B, S, S)
+        p, pred = logits.detach().softmax(dim=-1).max(dim=-1)
+        preds.append(pred)
+        probs.append(p)
+        for i in layers:
+            head_maps[i].append(to_image(attentions[i].detach()))  # (B, H, S, S)
+        plain = [a.detach() for a in attentions]
+        rollouts.append(to_image(attention_rollout(plain, head_fusion, discard_ratio)))  # (B, S, S)
         if grad_class is not None:
             target = pred if grad_class == "predicted" else torch.full_like(pred, grad_class)
-            _, attentions, gradients = attention_and_gradients(net, chunk, target)
-            weighted = attention_rollout(attentions, head_fusion, discard_ratio, gradients=gradients)
-            grad_rollouts.append(to_image(cls_patch_maps(weighted, grid)).cpu())
-            targets += target.tolist()
-    grad_rollout = torch.cat(grad_rollouts) if grad_rollouts else None
-    return Explanation(preds, probs, head_maps, torch.cat(rollouts), grad_rollout, targets or None)
+            score = logits.gather(1, target[:, None]).sum()  # images are independent: one backward for all
+            gradients = torch.autograd.grad(score, attentions)
+            grad_rollouts.append(to_image(attention_rollout(plain, head_fusion, discard_ratio, gradients)))
+            targets.append(target)
+    return Explanation(
+        torch.cat(preds),
+        torch.cat(probs),
+        {i: torch.cat(maps) for i, maps in head_maps.items()},
+        torch.cat(rollouts),
+        torch.cat(grad_rollouts) if grad_rollouts else None,
+        torch.cat(targets) if targets else None,
+    )

@@ -13,7 +13,6 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from vit_cifar.analysis.attention import Explanation
-from vit_cifar.analysis.picking import Group
 
 CMAP = "jet"  # the usual choice for attention heat maps: weak -> blue, strong -> red
 ALPHA = 0.5  # heat map opacity over the image
@@ -90,68 +89,48 @@ def rollout_overview(images: torch.Tensor, rollouts: torch.Tensor, titles: list[
     return fig
 
 
-# ------------------------------------------------------------------------------------ the index page
-
-
 @dataclass
-class Drawn:
-    """One image's figure, as the index lists it."""
+class Group:
+    """A section of the index: images (uint8 (K, 3, S, S)) explained together, each with its figure's name,
+    where it came from and its true label when known, and an overview figure of their rollouts."""
 
-    file: str
-    source: str
-    true: str | None
-    predicted: str
-    prob: float
-
-    @property
-    def verdict(self) -> str:
-        """The caption: "cat -> dog (p 0.61)", or "predicted dog (p 0.61)" for an image without a label."""
-        pred = f"{self.predicted} (p {self.prob:.2f})"
-        return f"{self.true} -> {pred}" if self.true is not None else f"predicted {pred}"
+    title: str
+    note: str
+    overview: str  # file name of the overview figure
+    images: torch.Tensor
+    names: list[str]
+    sources: list[str]  # "test image 1234" or the file path
+    labels: list[int | None]
 
 
-def draw_group(group: Group, ex: Explanation, classes: list[str], folder: Path) -> list[Drawn]:
-    """One figure per image and an overview of the rollouts, into ``folder``."""
-    picked, drawn = group.picked, []
-    for i, name in enumerate(picked.names):
-        label = picked.labels[i]
-        d = Drawn(
-            f"{name}.png",
-            picked.sources[i],
-            classes[label] if label is not None else None,
-            classes[ex.preds[i]],
-            ex.probs[i],
-        )
+def draw_group(group: Group, ex: Explanation, classes: list[str], folder: Path) -> list[str]:
+    """One figure per image and an overview of the rollouts, into ``folder``; returns the group's part of
+    index.md: the overview, a table of predictions and each figure."""
+    lines = [
+        f"![{group.title}: rollout overview]({group.overview})",
+        "",
+        "| # | image | true | predicted | p | figure |",
+        "|---|---|---|---|---|---|",
+    ]
+    figures, short = [], []
+    for i, (name, source, label) in enumerate(zip(group.names, group.sources, group.labels, strict=True)):
+        true = classes[label] if label is not None else None
+        predicted, prob = classes[ex.preds[i]], float(ex.probs[i])
+        # The caption: "cat -> dog (p 0.61)", or "predicted dog (p 0.61)" for an image without a label.
+        verdict = f"{predicted} (p {prob:.2f})"
+        verdict = f"{true} -> {verdict}" if true is not None else f"predicted {verdict}"
         grad = ex.grad_rollout[i] if ex.grad_rollout is not None else None
-        grad_title = f"toward {classes[ex.grad_targets[i]]}" if ex.grad_targets else ""
+        grad_title = f"toward {classes[ex.grad_targets[i]]}" if ex.grad_targets is not None else ""
+        head_maps = {layer: maps[i] for layer, maps in ex.head_maps.items()}
         fig = attention_figure(
-            picked.images[i], ex.head_maps[i], ex.rollout[i], f"{d.source}: {d.verdict}", grad, grad_title
+            group.images[i], head_maps, ex.rollout[i], f"{source}: {verdict}", grad, grad_title
         )
-        fig.savefig(folder / d.file, dpi=100)
-        drawn.append(d)
-    short = [d.verdict.replace(" (p", "\n(p") for d in drawn]  # two lines: long names fit narrow panels
-    fig = rollout_overview(picked.images, ex.rollout, short, f"{group.title}: attention rollout")
+        fig.savefig(folder / f"{name}.png", dpi=100)
+        lines.append(
+            f"| {i + 1} | {source} | {true or '-'} | {predicted} | {prob:.2f} | [{name}.png]({name}.png) |"
+        )
+        figures += [f"### {i + 1}. {source}: {verdict}", "", f"![{source}: {verdict}]({name}.png)", ""]
+        short.append(verdict.replace(" (p", "\n(p"))  # two lines: long names fit narrow panels
+    fig = rollout_overview(group.images, ex.rollout, short, f"{group.title}: attention rollout")
     fig.savefig(folder / group.overview, dpi=100)
-    return drawn
-
-
-def write_index(folder: Path, header: list[str], sections: list[tuple[Group, list[Drawn]]]) -> None:
-    """index.md: the settings, then per section its overview, a table of predictions and each figure."""
-    lines = [*header, ""]
-    for group, drawn in sections:
-        lines += [f"## {group.title}", "", group.note, ""]
-        if not drawn:
-            continue
-        lines += [
-            f"![{group.title}: rollout overview]({group.overview})",
-            "",
-            "| # | image | true | predicted | p | figure |",
-            "|---|---|---|---|---|---|",
-        ]
-        for k, d in enumerate(drawn, 1):
-            row = [str(k), d.source, d.true or "-", d.predicted, f"{d.prob:.2f}", f"[{d.file}]({d.file})"]
-            lines.append(f"| {' | '.join(row)} |")
-        lines.append("")
-        for k, d in enumerate(drawn, 1):
-            lines += [f"### {k}. {d.source}: {d.verdict}", "", f"![{d.source}: {d.verdict}]({d.file})", ""]
-    (folder / "index.md").write_text("\n".join(lines))
+    return [*lines, "", *figures]

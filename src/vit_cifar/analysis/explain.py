@@ -1,58 +1,59 @@
 """Attention maps and rollout of a checkpoint: ``python -m vit_cifar.visualize ckpt_path=<file> [overrides]``.
 
 ``visualize(cfg)`` is the whole job and returns what it wrote; ``main`` only adds Hydra and one-line errors.
-Everything is checked and drawn before anything lands in ``output_dir``: a bad input writes nothing.
+Everything is checked and drawn before anything lands in ``output_dir``: a bad input writes nothing. The images
+explained are, by section, the user's files, or test images drawn at random with a seed and misclassified ones
+from the same draw.
 """
 
 from __future__ import annotations
 
+import re
 import sys
-from pathlib import Path
 
+import numpy as np
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vit_cifar.analysis.attention import check_options, explain
-from vit_cifar.analysis.attention_plots import draw_group, write_index
-from vit_cifar.analysis.picking import pick_groups
+from vit_cifar.analysis.attention import HEAD_FUSIONS, explain
+from vit_cifar.analysis.attention_plots import Group, draw_group
+from vit_cifar.analysis.evaluation import evaluation_data
 from vit_cifar.checkpoints.atomic import staged_results
 from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, load_classifier, required_ckpt_path
 from vit_cifar.config.entry import check_output_place
+from vit_cifar.data.sources import collect_image_files, decode_image
 from vit_cifar.data.transforms import eval_transform
-from vit_cifar.errors import CheckpointError, ConfigError, SkippedInputsError
+from vit_cifar.errors import (
+    COUNT,
+    CheckpointError,
+    Choice,
+    ConfigError,
+    DataError,
+    Number,
+    SkippedInputsError,
+    check,
+    first_line,
+)
 from vit_cifar.inference.engine import input_spec, resolve_device
 
 # What this command writes; a new run replaces exactly these in output_dir, and nothing else there.
 OWN_FILES = ("index.md", "rollout_*.png", "sample_*.png", "misclassified_*.png", "input_*.png")
 
 
-def load_vit(path: str | Path) -> LoadedClassifier:
-    """``load_classifier``, and a one-line error for a network without the explicit attention path."""
-    loaded = load_classifier(path)
-    if not hasattr(loaded.net, "forward_with_attention"):
-        raise CheckpointError(
-            f"checkpoint {path} holds a {type(loaded.net).__name__}, which has no attention to show: "
-            "use a checkpoint of a vit_cifar.models.VisionTransformer"
-        )
-    return loaded
-
-
 def resolve_layers(layers, depth: int) -> list[int]:
     """Block indices to show: null -> first, middle, last; negatives count from the end; sorted, unique."""
     if layers is None:
         return sorted({0, (depth - 1) // 2, depth - 1})
-    raw = OmegaConf.to_container(layers) if isinstance(layers, ListConfig) else layers
-    raw = raw if isinstance(raw, list | tuple) else [raw]
-    out = set()
+    raw = list(layers) if isinstance(layers, ListConfig | list | tuple) else [layers]
     for layer in raw:
         if isinstance(layer, bool) or not isinstance(layer, int) or not -depth <= layer < depth:
             raise ConfigError(
                 f"layers={raw} has {layer!r}, not a block of this {depth}-block model: "
                 f"use indices 0..{depth - 1} (negative counts from the end), e.g. layers=[0,-1]"
             )
-        out.add(layer % depth)
-    if not out:
+    if not raw:
         raise ConfigError("layers=[] names no block: leave it out for first, middle and last, or list some")
-    return sorted(out)
+    return sorted({layer % depth for layer in raw})
 
 
 def resolve_class(choice, classes: list[str]) -> int | str | None:
@@ -69,62 +70,185 @@ def resolve_class(choice, classes: list[str]) -> int | str | None:
     )
 
 
+def pick_inputs(inputs, limit: int, image_size: int) -> tuple[Group, list[tuple[str, str]]]:
+    """The first ``limit`` images of ``inputs`` (files, folders searched recursively), decoded and resized to
+    the model's input size, and the (path, why) of those that could not be read."""
+    raw = OmegaConf.to_container(inputs) if isinstance(inputs, ListConfig) else inputs
+    files, problems = collect_image_files(raw)
+    if problems:  # what to explain is chosen by the user, so a wrong name is a setting to fix
+        name, why = problems[0]
+        raise ConfigError(f"inputs: {name}: {why}: pass image files or folders of them")
+    if len(files) > limit:
+        print(f"inputs: explaining the first {limit} of {len(files)} images (raise num_images for more)")
+        files = files[:limit]
+    # The data sources' decoder: RGB, resized to the model's input. As predict does, an unreadable file is
+    # skipped and reported, and the others are still explained.
+    arrays, readable, skipped = [], [], []
+    for f in files:
+        try:
+            arrays.append(decode_image(f.read_bytes(), image_size, str(f)))  # (S, S, 3) uint8
+            readable.append(f)
+        except (DataError, OSError) as err:
+            skipped.append((str(f), first_line(err)))
+    if not readable:
+        raise DataError(
+            f"none of the {len(files)} inputs could be read (first: {skipped[0][0]}: {skipped[0][1]}): "
+            "pass image files (png, jpg, ...)"
+        )
+    note = f"{len(readable)} images given by inputs, titled with their paths."
+    if skipped:
+        note += f" Skipped as unreadable: {', '.join(path for path, _ in skipped)}."
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (K, 3, S, S)
+    names = [
+        f"input_{i + 1:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', f.stem)[:40]}" for i, f in enumerate(readable)
+    ]
+    group = Group(
+        "Your images",
+        note,
+        "rollout_inputs.png",
+        images,
+        names,
+        [str(f) for f in readable],
+        [None] * len(readable),
+    )
+    return group, skipped
+
+
+@torch.inference_mode()
+def find_misclassified(
+    net, images, labels, order: np.ndarray, wanted: int, normalise, device, max_batch: int
+):
+    """The first ``wanted`` misclassified images in ``order`` (a seeded permutation: a random sample of the
+    errors), through the fused forward; batches grow so that a good model is not run on the whole test set."""
+    found: list[int] = []
+    start, batch = 0, 64
+    while len(found) < wanted and start < len(order):
+        idx = order[start : start + batch]
+        preds = net(normalise(images[idx]).to(device)).argmax(dim=1).cpu()
+        found += [int(i) for i, p in zip(idx, preds, strict=True) if p != labels[i]]
+        start, batch = start + batch, min(batch * 2, max_batch)
+    return found[:wanted]
+
+
+def pick_test_images(
+    cfg: DictConfig, loaded: LoadedClassifier, image_size: int, normalise, device
+) -> tuple[list[Group], str]:
+    """The seeded sample of test images and the misclassified ones, by section, and a line on the data."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    eval_batch = int(cfg.data.get("eval_batch_size", 512))
+    datamodule, _ = evaluation_data(data_cfg, loaded, eval_batch)
+    images, labels = datamodule.test_set.images, datamodule.test_set.labels
+    if tuple(images.shape[-2:]) != (image_size, image_size):
+        raise DataError(
+            f"the test images are {images.shape[-1]}x{images.shape[-2]} but the checkpoint's model takes "
+            f"{image_size}x{image_size}: use data of that size"
+        )
+
+    def group(title: str, note: str, overview: str, indices: list[int], prefix: str) -> Group:
+        names = [f"{prefix}_{k + 1:02d}_test{i}" for k, i in enumerate(indices)]
+        sources = [f"test image {i}" for i in indices]
+        return Group(
+            title, note, overview, images[indices], names, sources, [int(labels[i]) for i in indices]
+        )
+
+    # One seeded permutation serves both sections: its first images, and its first misclassified images.
+    order = np.random.default_rng(cfg.seed).permutation(len(labels))
+    groups = []
+    if cfg.num_images:
+        chosen = [int(i) for i in order[: cfg.num_images]]
+        note = f"{len(chosen)} test images drawn at random (seed {cfg.seed})."
+        groups.append(group("Test images", note, "rollout_samples.png", chosen, "sample"))
+    if cfg.num_misclassified:
+        # Drawn after the samples in the same permutation, so that no image appears in both sections.
+        after = order[cfg.num_images :]
+        wrong = find_misclassified(
+            loaded.net, images, labels, after, cfg.num_misclassified, normalise, device, eval_batch
+        )
+        note = (
+            f"{len(wrong)} misclassified test images drawn at random (seed {cfg.seed}), titled true -> predicted."
+            if wrong
+            else f"No test image is misclassified (of {len(labels)})."
+        )
+        groups.append(
+            group("Misclassified test images", note, "rollout_misclassified.png", wrong, "misclassified")
+        )
+    return groups, f"{datamodule.description}, {len(labels)} test images"
+
+
 def visualize(cfg: DictConfig) -> dict:
     """Check everything, explain the chosen images, draw into a staging folder, then publish to output_dir."""
     ckpt_path = required_ckpt_path(cfg)
     head_fusion, discard_ratio = str(cfg.head_fusion), float(cfg.discard_ratio)
-    check_options(head_fusion, discard_ratio)
+    check("head_fusion", head_fusion, Choice(tuple(HEAD_FUSIONS)))
+    check(
+        "discard_ratio",
+        discard_ratio,
+        Number(low=0, high=1, high_open=True, hint="the share of weak links to drop"),
+    )
+    for key in ("num_images", "num_misclassified", "seed"):
+        check(key, cfg.get(key), COUNT)
+    if cfg.inputs and cfg.num_images == 0:
+        raise ConfigError("num_images=0 leaves none of the inputs to explain: set it to 1 or more")
+    if not cfg.inputs and cfg.num_images + cfg.num_misclassified == 0:
+        raise ConfigError("num_images=0 and num_misclassified=0 leave nothing to explain: set one above 0")
     output_dir = check_output_place(
         cfg.output_dir or beside_run(ckpt_path, "attention"), "output_dir", folder=True
     )
     device = resolve_device(str(cfg.device))
-    loaded = load_vit(ckpt_path)
+    loaded = load_classifier(ckpt_path)
     net = loaded.net.to(device)
+    if not hasattr(net, "forward_with_attention"):
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} holds a {type(net).__name__}, which has no attention to show: "
+            "use a checkpoint of a vit_cifar.models.VisionTransformer"
+        )
     depth, heads = len(net.blocks), net.blocks[0].attn.num_heads
-    grid = net.patch_embed.grid_size
-    image_size = net.patch_embed.img_size  # the model's input size
+    grid, image_size = net.patch_embed.grid_size, net.patch_embed.img_size  # the model's input size
     layers = resolve_layers(cfg.layers, depth)
     grad_class = resolve_class(cfg.grad_rollout_class, loaded.classes)
     spec = input_spec(
         loaded
     )  # the normalisation the checkpoint was trained with, as predict and evaluate use
     normalise = eval_transform(spec.mean, spec.std)
-    groups, data_note = pick_groups(cfg, loaded, image_size, normalise, device)
+    if cfg.inputs:
+        group, skipped = pick_inputs(cfg.inputs, cfg.num_images, image_size)
+        groups, data_note = [group], group.note
+    else:
+        groups, data_note = pick_test_images(cfg, loaded, image_size, normalise, device)
+        skipped = []
 
+    after = f" (after epoch {loaded.epoch})" if loaded.epoch else ""
+    grad_note = f"; gradient-weighted rollout toward {cfg.grad_rollout_class}" * (grad_class is not None)
+    index = [
+        f"# Attention of {loaded.path.name}",
+        "",
+        f"- checkpoint: `{loaded.path}`{after}: {type(net).__name__}, {depth} blocks of {heads} heads, "
+        f"patch grid {grid}x{grid} on {image_size}x{image_size} images",
+        f"- images: {data_note}",
+        f"- head maps: the CLS token's attention to each patch in layers {', '.join(map(str, layers))} "
+        "(0-based), upsampled bilinearly to the image",
+        f"- rollout (Abnar & Zuidema 2020) through all {depth} layers: head fusion {head_fusion}, "
+        f"discard ratio {discard_ratio}{grad_note}",
+        "- every map is scaled to its own min..max (blue weak, red strong)",
+        "",
+    ]
     # Drawn beside output_dir first, so that a failure leaves output_dir as it was.
     with staged_results(output_dir, OWN_FILES) as staging:
-        sections = []
         for group in groups:
-            drawn = []
-            if group.picked.names:
-                x = normalise(group.picked.images).to(device)  # as the checkpoint was trained
+            index += [f"## {group.title}", "", group.note, ""]
+            if group.names:
+                x = normalise(group.images).to(device)  # as the checkpoint was trained
                 ex = explain(net, x, layers, head_fusion, discard_ratio, grad_class)
-                drawn = draw_group(group, ex, loaded.classes, staging)
-            sections.append((group, drawn))
-        after = f" (after epoch {loaded.epoch})" if loaded.epoch else ""
-        grad_note = f"; gradient-weighted rollout toward {cfg.grad_rollout_class}" * (grad_class is not None)
-        header = [
-            f"# Attention of {loaded.path.name}",
-            "",
-            f"- checkpoint: `{loaded.path}`{after}: {type(net).__name__}, {depth} blocks of {heads} heads, "
-            f"patch grid {grid}x{grid} on {image_size}x{image_size} images",
-            f"- images: {data_note}",
-            f"- head maps: the CLS token's attention to each patch in layers {', '.join(map(str, layers))} "
-            "(0-based), upsampled bilinearly to the image",
-            f"- rollout (Abnar & Zuidema 2020) through all {depth} layers: head fusion {head_fusion}, "
-            f"discard ratio {discard_ratio}{grad_note}",
-            "- every map is scaled to its own min..max (blue weak, red strong)",
-        ]
-        write_index(staging, header, sections)
+                index += draw_group(group, ex, loaded.classes, staging)
+        (staging / "index.md").write_text("\n".join(index))
         written = [output_dir / f.name for f in sorted(staging.iterdir())]
     figures = [p for p in written if p.suffix == ".png"]
-    counts = ", ".join(f"{len(g.picked.names)} {g.title.lower()}" for g in groups)
+    counts = ", ".join(f"{len(g.names)} {g.title.lower()}" for g in groups)
     print(f"wrote {len(figures)} figures and index.md to {output_dir} ({counts})")
-    skipped = [s for g in groups for s in g.picked.skipped]
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     if skipped:
-        explained = sum(len(g.picked.names) for g in groups)
+        explained = len(groups[0].names)
         raise SkippedInputsError(
             f"{len(skipped)} of {len(skipped) + explained} inputs skipped (unreadable, listed above); "
             f"the other {explained} were explained in {output_dir}"
