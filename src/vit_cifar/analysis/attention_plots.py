@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -28,13 +27,9 @@ def _colour_bar(fig: Figure, axes) -> None:
     bar.ax.tick_params(labelsize=7)
 
 
-def _to_hwc(image: torch.Tensor) -> np.ndarray:
-    """uint8 (3, H, W) tensor -> (H, W, 3) array for imshow."""
-    return image.permute(1, 2, 0).cpu().numpy()
-
-
-def _overlay(ax, image: np.ndarray, heat: torch.Tensor | None, title: str) -> None:
-    ax.imshow(image, interpolation="nearest")
+def _overlay(ax, image: torch.Tensor, heat: torch.Tensor | None, title: str) -> None:
+    """The uint8 (3, S, S) image, under the heat map (S, S) in [0, 1] when there is one."""
+    ax.imshow(image.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
     if heat is not None:
         ax.imshow(heat.cpu().numpy(), cmap=CMAP, alpha=ALPHA, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_title(title, fontsize=8)
@@ -49,13 +44,9 @@ def attention_figure(
     grad_rollout: torch.Tensor | None = None,
     grad_title: str = "",
 ) -> Figure:
-    """One image explained: a row per chosen layer (the image, then each head's CLS->patch map) and a last
-    row with the rollout (and the gradient-weighted rollout when given).
-
-    ``image`` is uint8 (3, S, S); each ``head_maps[layer]`` is (H, S, S) and the rollouts (S, S), in [0, 1].
-    """
-    picture = _to_hwc(image)
-    heads = next(iter(head_maps.values())).shape[0] if head_maps else 0
+    """One image explained: a row per chosen layer (the image, then each head's CLS->patch map, (H, S, S)) and
+    a last row with the rollout (and the gradient-weighted rollout when given)."""
+    heads = next(iter(head_maps.values())).shape[0]
     cols = 1 + max(heads, 2 if grad_rollout is not None else 1)
     rows = len(head_maps) + 1
     fig = Figure(figsize=(PANEL_INCHES * cols, PANEL_INCHES * rows + 0.6), layout="constrained")
@@ -63,13 +54,13 @@ def attention_figure(
     for ax in axes.flat:
         ax.set_axis_off()
     for r, (layer, maps) in enumerate(head_maps.items()):
-        _overlay(axes[r, 0], picture, None, f"layer {layer}")
+        _overlay(axes[r, 0], image, None, f"layer {layer}")
         for h in range(maps.shape[0]):
-            _overlay(axes[r, 1 + h], picture, maps[h], f"layer {layer}, head {h}")
-    _overlay(axes[-1, 0], picture, None, "image")
-    _overlay(axes[-1, 1], picture, rollout, "rollout")
+            _overlay(axes[r, 1 + h], image, maps[h], f"layer {layer}, head {h}")
+    _overlay(axes[-1, 0], image, None, "image")
+    _overlay(axes[-1, 1], image, rollout, "rollout")
     if grad_rollout is not None:
-        _overlay(axes[-1, 2], picture, grad_rollout, grad_title)
+        _overlay(axes[-1, 2], image, grad_rollout, grad_title)
     _colour_bar(fig, axes)
     fig.suptitle(f"{title}\nCLS attention to the patches; {SCALE_NOTE}", fontsize=9)
     return fig
@@ -81,9 +72,8 @@ def rollout_overview(images: torch.Tensor, rollouts: torch.Tensor, titles: list[
     fig = Figure(figsize=(PANEL_INCHES * k, PANEL_INCHES * 2 + 0.8), layout="constrained")
     axes = fig.subplots(2, k, squeeze=False)
     for i in range(k):
-        picture = _to_hwc(images[i])
-        _overlay(axes[0, i], picture, None, titles[i])
-        _overlay(axes[1, i], picture, rollouts[i], "rollout")
+        _overlay(axes[0, i], images[i], None, titles[i])
+        _overlay(axes[1, i], images[i], rollouts[i], "rollout")
     _colour_bar(fig, axes)
     fig.suptitle(f"{heading}\n{SCALE_NOTE}", fontsize=9)
     return fig

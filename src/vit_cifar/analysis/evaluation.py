@@ -25,15 +25,7 @@ from vit_cifar.checkpoints.atomic import staged_results
 from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, required_ckpt_path
 from vit_cifar.config.entry import check_output_place
 from vit_cifar.errors import POSITIVE_INT, CheckpointError, ConfigError, Number, check
-from vit_cifar.inference.engine import (
-    describe_device,
-    evaluation_datamodule,
-    inference_dtype,
-    input_spec,
-    predict_probs,
-    resolve_device,
-    set_threads,
-)
+from vit_cifar.inference import engine
 from vit_cifar.inference.runtime import check_runtime_options, count_params, load_for_inference
 
 SAMPLE_SEED = 42  # the seed's sample and misclassified grids draw their images with seed 42
@@ -68,12 +60,7 @@ class EvalOptions:
 
 
 # Columns of the CSV log -> series names; epoch-level values are keyed by epoch, the learning rate by step.
-EPOCH_COLUMNS = {
-    "train/loss_epoch": "train/loss",
-    "train/acc": "train/acc",
-    "val/loss": "val/loss",
-    "val/acc": "val/acc",
-}
+EPOCH_COLUMNS = {"train/loss_epoch": "train/loss", **{c: c for c in ("train/acc", "val/loss", "val/acc")}}
 
 
 def find_history(ckpt_path: str | Path, given: str | None) -> tuple[Path | None, dict | None, str | None]:
@@ -126,19 +113,20 @@ def evaluate_checkpoint(
     ``output_dir`` (all or nothing) and return the metrics written to ``metrics.json``."""
     start = time.perf_counter()
     options.check()
-    dtype = inference_dtype(options.precision)
-    set_threads(options.threads)
-    device = resolve_device(options.device)
+    engine.set_threads(options.threads)
+    device = engine.resolve_device(options.device)
     loaded = load_for_inference(ckpt_path, options.runtime, options.threads)
     history_csv, history, history_note = find_history(ckpt_path, options.history)
     datamodule, classes = evaluation_data(data_cfg, loaded, options.batch_size, options.num_workers)
-
     tic = time.perf_counter()
-    probs, targets = predict_probs(
-        loaded.net, datamodule.test_dataloader(), device, tta=options.tta, dtype=dtype
+    probs, targets = engine.predict_probs(
+        loaded.net,
+        datamodule.test_dataloader(),
+        device,
+        tta=options.tta,
+        dtype=engine.inference_dtype(options.precision),
     )
     eval_s = time.perf_counter() - tic
-
     metrics = {
         "checkpoint": str(Path(ckpt_path).resolve()),
         "checkpoint_name": Path(ckpt_path).name,
@@ -148,7 +136,7 @@ def evaluate_checkpoint(
         "params": count_params(loaded),
         "runtime": str(options.runtime),
         "data": datamodule.description,
-        "device": describe_device(device),
+        "device": engine.describe_device(device),
         "tta": bool(options.tta),
         "precision": str(options.precision),
         "batch_size": int(options.batch_size),
@@ -176,7 +164,7 @@ def evaluate_checkpoint(
 def evaluation_data(data_cfg: dict, loaded: LoadedClassifier, batch_size: int, num_workers: int = 0):
     """The DataModule ``data_cfg`` describes, set up for its test split as ``loaded``'s network is fed, and the
     class names to report; an error when the checkpoint was trained on other classes than the data's."""
-    datamodule = evaluation_datamodule(data_cfg, input_spec(loaded), batch_size, num_workers)
+    datamodule = engine.evaluation_datamodule(data_cfg, engine.input_spec(loaded), batch_size, num_workers)
     datamodule.prepare_data()
     datamodule.setup("test")
     data_classes = list(datamodule.classes)

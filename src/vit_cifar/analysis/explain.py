@@ -25,11 +25,11 @@ from vit_cifar.data.sources import collect_image_files, decode_image
 from vit_cifar.data.transforms import eval_transform
 from vit_cifar.errors import (
     COUNT,
+    OPEN_PROBABILITY,
     CheckpointError,
     Choice,
     ConfigError,
     DataError,
-    Number,
     SkippedInputsError,
     check,
     first_line,
@@ -38,6 +38,14 @@ from vit_cifar.inference.engine import input_spec, resolve_device
 
 # What this command writes; a new run replaces exactly these in output_dir, and nothing else there.
 OWN_FILES = ("index.md", "rollout_*.png", "sample_*.png", "misclassified_*.png", "input_*.png")
+# The command's own values, checked once before any work (the layers and the class once the model is known).
+RULES = {
+    "head_fusion": Choice(tuple(HEAD_FUSIONS)),
+    "discard_ratio": OPEN_PROBABILITY,  # the share of each token's weakest links to drop
+    "num_images": COUNT,
+    "num_misclassified": COUNT,
+    "seed": COUNT,
+}
 
 
 def resolve_layers(layers, depth: int) -> list[int]:
@@ -102,16 +110,10 @@ def pick_inputs(inputs, limit: int, image_size: int) -> tuple[Group, list[tuple[
     names = [
         f"input_{i + 1:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', f.stem)[:40]}" for i, f in enumerate(readable)
     ]
-    group = Group(
-        "Your images",
-        note,
-        "rollout_inputs.png",
-        images,
-        names,
-        [str(f) for f in readable],
-        [None] * len(readable),
-    )
-    return group, skipped
+    sources = [str(f) for f in readable]
+    return Group(
+        "Your images", note, "rollout_inputs.png", images, names, sources, [None] * len(sources)
+    ), skipped
 
 
 @torch.inference_mode()
@@ -120,8 +122,7 @@ def find_misclassified(
 ):
     """The first ``wanted`` misclassified images in ``order`` (a seeded permutation: a random sample of the
     errors), through the fused forward; batches grow so that a good model is not run on the whole test set."""
-    found: list[int] = []
-    start, batch = 0, 64
+    found, start, batch = [], 0, 64
     while len(found) < wanted and start < len(order):
         idx = order[start : start + batch]
         preds = net(normalise(images[idx]).to(device)).argmax(dim=1).cpu()
@@ -178,15 +179,9 @@ def pick_test_images(
 def visualize(cfg: DictConfig) -> dict:
     """Check everything, explain the chosen images, draw into a staging folder, then publish to output_dir."""
     ckpt_path = required_ckpt_path(cfg)
-    head_fusion, discard_ratio = str(cfg.head_fusion), float(cfg.discard_ratio)
-    check("head_fusion", head_fusion, Choice(tuple(HEAD_FUSIONS)))
-    check(
-        "discard_ratio",
-        discard_ratio,
-        Number(low=0, high=1, high_open=True, hint="the share of weak links to drop"),
-    )
-    for key in ("num_images", "num_misclassified", "seed"):
-        check(key, cfg.get(key), COUNT)
+    for key, rule in RULES.items():
+        check(key, cfg[key], rule)
+    head_fusion, discard_ratio = cfg.head_fusion, float(cfg.discard_ratio)
     if cfg.inputs and cfg.num_images == 0:
         raise ConfigError("num_images=0 leaves none of the inputs to explain: set it to 1 or more")
     if not cfg.inputs and cfg.num_images + cfg.num_misclassified == 0:

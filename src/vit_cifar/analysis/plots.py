@@ -1,7 +1,5 @@
-"""The evaluation figures, drawn with matplotlib's object API (no pyplot state, no display: Agg, PNG).
-
-Each function draws one figure from plain numbers and saves it to ``path``.
-"""
+"""The evaluation figures, each drawn from plain numbers with matplotlib's object API (no pyplot state, no
+display) and saved to ``path`` as PNG."""
 
 from __future__ import annotations
 
@@ -17,8 +15,6 @@ from vit_cifar.analysis.report import pct
 
 DPI = 110
 GREEN, ORANGE, RED, BLUE, GREY = "#2ca02c", "#ff7f0e", "#d62728", "#1f77b4", "#7f7f7f"
-
-
 # A class is "near" the model's overall accuracy within this many points; beyond, it is above or below it.
 NEAR_OVERALL = 0.05
 
@@ -48,21 +44,12 @@ def per_class_accuracy(
     # a value; a bar too short to hold its value gets it just above.
     ax.axhline(100 * overall, color="black", linestyle="--", linewidth=1, zorder=0)
     bars = ax.bar(classes, values, color=colours, edgecolor="black", linewidth=0.5, zorder=1)
-    for bar, value in zip(bars, values, strict=True):
-        inside = value >= 12
-        ax.text(
-            bar.get_x() + bar.get_width() / 2,
-            value - 1.5 if inside else value + 1,
-            f"{value:.1f}",
-            ha="center",
-            va="top" if inside else "bottom",
-            fontsize=8,
-            color="white" if inside else "black",
-            zorder=2,
-        )
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Per-class test accuracy")
+    inside = [f"{v:.1f}" if v >= 12 else "" for v in values]
+    ax.bar_label(bars, inside, padding=-12, fontsize=8, color="white")
+    ax.bar_label(
+        bars, [f"{v:.1f}" if not label else "" for v, label in zip(values, inside, strict=True)], fontsize=8
+    )
+    ax.set(ylim=(0, 100), ylabel="accuracy (%)", title="Per-class test accuracy")
     ax.tick_params(axis="x", labelrotation=45 if len(classes) > 6 else 0)
     points = round(100 * NEAR_OVERALL)
     meaning = {
@@ -70,9 +57,7 @@ def per_class_accuracy(
         BLUE: f"within {points} points of overall",
         RED: f"more than {points} points below overall",
     }
-    handles = [
-        Patch(color=c, label=meaning[c]) for c in (GREEN, BLUE, RED) if c in colours
-    ]  # only those drawn
+    handles = [Patch(color=c, label=meaning[c]) for c in (GREEN, BLUE, RED) if c in colours]  # those drawn
     handles.append(Line2D([], [], color="black", linestyle="--", label=f"overall {100 * overall:.2f}%"))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     return _save(fig, path)
@@ -80,7 +65,6 @@ def per_class_accuracy(
 
 def confusion_matrix(counts: np.ndarray, classes: Sequence[str], path: Path) -> None:
     """Row-normalised (each true class sums to 1); a cell shows its count and its share of the row."""
-    counts = np.asarray(counts)
     rows = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     n = len(classes)
@@ -90,22 +74,13 @@ def confusion_matrix(counts: np.ndarray, classes: Sequence[str], path: Path) -> 
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
     ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title("Confusion matrix (row-normalised)")
+    ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix (row-normalised)")
     if n <= 20:  # beyond that the numbers no longer fit in the cells
         for i in range(n):
             for j in range(n):
+                text = f"{counts[i, j]}\n{share[i, j]:.2f}"
                 colour = "white" if share[i, j] > 0.5 else "black"
-                ax.text(
-                    j,
-                    i,
-                    f"{counts[i, j]}\n{share[i, j]:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color=colour,
-                )
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
     _save(fig, path)
 
 
@@ -136,24 +111,17 @@ def training_history(history: dict[str, list[tuple[float, float]]], path: Path) 
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
     for ax, metric, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
         for split, colour in (("train", BLUE), ("val", ORANGE)):
-            points = history.get(f"{split}/{metric}") or []
-            if points:
+            if points := history.get(f"{split}/{metric}"):
                 x, y = zip(*points, strict=True)
-                ax.plot(
-                    x, y, marker="o" if len(points) < 30 else None, markersize=3, color=colour, label=split
-                )
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label.capitalize()} per epoch")
+                ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, color=colour, label=split)
+        ax.set(xlabel="epoch", ylabel=label, title=f"{label.capitalize()} per epoch")
         if ax.lines:
             ax.legend()
         ax.grid(alpha=0.3)
     if history.get("lr"):
         x, y = zip(*history["lr"], strict=True)
         ax_lr.plot(x, y, color=GREEN)
-    ax_lr.set_xlabel("optimiser step")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_title("Learning-rate schedule")
+    ax_lr.set(xlabel="optimiser step", ylabel="learning rate", title="Learning-rate schedule")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax_lr.grid(alpha=0.3)
     _save(fig, path)
@@ -173,62 +141,42 @@ def reliability_diagram(
     ax_rel, ax_hist, ax_cls = fig.subplots(1, 3, width_ratios=[1, 1, 1.5])
     bins = calibration["bins"]
 
-    width = bins[0]["upper"] - bins[0]["lower"]
     filled = [b for b in bins if b["count"]]
-    lefts = [b["lower"] for b in filled]
-    ax_rel.bar(
-        lefts,
-        [b["accuracy"] for b in filled],
-        width=width,
-        align="edge",
-        color=BLUE,
-        edgecolor="black",
-        linewidth=0.5,
-        label="accuracy",
-    )
+    lefts, accuracy = [b["lower"] for b in filled], [b["accuracy"] for b in filled]
+    bar = {"width": bins[0]["upper"] - bins[0]["lower"], "align": "edge"}
+    ax_rel.bar(lefts, accuracy, color=BLUE, edgecolor="black", linewidth=0.5, label="accuracy", **bar)
     # The gap spans accuracy to mean confidence: above the bar when over-confident, inside it when under.
+    gap = [abs(b["confidence"] - b["accuracy"]) for b in filled]
+    bottom = [min(b["confidence"], b["accuracy"]) for b in filled]
     ax_rel.bar(
         lefts,
-        [abs(b["confidence"] - b["accuracy"]) for b in filled],
-        bottom=[min(b["confidence"], b["accuracy"]) for b in filled],
-        width=width,
-        align="edge",
+        gap,
+        bottom=bottom,
         fill=False,
         hatch="//",
         edgecolor=RED,
         label="gap to mean confidence",
+        **bar,
     )
     ax_rel.plot([0, 1], [0, 1], linestyle="--", color=GREY, label="perfect calibration")
+    title = f"Reliability ({len(bins)} bins)"
     ax_rel.set(
-        xlim=(0, 1),
-        ylim=(0, 1),
-        xlabel="confidence (top class probability)",
-        ylabel="accuracy",
-        title=f"Reliability ({len(bins)} bins)",
+        xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top class probability)", ylabel="accuracy", title=title
     )
     text = (
         f"ECE {100 * calibration['ece']:.2f}%\nNLL {calibration['nll']:.3f}\n"
         f"confidence right {pct(calibration['confidence_correct'])}\n"
         f"confidence wrong {pct(calibration['confidence_wrong'])}"
     )
-    ax_rel.text(
-        0.03,
-        0.97,
-        text,
-        transform=ax_rel.transAxes,
-        va="top",
-        fontsize=9,
-        bbox={"facecolor": "white", "alpha": 0.9, "edgecolor": GREY},
-    )
+    box = {"facecolor": "white", "alpha": 0.9, "edgecolor": GREY}
+    ax_rel.text(0.03, 0.97, text, transform=ax_rel.transAxes, va="top", fontsize=9, bbox=box)
     ax_rel.legend(loc="lower right", fontsize=8)
 
     edges = np.linspace(0, 1, len(bins) + 1)
+    # Side by side in each bin, not stacked: each bar is its own count.
     ax_hist.hist(
-        [confidence[correct], confidence[~correct]],
-        bins=edges,
-        color=[GREEN, RED],
-        label=["right", "wrong"],
-    )  # side by side in each bin, not stacked: each bar is its own count
+        [confidence[correct], confidence[~correct]], edges, color=[GREEN, RED], label=["right", "wrong"]
+    )
     ax_hist.set(
         xlim=(0, 1),
         xlabel="confidence",
@@ -247,9 +195,8 @@ def reliability_diagram(
     for k, (key, label, colour) in enumerate(series):
         values = [per_class[n][key] if per_class[n][key] is not None else np.nan for n in names]
         ax_cls.bar(x + (k - 1) * 0.27, values, width=0.27, color=colour, label=label)
-    ax_cls.set_xticks(
-        x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center"
-    )
+    many = len(names) > 6
+    ax_cls.set_xticks(x, names, rotation=45 if many else 0, ha="right" if many else "center")
     ax_cls.set(ylim=(0, 1), ylabel="fraction")
     ax_cls.set_title("Per class: accuracy, mean confidence when right and when wrong", pad=22)
     # Between the title and the bars, so that it covers none of them.
