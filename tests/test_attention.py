@@ -365,7 +365,7 @@ def test_an_unreadable_input_is_skipped_and_reported_while_the_others_are_explai
 
 def test_maps_carry_a_colour_bar():
     """Every attention figure says what its colours mean: one colour bar from weakest to strongest."""
-    from vit_cifar.analysis.attention_plots import attention_figure, rollout_overview
+    from vit_cifar.analysis.attention import attention_figure, rollout_overview
 
     image = torch.zeros(3, 8, 8, dtype=torch.uint8)
     maps = {0: torch.rand(2, 8, 8)}

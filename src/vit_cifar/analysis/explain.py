@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vit_cifar.analysis.attention import HEAD_FUSIONS, explain
-from vit_cifar.analysis.attention_plots import Group, draw_group
+from vit_cifar.analysis.attention import HEAD_FUSIONS, Group, draw_group, explain
 from vit_cifar.analysis.evaluation import evaluation_data
 from vit_cifar.checkpoints.atomic import staged_results
 from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, load_classifier, required_ckpt_path
@@ -233,8 +232,8 @@ def visualize(cfg: DictConfig) -> dict:
             index += [f"## {group.title}", "", group.note, ""]
             if group.names:
                 x = normalise(group.images).to(device)  # as the checkpoint was trained
-                ex = explain(net, x, layers, head_fusion, discard_ratio, grad_class)
-                index += draw_group(group, ex, loaded.classes, staging)
+                explained = explain(net, x, layers, head_fusion, discard_ratio, grad_class)
+                index += draw_group(group, explained, loaded.classes, grad_class, staging)
         (staging / "index.md").write_text("\n".join(index))
         written = [output_dir / f.name for f in sorted(staging.iterdir())]
     figures = [p for p in written if p.suffix == ".png"]
