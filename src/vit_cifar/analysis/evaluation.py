@@ -1,9 +1,6 @@
-"""Evaluate a checkpoint: ``python -m vit_cifar.evaluate ckpt_path=<file> [data.root=...] [output_dir=...]``.
-
-Rebuilds the network from the checkpoint, runs the test split of any source the DataModule reads, and writes
-the seed's figures, a reliability diagram, ``metrics.json`` and ``report.md``. :func:`evaluate_checkpoint` is
-the whole job; ``python -m vit_cifar.train train=false ckpt_path=<file>`` runs it too (one path, two ways in).
-"""
+"""Evaluate a checkpoint on the test split of any source the DataModule reads: the seed's figures, a
+reliability diagram, ``metrics.json`` and ``report.md``. :func:`evaluate_checkpoint` is the whole job, for
+``python -m vit_cifar.evaluate`` and ``python -m vit_cifar.train train=false`` alike (one path, two ways in)."""
 
 from __future__ import annotations
 
@@ -73,11 +70,10 @@ def find_history(ckpt_path: str | Path, given: str | None) -> tuple[Path | None,
     # The train command logs a run whose checkpoints sit in <run>/checkpoints/ to <run>/csv/metrics.csv.
     path = Path(given) if given else Path(ckpt_path).resolve().parent.parent / "csv" / "metrics.csv"
     if not path.is_file():
-        return (
-            None,
-            None,
-            "no training log found beside the checkpoint (<run>/csv/metrics.csv); pass history=<metrics.csv>",
+        why = (
+            "no training log found beside the checkpoint (<run>/csv/metrics.csv); pass history=<metrics.csv>"
         )
+        return None, None, why
     try:
         history = read_history(path)
     except (OSError, UnicodeDecodeError, ValueError) as err:

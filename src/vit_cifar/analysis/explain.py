@@ -1,10 +1,6 @@
-"""Attention maps and rollout of a checkpoint: ``python -m vit_cifar.visualize ckpt_path=<file> [overrides]``.
-
-``visualize(cfg)`` is the whole job and returns what it wrote; ``main`` only adds Hydra and one-line errors.
-Everything is checked and drawn before anything lands in ``output_dir``: a bad input writes nothing. The images
-explained are, by section, the user's files, or test images drawn at random with a seed and misclassified ones
-from the same draw.
-"""
+"""Attention maps and rollout of a checkpoint: ``python -m vit_cifar.visualize``'s job, :func:`visualize`. The
+images explained are, by section, the user's files, or test images drawn at random with a seed and misclassified
+ones from the same draw; all is checked and drawn before anything lands in ``output_dir``."""
 
 from __future__ import annotations
 
@@ -115,21 +111,6 @@ def pick_inputs(inputs, limit: int, image_size: int) -> tuple[Group, list[tuple[
     ), skipped
 
 
-@torch.inference_mode()
-def find_misclassified(
-    net, images, labels, order: np.ndarray, wanted: int, normalise, device, max_batch: int
-):
-    """The first ``wanted`` misclassified images in ``order`` (a seeded permutation: a random sample of the
-    errors), through the fused forward; batches grow so that a good model is not run on the whole test set."""
-    found, start, batch = [], 0, 64
-    while len(found) < wanted and start < len(order):
-        idx = order[start : start + batch]
-        preds = net(normalise(images[idx]).to(device)).argmax(dim=1).cpu()
-        found += [int(i) for i, p in zip(idx, preds, strict=True) if p != labels[i]]
-        start, batch = start + batch, min(batch * 2, max_batch)
-    return found[:wanted]
-
-
 def pick_test_images(
     cfg: DictConfig, loaded: LoadedClassifier, image_size: int, normalise, device
 ) -> tuple[list[Group], str]:
@@ -159,16 +140,19 @@ def pick_test_images(
         note = f"{len(chosen)} test images drawn at random (seed {cfg.seed})."
         groups.append(group("Test images", note, "rollout_samples.png", chosen, "sample"))
     if cfg.num_misclassified:
-        # Drawn after the samples in the same permutation, so that no image appears in both sections.
-        after = order[cfg.num_images :]
-        wrong = find_misclassified(
-            loaded.net, images, labels, after, cfg.num_misclassified, normalise, device, eval_batch
-        )
-        note = (
-            f"{len(wrong)} misclassified test images drawn at random (seed {cfg.seed}), titled true -> predicted."
-            if wrong
-            else f"No test image is misclassified (of {len(labels)})."
-        )
+        # The first errors after the samples in the same permutation (a random sample of the errors, and no
+        # image in both sections), through the fused forward; batches grow so that a good model is not run on
+        # the whole test set.
+        wrong, start, batch = [], cfg.num_images, 64
+        while len(wrong) < cfg.num_misclassified and start < len(order):
+            idx = order[start : start + batch]
+            with torch.inference_mode():
+                preds = loaded.net(normalise(images[idx]).to(device)).argmax(dim=1).cpu()
+            wrong += [int(i) for i, p in zip(idx, preds, strict=True) if p != labels[i]]
+            start, batch = start + batch, min(batch * 2, eval_batch)
+        wrong = wrong[: cfg.num_misclassified]
+        note = f"{len(wrong)} misclassified test images drawn at random (seed {cfg.seed}), titled true -> predicted."
+        note = note if wrong else f"No test image is misclassified (of {len(labels)})."
         groups.append(
             group("Misclassified test images", note, "rollout_misclassified.png", wrong, "misclassified")
         )
@@ -200,9 +184,8 @@ def visualize(cfg: DictConfig) -> dict:
     grid, image_size = net.patch_embed.grid_size, net.patch_embed.img_size  # the model's input size
     layers = resolve_layers(cfg.layers, depth)
     grad_class = resolve_class(cfg.grad_rollout_class, loaded.classes)
-    spec = input_spec(
-        loaded
-    )  # the normalisation the checkpoint was trained with, as predict and evaluate use
+    # The normalisation the checkpoint was trained with, as predict and evaluate use.
+    spec = input_spec(loaded)
     normalise = eval_transform(spec.mean, spec.std)
     if cfg.inputs:
         group, skipped = pick_inputs(cfg.inputs, cfg.num_images, image_size)
@@ -214,17 +197,17 @@ def visualize(cfg: DictConfig) -> dict:
     after = f" (after epoch {loaded.epoch})" if loaded.epoch else ""
     grad_note = f"; gradient-weighted rollout toward {cfg.grad_rollout_class}" * (grad_class is not None)
     index = [
-        f"# Attention of {loaded.path.name}",
-        "",
-        f"- checkpoint: `{loaded.path}`{after}: {type(net).__name__}, {depth} blocks of {heads} heads, "
-        f"patch grid {grid}x{grid} on {image_size}x{image_size} images",
-        f"- images: {data_note}",
-        f"- head maps: the CLS token's attention to each patch in layers {', '.join(map(str, layers))} "
-        "(0-based), upsampled bilinearly to the image",
-        f"- rollout (Abnar & Zuidema 2020) through all {depth} layers: head fusion {head_fusion}, "
-        f"discard ratio {discard_ratio}{grad_note}",
-        "- every map is scaled to its own min..max (blue weak, red strong)",
-        "",
+        f"""# Attention of {loaded.path.name}
+
+- checkpoint: `{loaded.path}`{after}: {type(net).__name__}, {depth} blocks of {heads} heads, patch grid \
+{grid}x{grid} on {image_size}x{image_size} images
+- images: {data_note}
+- head maps: the CLS token's attention to each patch in layers {", ".join(map(str, layers))} (0-based), \
+upsampled bilinearly to the image
+- rollout (Abnar & Zuidema 2020) through all {depth} layers: head fusion {head_fusion}, discard ratio \
+{discard_ratio}{grad_note}
+- every map is scaled to its own min..max (blue weak, red strong)
+"""
     ]
     # Drawn beside output_dir first, so that a failure leaves output_dir as it was.
     with staged_results(output_dir, OWN_FILES) as staging:

@@ -52,9 +52,7 @@ def calibration(probs: torch.Tensor, targets: torch.Tensor, n_bins: int) -> dict
     confidence, predicted = probs.max(dim=1)
     right = predicted == targets
 
-    def mean(values: torch.Tensor) -> float | None:
-        return float(values.double().mean()) if len(values) else None
-
+    mean = lambda values: float(values.double().mean()) if len(values) else None
     ece = multiclass_calibration_error(probs, targets, probs.shape[1], n_bins=n_bins, norm="l1")
     return {
         "ece": float(ece) if len(targets) else None,

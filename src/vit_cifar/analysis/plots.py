@@ -76,11 +76,11 @@ def confusion_matrix(counts: np.ndarray, classes: Sequence[str], path: Path) -> 
     ax.set_yticks(range(n), classes)
     ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix (row-normalised)")
     if n <= 20:  # beyond that the numbers no longer fit in the cells
-        for i in range(n):
-            for j in range(n):
-                text = f"{counts[i, j]}\n{share[i, j]:.2f}"
-                colour = "white" if share[i, j] > 0.5 else "black"
-                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
+        for i, j in np.ndindex(n, n):
+            colour = "white" if share[i, j] > 0.5 else "black"
+            ax.text(
+                j, i, f"{counts[i, j]}\n{share[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour
+            )
     _save(fig, path)
 
 

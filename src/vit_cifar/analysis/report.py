@@ -10,9 +10,7 @@ SAMPLES = 16  # the seed's sample and misclassified grids draw 16 images each (w
 def weakest_classes(per_class: dict[str, dict], k: int = WEAKEST) -> set[str]:
     """The ``k`` classes with the lowest accuracy, and any class tied with the k-th."""
     accuracies = sorted(row["accuracy"] for row in per_class.values() if row["accuracy"] is not None)
-    if not accuracies:
-        return set()
-    threshold = accuracies[min(k, len(accuracies)) - 1]
+    threshold = accuracies[min(k, len(accuracies)) - 1] if accuracies else -1
     return {
         name
         for name, row in per_class.items()
@@ -70,11 +68,9 @@ def render_report(m: dict, history_note: str | None = None) -> str:
         f"| {pct(r['confidence_wrong'], 1)} | {pct(r['ece'], 2)} |"
         for name, r in m["per_class"].items()
     ]
-    history = (
-        f"*Training History: not drawn ({history_note}).*"
-        if history_note
-        else ("![Training History](training_history.png)")
-    )
+    history = "![Training History](training_history.png)"
+    if history_note:
+        history = f"*Training History: not drawn ({history_note}).*"
     return f"""# Evaluation of `{m["checkpoint_name"]}`
 
 {m["model"]} ({m["params"]:,} parameters), {trained}, evaluated on {m["data"]} ({m["test_images"]:,} images) \
