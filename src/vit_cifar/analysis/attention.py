@@ -53,12 +53,9 @@ def attention_rollout(
     discard_ratio: float = 0.0,
     gradients: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Attention rollout through the given layers (first to last), each (B, H, N, N) -> (B, N, N).
-
-    Row i of the result is how much token i's final representation draws on each input token; every row
-    sums to 1. With ``gradients`` (one per layer, the gradient of a class score with respect to each
-    attention), each head's attention is first replaced by the positive part of attention * gradient.
-    """
+    """Rollout through the layers (first to last), each (B, H, N, N) -> (B, N, N): row i is how much token i's
+    final representation draws on each input token. With ``gradients`` (of a class score, per layer), each
+    head's attention is first replaced by the positive part of attention * gradient."""
     batch, _, n, _ = attentions[0].shape
     eye = torch.eye(n, dtype=attentions[0].dtype, device=attentions[0].device)
     rollout = eye.expand(batch, n, n)
@@ -79,10 +76,10 @@ def cls_patch_maps(attn: torch.Tensor, grid_size: int) -> torch.Tensor:
 
 def upsample_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear upsampling of patch-grid maps to image size: (..., g, g) -> (..., size, size)."""
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:])  # (M, 1, g, g), as interpolate wants
-    up = F.interpolate(flat.float(), size=(size, size), mode="bilinear", align_corners=False)
-    return up.reshape(*lead, size, size)
+    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()  # (M, 1, g, g), as interpolate wants
+    return F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False).view(
+        *maps.shape[:-2], size, size
+    )
 
 
 def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:

@@ -211,19 +211,15 @@ def evaluate(cfg: DictConfig) -> dict:
     """The ``python -m vit_cifar.evaluate`` job: ``configs/eval.yaml`` -> :func:`evaluate_checkpoint`."""
     ckpt_path = required_ckpt_path(cfg)
     options = EvalOptions(**{f.name: cfg[f.name] for f in fields(EvalOptions)})  # configs/eval.yaml's keys
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     output_dir = check_output_place(
         cfg.output_dir or beside_run(ckpt_path, "evaluation"), "output_dir", folder=True
     )
-    return evaluate_checkpoint(ckpt_path, data_cfg, output_dir, options)
+    return evaluate_checkpoint(ckpt_path, OmegaConf.to_container(cfg.data, resolve=True), output_dir, options)
 
 
 def evaluate_from_train_config(cfg: DictConfig, ckpt_path: str | Path) -> dict:
     """``python -m vit_cifar.train train=false ckpt_path=<file>``: the same evaluation, into the run folder,
     with the train config's data, trainer device and evaluation batch size."""
-    workers = cfg.data.num_workers if cfg.data.num_workers is not None else 0
-    options = EvalOptions(
-        device=cfg.trainer.accelerator, batch_size=cfg.data.eval_batch_size, num_workers=workers
-    )
+    options = EvalOptions(cfg.trainer.accelerator, cfg.data.eval_batch_size, cfg.data.num_workers or 0)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     return evaluate_checkpoint(ckpt_path, data_cfg, cfg.paths.output_dir, options)

@@ -53,11 +53,11 @@ def per_class_accuracy(
     ax.tick_params(axis="x", labelrotation=45 if len(classes) > 6 else 0)
     points = round(100 * NEAR_OVERALL)
     meaning = {
-        GREEN: f"more than {points} points above overall",
-        BLUE: f"within {points} points of overall",
-        RED: f"more than {points} points below overall",
+        GREEN: f"more than {points} points above",
+        BLUE: f"within {points} points of",
+        RED: f"more than {points} points below",
     }
-    handles = [Patch(color=c, label=meaning[c]) for c in (GREEN, BLUE, RED) if c in colours]  # those drawn
+    handles = [Patch(color=c, label=f"{meaning[c]} overall") for c in meaning if c in colours]  # those drawn
     handles.append(Line2D([], [], color="black", linestyle="--", label=f"overall {100 * overall:.2f}%"))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     return _save(fig, path)

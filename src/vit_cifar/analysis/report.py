@@ -57,11 +57,11 @@ def render_report(m: dict, history_note: str | None = None) -> str:
     )
     precision = "float32" if str(m["precision"]) == "32" else f"{m['precision']} autocast"
     tally = f"{m['correct']:,} / {m['test_images']:,}"
-    per_class = []
-    for name, row in m["per_class"].items():
-        cells = [name, pct(row["accuracy"], 1)]
-        bold = [f"**{c}**" for c in cells] if name in weak else cells
-        per_class.append(f"| {bold[0]} | {bold[1]} | {row['correct']:,} / {row['total']:,} |")
+    bold = lambda name, text: f"**{text}**" if name in weak else text
+    per_class = [
+        f"| {bold(n, n)} | {bold(n, pct(r['accuracy'], 1))} | {r['correct']:,} / {r['total']:,} |"
+        for n, r in m["per_class"].items()
+    ]
     confusions = [f"| {p['true']} | {p['predicted']} | {p['count']:,} |" for p in m["top_confusions"]]
     calibration = [
         f"| {name} | {pct(r['accuracy'], 1)} | {pct(r['mean_confidence'], 1)} | {pct(r['confidence_correct'], 1)} "
