@@ -5,11 +5,8 @@ show them (matplotlib's object API, no display needed).
 Shapes: B images, H heads, N tokens (the CLS token first, then the patches in row-major order, as
 ``PatchEmbed`` flattens them), g the side of the patch grid (N = 1 + g * g).
 
-Rollout follows Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers": per layer, fuse the
-heads, add the identity for the residual path, renormalise the rows, and multiply through the layers. The
-gradient-weighted variant (toward one class) weights each head's attention by its gradient and keeps the
-positive part before fusing, as in Chefer et al. (2021), "Transformer Interpretability Beyond Attention
-Visualization".
+Rollout follows Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers"; its gradient-weighted
+variant, Chefer et al. (2021), "Transformer Interpretability Beyond Attention Visualization".
 """
 
 from __future__ import annotations
