@@ -4,9 +4,8 @@ with the installed versions: a library upgrade that moves one fails here, by nam
 from __future__ import annotations
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from torchvision.datasets import CIFAR10
 
-from vit_cifar.compat import hydra_command_line, sweep_jobs, torchvision_copy_present, trivial_augment_space
+from vit_cifar.compat import hydra_command_line, sweep_jobs, trivial_augment_space
 
 
 def test_hydra_command_line_reads_what_hydra_main_reads():
@@ -32,8 +31,3 @@ def test_trivial_augment_space_gives_ops_with_magnitude_bins():
     magnitudes, signed = space["Rotate"]
     assert signed is True and magnitudes(31, 32, 32).shape == (31,)
     assert float(magnitudes(31, 32, 32)[-1]) == 135.0  # the "wide" space
-
-
-def test_torchvision_copy_present_sees_an_empty_folder_as_absent(tmp_path):
-    assert torchvision_copy_present(CIFAR10, tmp_path) is False
-    assert list(tmp_path.iterdir()) == []  # asking downloads and writes nothing

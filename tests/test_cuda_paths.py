@@ -29,7 +29,8 @@ from sync_counter import SyncCounter
 from vit_cifar.config.schema import validate_config
 from vit_cifar.data import gpu_aug
 from vit_cifar.data.datamodule import resolve_pin_memory
-from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches, augmentation_seed
+from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
+from vit_cifar.data.samplers import augmentation_seeds
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
 from vit_cifar.devices import CPU, DeviceSpec, local_device, resolve_precision
 from vit_cifar.errors import ConfigError
@@ -395,24 +396,24 @@ def test_device_augmentation_draws_per_rank_and_epoch_from_the_seed():
     augment = DeviceAugment({"policy": "trivialaugment", "erasing_p": 0.5}, CIFAR10_MEAN, CIFAR10_STD, 10)
 
     def first_batch(seed: int, rank: int, epoch: int) -> torch.Tensor:
-        batches = DeviceBatches(images, labels, 8, shuffle=False, seed=seed, rank=rank, world_size=2)
+        batches = DeviceBatches(images, labels, 8, seed=seed, rank=rank, world_size=2)
         batches.set_epoch(epoch)
         x, y = next(iter(batches))
         return augment(x, y, generator=batches.generator)[0]
 
     # the ranks' first batches hold different images: compare the draws on the same images instead
-    same_images = DeviceBatches(images, labels, 8, shuffle=False, seed=0, rank=0, world_size=2)
+    same_images = DeviceBatches(images, labels, 8, seed=0, rank=0, world_size=2)
     x, y = next(iter(same_images))
     draws = {}
     for seed, rank, epoch in [(0, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0)]:
-        g = torch.Generator().manual_seed(augmentation_seed(seed, epoch, rank))
+        g = torch.Generator().manual_seed(augmentation_seeds(seed, epoch, rank, 1)[0])
         draws[seed, rank, epoch] = augment(x, y, generator=g)[0]
     keys = list(draws)
     for i, a in enumerate(keys):
         for b in keys[i + 1 :]:
             assert not torch.equal(draws[a], draws[b]), (a, b)
     assert torch.equal(first_batch(0, 1, 3), first_batch(0, 1, 3))  # reproducible from the seed
-    assert len({augmentation_seed(0, e, r) for e in range(3) for r in range(8)}) == 24
+    assert len({augmentation_seeds(0, e, r, 1)[0] for e in range(3) for r in range(8)}) == 24
 
 
 def test_ddp_with_the_gpu_data_path_counts_every_image_once(tmp_path):
@@ -437,7 +438,7 @@ def test_ddp_with_the_gpu_data_path_counts_every_image_once(tmp_path):
     assert metrics["test_images"] == 100 and metrics["val_images"] == 100 and metrics["device"].endswith("x3")
     records = [json.loads((tmp_path / "aug" / f"aug-rank{r}.json").read_text()) for r in range(3)]
     for r, record in enumerate(records):
-        assert record["seeds"] == {str(e): augmentation_seed(42, e, r) for e in (0, 1)}
+        assert record["seeds"] == {str(e): augmentation_seeds(42, e, r, 1)[0] for e in (0, 1)}
 
     # and the logged accuracy is that of one process over the whole split (float16 sums may round differently
     # in batches of 34 than of 100: one image at most)

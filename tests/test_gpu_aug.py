@@ -20,7 +20,6 @@ from vit_cifar.data.gpu_aug import (
     random_crop,
     random_erasing,
     sample_trivial_augment,
-    trivial_augment_wide,
 )
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_transform
 from vit_cifar.errors import ConfigError
@@ -80,7 +79,8 @@ def test_each_sample_draws_its_own_op_uniformly_and_its_own_magnitude():
 
 def test_different_samples_get_different_operations():
     same = _images(1).expand(256, -1, -1, -1).contiguous()  # 256 copies of one image
-    out = trivial_augment_wide(same, generator=torch.Generator().manual_seed(1))
+    op, magnitude = sample_trivial_augment(256, 32, 32, generator=torch.Generator().manual_seed(1))
+    out = apply_trivial_augment(same, op, magnitude)
     distinct = {tuple(img.flatten().tolist()) for img in out}
     assert len(distinct) > 100  # per-sample ops and magnitudes; torchvision's v2 on a batch would give 1
 

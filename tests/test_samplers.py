@@ -10,12 +10,12 @@ from torch.utils.data import DistributedSampler
 
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.data.datamodule import RULES
-from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler
+from vit_cifar.data.samplers import SeededShuffleSampler
 from vit_cifar.errors import ConfigError, check
 
 
 def _epoch(n, repeats=3, group_size=4, world=1, rank=0, seed=0, epoch=0):
-    sampler = RepeatedAugSampler(range(n), repeats, group_size, num_replicas=world, rank=rank, seed=seed)
+    sampler = SeededShuffleSampler(range(n), world, rank, seed, repeats=repeats, group_size=group_size)
     sampler.set_epoch(epoch)
     return sampler.indices(), len(sampler)
 
@@ -36,7 +36,7 @@ def test_order_is_seeded_and_changes_with_the_epoch(monkeypatch):
     assert first != _epoch(50, seed=7, epoch=1)[0]
     assert first != _epoch(50, seed=8)[0]
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # what seed_everything sets: the run's seed by default
-    assert RepeatedAugSampler(range(50), 3, 4).indices() == first
+    assert SeededShuffleSampler(range(50), repeats=3, group_size=4).indices() == first
 
 
 def test_ranks_get_disjoint_images_and_equal_lengths():
@@ -64,13 +64,13 @@ def test_datamodule_uses_it_for_training_only_and_checks_the_value():
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
-    assert isinstance(loader.sampler, RepeatedAugSampler)
     assert isinstance(loader.sampler, DistributedSampler)  # so Lightning's DDP neither replaces nor wraps it
+    assert loader.sampler.repeats == 3
     assert loader.sampler.group_size == 5  # 16 // 3 images, so an image's copies share a batch
     assert len(loader) == 80 * 3 // 16  # 80 training images, 3 copies each, full batches only
     x, _ = next(iter(loader))
     assert x.shape == (16, 3, 32, 32)
-    assert not isinstance(dm.val_dataloader().sampler, RepeatedAugSampler)
+    assert not isinstance(dm.val_dataloader().sampler, SeededShuffleSampler)
     labels = torch.cat([y for _, y in loader])
     assert torch.bincount(labels).tolist() == [24] * 10  # 8 images per class, 3 times each
     for bad, problem in ((0, "is out of range"), (1.5, "is not an integer")):  # the schema's rule of the key
@@ -106,7 +106,7 @@ def test_every_item_comes_with_its_own_seed_from_seed_epoch_and_position(monkeyp
     assert items == list(SeededShuffleSampler(range(40), seed=3))
     sampler.set_epoch(1)
     assert not {s for _, s in items} & {s for _, s in sampler}  # another epoch draws other augmentations
-    copies = RepeatedAugSampler(range(10), repeats=3, group_size=2, seed=3)
+    copies = SeededShuffleSampler(range(10), seed=3, repeats=3, group_size=2)
     assert len({s for _, s in copies}) == 30  # an image's copies are augmented differently
     monkeypatch.setenv("PL_GLOBAL_SEED", "3")
     assert list(SeededShuffleSampler(range(40))) == items

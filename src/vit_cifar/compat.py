@@ -1,7 +1,6 @@
 """The private parts of libraries this project uses, each behind one adapter that says why (the library has no
 public way), so that an upgrade that moves them breaks here, and tests/test_compat.py says so."""
 
-from pathlib import Path
 from typing import Any
 
 
@@ -27,12 +26,3 @@ def trivial_augment_space() -> dict:
     from torchvision.transforms import v2
 
     return v2.TrivialAugmentWide._AUGMENTATION_SPACE
-
-
-def torchvision_copy_present(dataset_class: type, root: Path) -> bool:
-    """Whether torchvision's files of ``dataset_class`` (CIFAR10/100) are already complete under ``root``,
-    checked by torchvision's own integrity check without constructing the dataset: its constructor would load
-    every image (or, with ``download=True``, fetch the archive), and it has no public "is it there" call."""
-    probe = dataset_class.__new__(dataset_class)
-    probe.root = str(root)
-    return bool(probe._check_integrity())

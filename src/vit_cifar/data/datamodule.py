@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -13,11 +12,11 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vit_cifar.data import sources
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
-from vit_cifar.data.samplers import RepeatedAugSampler, SeededShuffleSampler, run_seed
+from vit_cifar.data.samplers import SeededShuffleSampler, run_seed
 from vit_cifar.data.splits import balanced_subset, interleaved_order, stratified_split
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
 from vit_cifar.devices import DEVICE_AUG
@@ -65,9 +64,8 @@ log = logging.getLogger(__name__)
 
 class ArrayDataset(Dataset):
     """Images held in memory as one uint8 (N, 3, H, W) tensor; ``transform`` runs per item, in the workers.
-
-    An item asked for as ``(index, seed)`` (the training sampler's, :class:`SeededShuffleSampler`) is
-    transformed with torch's random numbers drawn from ``seed``, whichever process does it."""
+    An item asked for as ``(index, seed)`` (the training sampler's) is transformed with torch's CPU random
+    numbers drawn from ``seed``, whichever process does it."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None) -> None:
         self.images, self.labels, self.transform = images, labels, transform
@@ -78,9 +76,13 @@ class ArrayDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, seed = item if isinstance(item, tuple) else (item, None)
         x, y = self.images[i], self.labels[i]
-        if self.transform is None:
-            return x, y
-        with seeded_torch_rng(seed) if seed is not None else nullcontext():
+        if self.transform is None or seed is None:
+            return (x if self.transform is None else self.transform(x)), y
+        # The CPU generator's state is put back afterwards, so that in the training process (num_workers=0)
+        # dropout and MixUp draw as they would have. Only that generator is seeded: torch.manual_seed would
+        # also seed every device backend, 100 times the cost per image, and reseed the GPU's dropout.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
             return self.transform(x), y
 
 
@@ -95,27 +97,6 @@ class LazyStartDataLoader(DataLoader):
             yield from DataLoader.__iter__(self)
 
         return batches()
-
-
-@contextmanager
-def seeded_torch_rng(seed: int) -> Iterator[None]:
-    """torch's CPU random numbers drawn from ``seed`` inside the block. Only the CPU generator the transforms
-    draw from is seeded: ``torch.manual_seed`` would also seed every device backend, which costs 100 times more
-    per image and, in the training process, would reseed the GPU's dropout. A DataLoader worker's generator
-    serves nothing else, so it is simply reseeded; in the training process (``num_workers=0``) its state is put
-    back afterwards, so dropout and MixUp draw as they would have."""
-    generator = torch.default_generator
-    state = None if get_worker_info() is not None else generator.get_state()
-    generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        if state is not None:
-            generator.set_state(state)
-
-
-def _to_chw_tensor(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # (N, H, W, 3) -> (N, 3, H, W)
 
 
 class CIFARDataModule(L.LightningDataModule):
@@ -160,7 +141,7 @@ class CIFARDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.root = Path(os.path.expanduser(str(root)))
-        self.source = sources.resolve_source(source, self.root, dataset) if source != "synthetic" else source
+        self.source = source if source == "synthetic" else sources.resolve_source(source, self.root, dataset)
         self.dataset, self.num_classes, self.download = dataset, num_classes, download
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.image_size, self.val_size, self.split_seed = image_size, val_size, split_seed
@@ -169,10 +150,8 @@ class CIFARDataModule(L.LightningDataModule):
         self.num_workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if num_workers is None else num_workers
         self.pin_memory = pin_memory  # None: resolved by the trainer's device (resolve_pin_memory)
         self.persistent_workers = persistent_workers and self.num_workers > 0
-        self.repeated_aug = int(repeated_aug)
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.synthetic = dict(synthetic or {})
-        self.skip_bad, self.sha256 = skip_bad, sha256
+        self.repeated_aug, self.mean, self.std = repeated_aug, tuple(mean), tuple(std)
+        self.synthetic, self.skip_bad, self.sha256 = dict(synthetic or {}), skip_bad, sha256
         if sha256 and not sources.is_archive(self.root):  # the one check of where data.sha256 applies
             what = f"the {self.source} source" if self.source != "folder" else "not an archive file"
             raise ConfigError(
@@ -180,13 +159,12 @@ class CIFARDataModule(L.LightningDataModule):
                 "point data.root at the .tar/.tar.gz, or set data.sha256=null"
             )
         self.aug = dict(aug or {})
-        # Build the transforms now so that a bad aug value fails before any work.
         self.train_tf = train_transform(self.aug, self.mean, self.std, image_size)
         self.eval_tf = eval_transform(self.mean, self.std)
         self.mix = batch_mix(self.aug, num_classes)
         self.device_augment = None
         if device_aug is True:  # the GPU data path: augmentation of whole batches on the device
-            if self.repeated_aug != 1:
+            if repeated_aug != 1:
                 raise ConfigError(
                     f"data.repeated_aug={repeated_aug} has no GPU data path: "
                     "set data.repeated_aug=1 or data.device_aug=false"
@@ -196,7 +174,6 @@ class CIFARDataModule(L.LightningDataModule):
         self.train_set = self.val_set = self.test_set = None
         self.device_batches: DeviceBatches | None = None  # device_aug: this epoch's batches and generator
 
-    # -- Lightning hooks -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Download only (once per node); ``setup`` does the rest."""
         if self.source == "torchvision":
@@ -216,13 +193,17 @@ class CIFARDataModule(L.LightningDataModule):
         # Classes take turns in the evaluation sets, so any first batches sample every class.
         val_idx = val_idx[interleaved_order(arrays.train_y[val_idx], self.split_seed)]
         test_idx = test_idx[interleaved_order(arrays.test_y[test_idx], self.split_seed)]
-        train_x, train_y = _to_chw_tensor(arrays.train_x), torch.from_numpy(arrays.train_y)
-        test_x, test_y = _to_chw_tensor(arrays.test_x), torch.from_numpy(arrays.test_y)
+
+        def dataset(x: np.ndarray, y: np.ndarray, index: np.ndarray, transform) -> ArrayDataset:
+            images = np.ascontiguousarray(x[index].transpose(0, 3, 1, 2))  # (N, H, W, 3) -> (N, 3, H, W)
+            return ArrayDataset(torch.from_numpy(images), torch.from_numpy(y[index]), transform)
+
         train_tf = None if self.device_augment is not None else self.train_tf  # device_aug: uint8 batches
-        self.train_set = ArrayDataset(train_x[train_idx], train_y[train_idx], train_tf)
-        if len(val_idx):
-            self.val_set = ArrayDataset(train_x[val_idx], train_y[val_idx], self.eval_tf)
-        self.test_set = ArrayDataset(test_x[test_idx], test_y[test_idx], self.eval_tf)
+        self.train_set = dataset(arrays.train_x, arrays.train_y, train_idx, train_tf)
+        self.val_set = (
+            dataset(arrays.train_x, arrays.train_y, val_idx, self.eval_tf) if len(val_idx) else None
+        )
+        self.test_set = dataset(arrays.test_x, arrays.test_y, test_idx, self.eval_tf)
 
     def load_arrays(self) -> sources.ImageArrays:
         """Decode the source once per process; later calls (fit, then test) reuse the arrays."""
@@ -235,8 +216,8 @@ class CIFARDataModule(L.LightningDataModule):
                 self.arrays = sources.load_image_folder(
                     self.root, self.image_size, self.cache_dir, self.skip_bad, self.sha256
                 )
-                if self.arrays.skipped and rank_zero_only.rank == 0:
-                    skipped = self.arrays.skipped
+                skipped = self.arrays.skipped
+                if skipped and rank_zero_only.rank == 0:
                     log.warning(
                         f"skipped {len(skipped)} unreadable files in {self.root} (data.skip_bad=true), "
                         f"e.g. {skipped[0]}"
@@ -266,16 +247,9 @@ class CIFARDataModule(L.LightningDataModule):
     def _world_and_rank(self) -> tuple[int, int]:
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
 
-    def _loader(
-        self,
-        dataset: Dataset,
-        batch_size: int,
-        sampler: Sampler | None = None,
-        drop_last: bool = False,
-        loader_class: type[DataLoader] = DataLoader,
-    ) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None, drop_last=False):
         device = self.trainer.strategy.root_device.type if self.trainer is not None else "cpu"
-        return loader_class(
+        return LazyStartDataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,  # the training order is the sampler's; evaluation keeps the dataset's
@@ -303,31 +277,28 @@ class CIFARDataModule(L.LightningDataModule):
         return self._loader(dataset, self.eval_batch_size, shared if world > 1 else None)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
-        """This rank's share of a seeded shuffle (each image ``repeated_aug`` times when that is above 1),
-        every item with the seed of its augmentation: the same draws with any number of workers, or resumed.
-        With ``device_aug``, the training images moved once to this process's device and batched there."""
+        """This rank's share of a seeded shuffle (each image ``repeated_aug`` times), every item with the seed
+        of its augmentation: the same draws with any number of workers, or resumed. With ``device_aug``, the
+        training images moved once to this process's device and batched there."""
         world, rank = self._world_and_rank()
         batch_size = rank_batch_size(self.batch_size, world)
         if self.device_augment is not None:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
-            # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one
-            drop_last = len(labels) > batch_size
+            # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one.
             # Shuffled from the run's seed (not torch's, which each rank reseeds from (seed, rank)), so every
             # rank draws the same permutation and takes its own share of it.
+            drop_last = len(labels) > batch_size
             self.device_batches = DeviceBatches(
-                images, labels, batch_size, drop_last=drop_last, seed=run_seed(), rank=rank, world_size=world
+                images, labels, batch_size, drop_last, run_seed(), rank, world
             )
             return self.device_batches
-        if self.repeated_aug == 1:
-            sampler = SeededShuffleSampler(self.train_set, num_replicas=world, rank=rank)
-        else:  # groups of batch_size // repeated_aug images, so that the copies of an image share a batch
-            group = max(1, batch_size // self.repeated_aug)
-            sampler = RepeatedAugSampler(
-                self.train_set, self.repeated_aug, group, num_replicas=world, rank=rank
-            )
-        drop_last = len(sampler) > batch_size  # as for device_aug
-        return self._loader(self.train_set, batch_size, sampler, drop_last, loader_class=LazyStartDataLoader)
+        # groups of batch_size // repeated_aug images, so that the copies of an image share a batch
+        group = max(1, batch_size // self.repeated_aug)
+        sampler = SeededShuffleSampler(
+            self.train_set, world, rank, repeats=self.repeated_aug, group_size=group
+        )
+        return self._loader(self.train_set, batch_size, sampler, drop_last=len(sampler) > batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader(self.val_set) if self.val_set else []

@@ -1,13 +1,11 @@
 """Training augmentation for a whole batch at once, with per-sample randomness: the GPU data path.
 
 torchvision's v2 transforms draw one set of parameters per call, so applied to a batch every image would get
-the same operation. Here each image draws its own: TrivialAugmentWide (operation and magnitude, from
-torchvision's own op set and magnitude bins), random crop and flip, and RandomErasing (area, aspect ratio and
-place). MixUp/CutMix stay torchvision's, drawn per batch as in the seed recipe. It is all tensor code and runs
-where the batch is: on CUDA for training (``data.device_aug=true``), on CPU tensors for the tests.
-
-On CUDA every operation is computed for the whole batch and kept where chosen (``torch.where``): a few dozen
-small kernels and no host synchronisation. On CPU only the images that drew an operation are computed.
+the same operation. Here each image draws its own: TrivialAugmentWide (torchvision's own op set and magnitude
+bins), random crop and flip, and RandomErasing. MixUp/CutMix stay torchvision's, drawn per batch. It is all
+tensor code and runs where the batch is: on CUDA for training (``data.device_aug=true``), on CPU in the tests.
+Nothing here copies from the host to the device once running: on CUDA such a copy waits for the stream, every
+batch, so constant tensors are built once per device and cached.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from vit_cifar.compat import trivial_augment_space
 from vit_cifar.data.samplers import augmentation_seeds
-from vit_cifar.data.transforms import aug_value, batch_mix
+from vit_cifar.data.transforms import batch_mix
 from vit_cifar.errors import ConfigError
 
 NUM_BINS = 31  # torchvision's TrivialAugmentWide default
@@ -37,12 +35,6 @@ ERASING_TRIES = 10  # as torchvision: an image whose 10 draws all fail is left a
 BATCHED_POLICIES = ("trivialaugment", "none")  # the aug.policy values this module has a batched version of
 # Devices where every op is computed for the whole batch and selected per image (see _where_op).
 MASKED_DEVICES = ("cuda",)
-
-
-# Nothing below copies from the host to the device once it is running: on CUDA such a copy (torch.tensor(...,
-# device=...)) waits for the stream, every batch. Constant tensors are built once per device and cached.
-
-# ---------------------------------------------------------------------------------------- TrivialAugmentWide
 
 
 @lru_cache
@@ -59,17 +51,9 @@ def magnitude_table(num_bins: int, height: int, width: int, device: torch.device
     return table.to(device), signed.to(device)
 
 
-def sample_trivial_augment(
-    n: int,
-    height: int,
-    width: int,
-    device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image, as torchvision draws once per call: an op index (uniform over OPS), a magnitude bin
-    (uniform), and for signed ops a sign (negative with probability 1/2).
-
-    Returns op (n,) int64 and magnitude (n,) float32."""
+def sample_trivial_augment(n: int, height: int, width: int, device="cpu", generator=None):
+    """Per image, as torchvision draws once per call: an op (n,) uniform over OPS, and a magnitude (n,) from a
+    uniform bin, negative with probability 1/2 for signed ops."""
     table, signed = magnitude_table(NUM_BINS, height, width, device)
     op = torch.randint(len(OPS), (n,), device=device, generator=generator)
     bin_ = torch.randint(NUM_BINS, (n,), device=device, generator=generator)
@@ -81,8 +65,6 @@ def sample_trivial_augment(
 def apply_trivial_augment(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     """Apply operation ``OPS[op[i]]`` with ``magnitude[i]`` to image i of a uint8 (B, C, H, W) batch, as
     torchvision's TrivialAugmentWide does to one image (nearest interpolation, fill 0)."""
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise TypeError(f"expected a uint8 (B, C, H, W) batch, got {images.dtype} {tuple(images.shape)}")
     geometric = torch.zeros_like(op, dtype=torch.bool)
     for name in GEOMETRIC_OPS:
         geometric |= op == OPS.index(name)
@@ -92,19 +74,10 @@ def apply_trivial_augment(images: torch.Tensor, op: torch.Tensor, magnitude: tor
     return out
 
 
-def trivial_augment_wide(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """TrivialAugmentWide, an operation and magnitude for each image of a uint8 (B, C, H, W) batch."""
-    h, w = images.shape[-2:]
-    op, magnitude = sample_trivial_augment(len(images), h, w, images.device, generator)
-    return apply_trivial_augment(images, op, magnitude)
-
-
 def _where_op(x: torch.Tensor, chosen: torch.Tensor, fn: Callable) -> torch.Tensor:
-    """``fn(images, index)`` on the chosen images of ``x``, the others unchanged (on CPU, ``x`` is written in
-    place).
-
-    CUDA: computed for every image, then selected, so that nothing waits for the GPU (a count would). CPU:
-    computed on the chosen images only, since there computing is what costs."""
+    """``fn(images, index)`` on the chosen images of ``x``, the others unchanged. CUDA: computed for every
+    image, then selected, so that nothing waits for the GPU (a count would). CPU: computed on the chosen images
+    only (``x`` written in place), since there computing is what costs."""
     if x.device.type in MASKED_DEVICES:
         everything = torch.arange(len(x), device=x.device)
         return torch.where(chosen[:, None, None, None], fn(x, everything), x)
@@ -154,26 +127,11 @@ def _factor(magnitude: torch.Tensor) -> torch.Tensor:
     return (1.0 + magnitude.to(torch.float64)).to(torch.float32).view(-1, 1, 1, 1)
 
 
-def _blend(image: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+def _blend(image: torch.Tensor, other: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     """torchvision's ``_blend``, one ratio per image: ratio * image + (1 - ratio) * other, clamped, uint8."""
+    ratio = _factor(magnitude)
     # torchvision fuses the multiply-add differently: a level may differ by 1 on a few pixels in a thousand
     return (image.float() * ratio + other * (1.0 - ratio)).clamp_(0, 255).to(torch.uint8)
-
-
-def _grey(images: torch.Tensor) -> torch.Tensor:
-    return TF.rgb_to_grayscale(images).float()  # (n, 1, H, W), floored to whole levels like torchvision's
-
-
-def _brightness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return (x.float() * _factor(m)).clamp_(0, 255).to(torch.uint8)
-
-
-def _colour(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return _blend(x, _grey(x), _factor(m))
-
-
-def _contrast(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return _blend(x, _grey(x).mean(dim=(-3, -2, -1), keepdim=True), _factor(m))
 
 
 def _sharpness(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -199,12 +157,12 @@ def _solarize(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= threshold, 255 - x, x)
 
 
-# Each takes uint8 images (n, C, H, W) and their magnitudes (n,). AutoContrast and Equalize are torchvision's
-# own: they take batches and work per image.
+# Each takes uint8 images (n, C, H, W) and their magnitudes (n,). Greyscale is floored to whole levels, as
+# torchvision's. AutoContrast and Equalize are torchvision's own: they take batches and work per image.
 _COLOUR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "Brightness": _brightness,
-    "Color": _colour,
-    "Contrast": _contrast,
+    "Brightness": lambda x, m: (x.float() * _factor(m)).clamp_(0, 255).to(torch.uint8),
+    "Color": lambda x, m: _blend(x, TF.rgb_to_grayscale(x).float(), m),
+    "Contrast": lambda x, m: _blend(x, TF.rgb_to_grayscale(x).float().mean((-3, -2, -1), keepdim=True), m),
     "Sharpness": _sharpness,
     "Posterize": _posterize,
     "Solarize": _solarize,
@@ -213,9 +171,6 @@ _COLOUR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 if set(OPS) != {"Identity", *GEOMETRIC_OPS, *_COLOUR_OPS}:  # a torchvision that changed its op set
     raise ImportError(f"torchvision's TrivialAugmentWide ops {OPS} differ from those implemented here")
-
-
-# --------------------------------------------------------------------------------------- crop, flip, erasing
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -234,11 +189,6 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     """Reflect-padding's source index (edge not repeated) for indices within one image size of the edges."""
     index = index.abs()
     return torch.where(index > size - 1, 2 * (size - 1) - index, index)
-
-
-def random_hflip(images: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    flip = torch.rand(len(images), device=images.device, generator=generator) < p
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
 def random_erasing(images: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -272,43 +222,37 @@ def random_erasing(images: torch.Tensor, p: float, generator: torch.Generator | 
     return images.masked_fill(mask, 0.0)
 
 
-# ---------------------------------------------------------------------------------------- the whole pipeline
-
-
 class DeviceAugment:
-    """The ``aug`` recipe on a uint8 (B, 3, H, W) batch where it lies: crop, flip and TrivialAugmentWide on
-    uint8, scaling and normalisation, RandomErasing (filling 0, the mean), then MixUp/CutMix on the batch.
-
-    The order and distributions of the per-image CPU pipeline,
-    :func:`~vit_cifar.data.transforms.train_transform` then :func:`~vit_cifar.data.transforms.batch_mix`.
+    """The ``aug`` recipe on a uint8 (B, 3, H, W) batch where it lies, in the order and with the distributions
+    of the per-image CPU pipeline (``transforms.train_transform``, then ``transforms.batch_mix``): crop, flip
+    and TrivialAugmentWide on uint8, scaling and normalisation, RandomErasing (filling 0, the mean), MixUp/CutMix.
     """
 
     def __init__(self, aug: dict, mean: Sequence[float], std: Sequence[float], num_classes: int) -> None:
-        policy = aug_value(aug, "policy", None) or "none"
+        policy = aug.get("policy") or "none"
         if policy not in BATCHED_POLICIES:
             raise ConfigError(
                 f"aug.policy={policy} has no batched version for data.device_aug=true: "
                 "use aug.policy=trivialaugment or none, or data.device_aug=false"
             )
         self.trivial_augment = policy == "trivialaugment"
-        self.crop_padding = int(aug_value(aug, "random_crop_padding", 0))
-        self.hflip_p = float(aug_value(aug, "hflip_p"))
-        self.erasing_p = float(aug_value(aug, "erasing_p"))
+        self.crop_padding = aug.get("random_crop_padding", 0)
+        self.hflip_p, self.erasing_p = aug.get("hflip_p", 0.0), aug.get("erasing_p", 0.0)
         self.mean, self.std = tuple(mean), tuple(std)
         self.mix = batch_mix(aug, num_classes)
 
-    def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment a batch; the per-image draws come from ``generator`` (on the batch's device; None: torch's
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
+        """The augmented batch; the per-image draws come from ``generator`` (on the batch's device; None: torch's
         default generator). MixUp/CutMix draw their one value per batch from torch's default generator."""
         g = generator
         if self.crop_padding:
             images = random_crop(images, self.crop_padding, generator=g)
         if self.hflip_p:
-            images = random_hflip(images, self.hflip_p, generator=g)
+            flip = torch.rand(len(images), device=images.device, generator=g) < self.hflip_p
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         if self.trivial_augment:
-            images = trivial_augment_wide(images, generator=g)
+            op, magnitude = sample_trivial_augment(len(images), *images.shape[-2:], images.device, g)
+            images = apply_trivial_augment(images, op, magnitude)
         mean, std = _normalisation(self.mean, self.std, images.device)
         x = (images.float() / 255.0 - mean) / std
         if self.erasing_p:
@@ -319,38 +263,24 @@ class DeviceAugment:
 @lru_cache
 def _normalisation(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std as (1, C, 1, 1) tensors on ``device``, built once."""
-    as_channels = lambda values: torch.tensor(values, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
-    return as_channels(mean), as_channels(std)
+    return tuple(torch.tensor(values, device=device).view(1, -1, 1, 1) for values in (mean, std))
 
 
 class DeviceBatches:
     """Shuffled training batches sliced from uint8 tensors held on the accelerator: no workers, no collation,
     no host-to-device copy but the epoch's order. The order is a :class:`DistributedSampler`'s, drawn from
-    ``seed`` and the epoch (the permutation of the workers' path), one share per rank; Lightning gives it the
-    epoch (``sampler.set_epoch``) as for a DataLoader.
+    ``seed`` and the epoch, one share per rank; Lightning gives it the epoch (``set_epoch``) as to a DataLoader.
 
-    ``generator``, on the images' device, is reseeded at the start of each epoch from (seed, epoch, rank): the
-    augmentation's per-image draws (``DeviceAugment(..., generator=batches.generator)``) then differ between
-    ranks and between epochs, and a run (or a run resumed at an epoch's start) draws them again from ``seed``.
+    ``generator``, on the images' device, is reseeded at each epoch's start from (seed, epoch, rank), as the
+    workers' path seeds the epoch's first item (``samplers.augmentation_seeds``): the augmentation's draws
+    (``DeviceAugment(..., generator=batches.generator)``) differ between ranks and epochs, and a run (or one
+    resumed at an epoch's start) draws them again from ``seed``.
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
+    def __init__(self, images, labels, batch_size: int, drop_last=True, seed=0, rank=0, world_size=1) -> None:
         self.images, self.labels, self.batch_size, self.drop_last = images, labels, batch_size, drop_last
         # drop_last=True: every rank takes len // world_size images, so all ranks run as many steps
-        indices = range(len(labels))
-        self.sampler = DistributedSampler(
-            indices, world_size, rank, shuffle=shuffle, seed=seed, drop_last=True
-        )
+        self.sampler = DistributedSampler(range(len(labels)), world_size, rank, seed=seed, drop_last=True)
         self.generator = torch.Generator(device=images.device)
 
     def set_epoch(self, epoch: int) -> None:
@@ -361,15 +291,9 @@ class DeviceBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        sampler = self.sampler
-        self.generator.manual_seed(augmentation_seed(sampler.seed, sampler.epoch, sampler.rank))
-        order = torch.tensor(list(sampler), device=self.images.device)
+        s = self.sampler
+        self.generator.manual_seed(augmentation_seeds(s.seed, s.epoch, s.rank, 1)[0])
+        order = torch.tensor(list(s), device=self.images.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             yield self.images.index_select(0, index), self.labels.index_select(0, index)
-
-
-def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of a rank's augmentation generator for an epoch: the workers' path's seed of the epoch's first
-    item (:func:`~vit_cifar.data.samplers.augmentation_seeds`), distinct for each (seed, epoch, rank)."""
-    return augmentation_seeds(seed, epoch, rank, 1)[0]

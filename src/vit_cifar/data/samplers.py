@@ -4,12 +4,10 @@ each training image several times per epoch, each copy augmented independently."
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sized
 
 import numpy as np
-import torch
 from torch.utils.data import DistributedSampler
 
 _GOLDEN = 0x9E3779B97F4A7C15  # spreads consecutive positions over the seed space (Weyl sequence)
@@ -28,67 +26,38 @@ def augmentation_seeds(seed: int, epoch: int, rank: int, count: int) -> list[int
 
 class SeededShuffleSampler(DistributedSampler):
     """This rank's share of a permutation of the images drawn from ``seed + epoch`` (the same on every rank),
-    each index paired with the seed its augmentation is drawn from (:func:`augmentation_seeds`).
+    each index paired with the seed its augmentation is drawn from (:func:`augmentation_seeds`). So an epoch's
+    crops, flips and policies depend on the run's seed, the epoch and the item's place in it, never on which
+    DataLoader worker decodes it, how many there are, or whether the run was resumed (``ArrayDataset`` applies
+    the seed). Being a :class:`DistributedSampler`, Lightning neither replaces nor wraps it under DDP and calls
+    :meth:`set_epoch` each epoch. ``seed=None``: Lightning's global seed, the same on every rank.
 
-    So the random crops, flips and policies of an epoch depend on the run's seed, the epoch and the item's place
-    in it, never on which DataLoader worker decodes it, how many there are, whether they persist, or whether
-    the run was resumed: a killed run resumes bit for bit with workers (``ArrayDataset`` applies the seed).
-    Being a :class:`DistributedSampler`, Lightning neither replaces nor wraps it under DDP and calls
-    :meth:`set_epoch` each epoch. Only the dataset's length is used; ``seed=None`` takes Lightning's global
-    seed (``seed_everything``), the same on every rank.
+    ``repeats`` above 1: every image that many times per epoch (an epoch that many times longer: divide
+    ``trainer.max_epochs`` by it for the same compute). This rank walks its images in groups of ``group_size``
+    and yields the copies of a group in a random order; with ``group_size = batch_size // repeats`` the copies
+    of an image share a batch (or straddle two) without sitting side by side, which matters because
+    MixUp/CutMix pair each image with its neighbour in the batch. Each copy has a seed of its own.
     """
 
-    def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0, seed: int | None = None) -> None:
+    def __init__(self, dataset: Sized, num_replicas=1, rank=0, seed=None, repeats=1, group_size=1) -> None:
         seed = run_seed() if seed is None else seed
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-
-    def indices(self) -> list[int]:
-        """This epoch's images for this rank, in order."""
-        return list(super().__iter__())
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = self.indices()
-        return iter(zip(order, augmentation_seeds(self.seed, self.epoch, self.rank, len(order)), strict=True))
-
-
-class RepeatedAugSampler(SeededShuffleSampler):
-    """Every image ``repeats`` times per epoch, the copies close together, seeded, one share per DDP rank.
-
-    Each epoch: one permutation of the images from ``seed + epoch`` (the same on every rank), padded by
-    wrapping around to a multiple of ``num_replicas`` as :class:`DistributedSampler` does, then dealt out
-    ``rank::num_replicas`` so that ranks hold disjoint images. Each rank walks its images in groups of
-    ``group_size`` and yields the ``repeats`` copies of a group in a random order. With
-    ``group_size = batch_size // repeats`` the copies of an image share a batch (or straddle two) without
-    sitting side by side, which matters because MixUp/CutMix pair each image with its neighbour in the batch.
-
-    An epoch is ``repeats`` times longer than without it: divide ``trainer.max_epochs`` by ``repeats`` for the
-    same compute. Each copy has a seed of its own (its position), so the copies are augmented differently.
-    """
-
-    def __init__(
-        self,
-        dataset: Sized,
-        repeats: int,
-        group_size: int,
-        num_replicas: int = 1,
-        rank: int = 0,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
-        if repeats < 1 or group_size < 1:
-            raise ValueError(f"repeats={repeats} and group_size={group_size} must be at least 1")
         self.repeats, self.group_size = repeats, group_size
 
     def __len__(self) -> int:
         return self.num_samples * self.repeats  # num_samples: ceil(len(dataset) / num_replicas) images
 
     def indices(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.dataset), generator=g)
-        order = order.repeat(math.ceil(self.total_size / len(order)))[: self.total_size]  # pad by wrapping
-        mine = order[self.rank :: self.num_replicas]
-        chunks = []
-        for group in mine.split(self.group_size):
-            copies = group.repeat(self.repeats)  # (repeats * len(group),)
-            chunks.append(copies[torch.randperm(len(copies), generator=g)])
-        return torch.cat(chunks).tolist()
+        """This epoch's images for this rank, in order."""
+        order = list(super().__iter__())
+        if self.repeats == 1:
+            return order
+        rng = np.random.default_rng([self.seed, self.epoch])  # the order of the copies within each group
+        copies = []
+        for start in range(0, len(order), self.group_size):
+            copies += rng.permutation(order[start : start + self.group_size] * self.repeats).tolist()
+        return copies
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self.indices()
+        return iter(zip(order, augmentation_seeds(self.seed, self.epoch, self.rank, len(order)), strict=True))

@@ -23,12 +23,8 @@ from vit_cifar.errors import DataError, first_line
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 SPLITS = ("train", "test")
-ARRAY_KEYS = (
-    "train_x",
-    "train_y",
-    "test_x",
-    "test_y",
-)  # the arrays of ImageArrays, as the decode cache holds them
+# the arrays of ImageArrays, as the decode cache holds them
+ARRAY_KEYS = ("train_x", "train_y", "test_x", "test_y")
 # No image file of a dataset is read past this size (an archive member declares its size before it is read):
 # memory stays bounded whatever an archive holds. CIFAR's files are about 2 KB; a 24-megapixel photo is ~10 MB.
 MAX_IMAGE_FILE_BYTES = 64 * 2**20
@@ -68,11 +64,10 @@ def resolve_source(source: str, root: Path, dataset: str) -> str:
         raise DataError(f"data.root={root}: no such file: check the path to the archive")
     present = [split for split in SPLITS if (root / split).is_dir()]
     if present:  # half an image folder: say what is missing rather than take it for torchvision's folder
-        missing = [split for split in SPLITS if split not in present]
+        [missing] = set(SPLITS) - set(present)
         raise DataError(
-            f"data.root={root} has {', '.join(f'{p}/' for p in present)} but no "
-            f"{', '.join(f'{m}/' for m in missing)}: an image folder needs both train/<class>/* and "
-            "test/<class>/*"
+            f"data.root={root} has {present[0]}/ but no {missing}/: an image folder needs both "
+            "train/<class>/* and test/<class>/*"
         )
     if root.is_file():
         raise DataError(
@@ -82,23 +77,17 @@ def resolve_source(source: str, root: Path, dataset: str) -> str:
     return "torchvision"
 
 
-# --------------------------------------------------------------------------------------------- torchvision
-
-
-def _torchvision_class(dataset: str):
+def _torchvision_class(dataset: str) -> type:
     from torchvision import datasets
 
-    try:
-        return {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[dataset]
-    except KeyError:
-        raise DataError(
-            f"data.dataset={dataset} is not a torchvision dataset here: use cifar10 or cifar100"
-        ) from None
+    if dataset not in TORCHVISION_FOLDERS:
+        raise DataError(f"data.dataset={dataset} is not a torchvision dataset here: use cifar10 or cifar100")
+    return datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
 
 
-def _no_local_copy_hint(root: Path, dataset: str) -> str:
-    return (
-        f"point data.root at a local copy: a folder holding {TORCHVISION_FOLDERS.get(dataset, dataset)}, "
+def _no_local_copy(problem: str, root: Path, dataset: str) -> DataError:
+    return DataError(
+        f"{problem}: point data.root at a local copy: a folder holding {TORCHVISION_FOLDERS[dataset]}, "
         "an image-folder tree train/<class>/*, test/<class>/*, or a .tar/.tar.gz of one "
         "(e.g. data.root=/path/to/cifar10-jpeg.tar.gz)"
     )
@@ -112,9 +101,7 @@ def download_torchvision(root: Path, dataset: str, download: bool) -> None:
         cls(str(root), train=False, download=download)  # the smaller split: only the check is wanted
     except Exception as err:  # not found, or URLError, socket and HTTP errors: all mean the same to the user
         why = f"could not be downloaded ({first_line(err)})" if download else "data.download=false"
-        raise DataError(
-            f"{dataset} is not in {root} and {why}: {_no_local_copy_hint(root, dataset)}"
-        ) from err
+        raise _no_local_copy(f"{dataset} is not in {root} and {why}", root, dataset) from err
 
 
 def load_torchvision(root: Path, dataset: str) -> ImageArrays:
@@ -122,20 +109,15 @@ def load_torchvision(root: Path, dataset: str) -> ImageArrays:
     try:
         train, test = cls(str(root), train=True), cls(str(root), train=False)
     except RuntimeError as err:
-        raise DataError(
-            f"{dataset} is missing or corrupt in {root}: {_no_local_copy_hint(root, dataset)}"
-        ) from err
+        raise _no_local_copy(f"{dataset} is missing or corrupt in {root}", root, dataset) from err
     return ImageArrays(
-        train_x=np.asarray(train.data, dtype=np.uint8),
-        train_y=np.asarray(train.targets, dtype=np.int64),
-        test_x=np.asarray(test.data, dtype=np.uint8),
-        test_y=np.asarray(test.targets, dtype=np.int64),
-        classes=list(train.classes),
-        description=f"torchvision {dataset} ({root})",
+        np.asarray(train.data, dtype=np.uint8),
+        np.asarray(train.targets, dtype=np.int64),
+        np.asarray(test.data, dtype=np.uint8),
+        np.asarray(test.targets, dtype=np.int64),
+        list(train.classes),
+        f"torchvision {dataset} ({root})",
     )
-
-
-# --------------------------------------------------------------------------------------------- image folder
 
 
 def _split_class_of(relative: str) -> tuple[str, str] | None:
@@ -147,32 +129,6 @@ def _split_class_of(relative: str) -> tuple[str, str] | None:
     if len(parts) < 3 or parts[-3] not in SPLITS or parts[-1].startswith("."):
         return None
     return parts[-3], parts[-2]
-
-
-def to_rgb(img, size: int | None = None):
-    """RGB of any PIL mode, ``size`` x ``size`` when given: EXIF rotation applied; transparency composited over
-    white; 16-bit and float greyscale scaled to 8 bits (a plain ``convert`` would clip them).
-
-    A 16-bit or float image is resized in its own precision before anything is copied, so a large one costs
-    its decoded size once (2 or 4 bytes a pixel), not that again in float64 (a 16-bit PNG of 84 KB that
-    declares 9,000 x 9,000 pixels took 0.84 GB before)."""
-    from PIL import Image, ImageOps
-
-    img = ImageOps.exif_transpose(img)  # photos taken sideways
-    wide = img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-    top = 65535.0 if wide and (img.getextrema()[1] or 0) > 255 else 255.0  # the whole image's range, in place
-    if size is not None and (wide or img.mode in ("L", "RGB")) and img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)  # first: the conversions copy a small image
-    if wide:
-        values = np.asarray(img, dtype=np.float32)
-        img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    img = img.convert("RGB")
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return img
 
 
 def collect_image_files(inputs: str | Path | list | tuple) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -197,15 +153,36 @@ def collect_image_files(inputs: str | Path | list | tuple) -> tuple[list[Path], 
     return files, problems
 
 
-def decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
-    """Image file bytes -> (image_size, image_size, 3) uint8: the whole image in RGB, resized (not cropped).
-    One :class:`DataError` naming ``where`` for a file that is not a readable image."""
-    from PIL import Image
+def decode_image(data: bytes, size: int, where: str) -> np.ndarray:
+    """Image file bytes -> (size, size, 3) uint8: the whole image in RGB of any PIL mode, resized (not cropped);
+    EXIF rotation applied; transparency composited over white; 16-bit and float greyscale scaled to 8 bits (a
+    plain ``convert`` would clip them). One :class:`DataError` naming ``where`` for a file that is not a
+    readable image.
+
+    A 16-bit or float image is resized in its own precision before anything is copied, so a large one costs
+    its decoded size once (2 or 4 bytes a pixel), not that again in float64 (a 16-bit PNG of 84 KB that
+    declares 9,000 x 9,000 pixels took 0.84 GB before)."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            # a writable copy: torch.from_numpy warns on read-only arrays
-            return np.array(to_rgb(img, image_size), dtype=np.uint8)
+            img = ImageOps.exif_transpose(img)  # photos taken sideways
+            wide = img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+            top = 65535.0 if wide and (img.getextrema()[1] or 0) > 255 else 255.0  # the whole image's range
+            if (wide or img.mode in ("L", "RGB")) and img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)  # first: the conversions copy less
+            if wide:
+                values = np.asarray(img, dtype=np.float32)
+                img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            return np.array(
+                img, dtype=np.uint8
+            )  # a writable copy: torch.from_numpy warns on read-only arrays
     except Exception as err:
         raise DataError(
             f"cannot decode image {where} ({type(err).__name__}: {err}): remove or replace the file"
@@ -296,31 +273,21 @@ def _read_cache(cache: Path, root: Path, image_size: int) -> ImageArrays | None:
                 description=f"image folder {root}",
                 skipped=[str(p) for p in z["skipped"]] if "skipped" in z else [],
             )
-        problem = None
+        n = len(arrays.classes)
         for split in SPLITS:  # what makes the arrays unfit for the data they stand for
-            x, y, n = getattr(arrays, f"{split}_x"), getattr(arrays, f"{split}_y"), len(arrays.classes)
+            x, y = getattr(arrays, f"{split}_x"), getattr(arrays, f"{split}_y")
             if x.dtype != np.uint8 or x.shape[1:] != (image_size, image_size, 3) or len(x) == 0:
-                problem = f"{split}_x is {x.dtype} {x.shape}, not {image_size}x{image_size} RGB images"
-            elif y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n:
-                problem = f"{split}_y does not label the {len(x)} images with {n} classes"
+                raise ValueError(
+                    f"{split}_x is {x.dtype} {x.shape}, not {image_size}x{image_size} RGB images"
+                )
+            if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n:
+                raise ValueError(f"{split}_y does not label the {len(x)} images with {n} classes")
+        return arrays
     # whatever a damaged file raises: BadZipFile, KeyError, ValueError, EOFError, zlib.error, OSError, ...
     except Exception as err:
         problem = f"{type(err).__name__}: {first_line(err)[:200]}"
-    if problem is None:
-        return arrays
     log.warning("decode cache %s is unusable (%s): decoding %s again to rebuild it", cache, problem, root)
     return None
-
-
-def verify_sha256(path: Path, expected: str) -> None:
-    """Stop unless the archive's SHA-256 is ``expected``: a truncated download or another file."""
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    if digest != expected.lower():
-        raise DataError(
-            f"archive {path} has SHA-256 {digest}, not data.sha256={expected}: "
-            "it is incomplete or another file; download it again, or correct data.sha256"
-        )
 
 
 def load_image_folder(
@@ -336,8 +303,14 @@ def load_image_folder(
             f"data.root={root} is not an image folder: expected a folder with train/<class>/* and "
             "test/<class>/*, or a .tar/.tar.gz/.tgz archive of one"
         )
-    if sha256:
-        verify_sha256(root, sha256)
+    if sha256:  # a truncated download or another file
+        with open(root, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != sha256.lower():
+            raise DataError(
+                f"archive {root} has SHA-256 {digest}, not data.sha256={sha256}: "
+                "it is incomplete or another file; download it again, or correct data.sha256"
+            )
     cache = None
     if cache_dir is not None:
         name = root.name.split(".")[0] or "images"
@@ -370,9 +343,6 @@ def load_image_folder(
                 "cannot write decode cache %s (%s): the next run decodes again", cache, first_line(err)
             )
     return arrays
-
-
-# --------------------------------------------------------------------------------------------- synthetic
 
 
 def make_synthetic(

@@ -30,8 +30,7 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int, key: str) -> np.nd
     rng = np.random.default_rng(seed)
     per_class = np.full(len(classes), size // len(classes))
     per_class[rng.permutation(len(classes))[: size % len(classes)]] += 1
-    short = per_class > counts
-    if short.any():  # hand what small classes lack to the others, largest first
+    if (per_class > counts).any():  # hand what small classes lack to the others, largest first
         per_class = _apportion(counts, size)
     picked = [
         rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, per_class, strict=True)

@@ -25,22 +25,16 @@ RULES = {
 }
 
 
-def aug_value(aug: dict, key: str, default: float | int | str | None = 0.0):
-    """``aug[key]`` (``default`` when absent); config.schema has checked it against its rule."""
-    return aug.get(key, default)
-
-
 def train_transform(aug: dict, mean: Sequence[float], std: Sequence[float], image_size: int) -> v2.Compose:
     """Per-image training pipeline on a uint8 (3, H, W) tensor: geometric and colour augmentation on uint8,
-    then scaling and normalisation, then RandomErasing (which fills with 0, the mean, after normalising)."""
+    then scaling and normalisation, then RandomErasing (which fills with 0, the mean, after normalising).
+    The values are config.schema's, checked against ``RULES``."""
     ops: list[v2.Transform] = []
-    padding = aug_value(aug, "random_crop_padding", 0)
-    if padding:
-        ops.append(v2.RandomCrop(image_size, padding=int(padding), padding_mode="reflect"))
-    hflip_p = aug_value(aug, "hflip_p")
-    if hflip_p:
-        ops.append(v2.RandomHorizontalFlip(p=float(hflip_p)))
-    policy = aug_value(aug, "policy", None) or "none"
+    if aug.get("random_crop_padding"):
+        ops.append(v2.RandomCrop(image_size, padding=aug["random_crop_padding"], padding_mode="reflect"))
+    if aug.get("hflip_p"):
+        ops.append(v2.RandomHorizontalFlip(p=aug["hflip_p"]))
+    policy = aug.get("policy")
     if policy == "trivialaugment":
         ops.append(v2.TrivialAugmentWide())
     elif policy == "randaugment":
@@ -48,9 +42,8 @@ def train_transform(aug: dict, mean: Sequence[float], std: Sequence[float], imag
     elif policy == "autoaugment":
         ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    erasing_p = aug_value(aug, "erasing_p")
-    if erasing_p:
-        ops.append(v2.RandomErasing(p=float(erasing_p), value=0))
+    if aug.get("erasing_p"):
+        ops.append(v2.RandomErasing(p=aug["erasing_p"], value=0))
     return v2.Compose(ops)
 
 
@@ -64,14 +57,13 @@ def batch_mix(aug: dict, num_classes: int) -> v2.Transform | None:
 
     Targets become class probabilities that sum to 1; label smoothing is applied later, in the loss.
     """
-    mixup_alpha, cutmix_alpha = float(aug_value(aug, "mixup_alpha")), float(aug_value(aug, "cutmix_alpha"))
     mixes = []
-    if mixup_alpha > 0:
-        mixes.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
-    if cutmix_alpha > 0:
-        mixes.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if aug.get("mixup_alpha"):
+        mixes.append(v2.MixUp(alpha=float(aug["mixup_alpha"]), num_classes=num_classes))
+    if aug.get("cutmix_alpha"):
+        mixes.append(v2.CutMix(alpha=float(aug["cutmix_alpha"]), num_classes=num_classes))
     if not mixes:
         return None
     mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
-    mix_prob = float(aug_value(aug, "mix_prob", 1.0))
+    mix_prob = aug.get("mix_prob", 1.0)
     return mix if mix_prob == 1.0 else v2.RandomApply([mix], p=mix_prob)
