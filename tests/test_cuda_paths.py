@@ -397,7 +397,7 @@ def test_device_augmentation_draws_per_rank_and_epoch_from_the_seed():
 
     def first_batch(seed: int, rank: int, epoch: int) -> torch.Tensor:
         batches = DeviceBatches(images, labels, 8, seed=seed, rank=rank, world_size=2)
-        batches.set_epoch(epoch)
+        batches.sampler.set_epoch(epoch)
         x, y = next(iter(batches))
         return augment(x, y, generator=batches.generator)[0]
 

@@ -61,7 +61,7 @@ def test_an_epoch_of_the_gpu_path_draws_the_same_fresh_or_after_earlier_epochs()
     augment = DeviceAugment({"policy": "trivialaugment", "erasing_p": 0.5}, CIFAR10_MEAN, CIFAR10_STD, 10)
 
     def epoch(batches: DeviceBatches, e: int) -> list[torch.Tensor]:
-        batches.set_epoch(e)
+        batches.sampler.set_epoch(e)
         return [augment(x, y, generator=batches.generator)[0] for x, y in batches]
 
     ran = DeviceBatches(images, labels, 16, seed=7)

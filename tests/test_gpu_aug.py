@@ -216,10 +216,10 @@ def test_device_batches_cover_the_data_once_per_epoch_and_reshuffle():
     images, labels = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1), torch.arange(100)
     batches = DeviceBatches(images, labels, batch_size=16, seed=0)
     assert len(batches) == 6  # drop_last
-    batches.set_epoch(0)
+    batches.sampler.set_epoch(0)
     first = torch.cat([y for _, y in batches])
     assert len(first) == 96 and len(set(first.tolist())) == 96
-    batches.set_epoch(1)
+    batches.sampler.set_epoch(1)
     assert not torch.equal(first, torch.cat([y for _, y in batches]))
     ranks = [
         torch.cat([y for _, y in DeviceBatches(images, labels, 10, seed=0, rank=r, world_size=2)])

@@ -285,19 +285,16 @@ class CIFARDataModule(L.LightningDataModule):
         if self.device_augment is not None:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
-            # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one.
             # Shuffled from the run's seed (not torch's, which each rank reseeds from (seed, rank)), so every
             # rank draws the same permutation and takes its own share of it.
-            drop_last = len(labels) > batch_size
-            self.device_batches = DeviceBatches(
-                images, labels, batch_size, drop_last, run_seed(), rank, world
-            )
+            self.device_batches = DeviceBatches(images, labels, batch_size, run_seed(), rank, world)
             return self.device_batches
         # groups of batch_size // repeated_aug images, so that the copies of an image share a batch
         group = max(1, batch_size // self.repeated_aug)
         sampler = SeededShuffleSampler(
             self.train_set, world, rank, repeats=self.repeated_aug, group_size=group
         )
+        # drop_last keeps every step's batch (and MixUp's partner pool) full-sized, when there is more than one
         return self._loader(self.train_set, batch_size, sampler, drop_last=len(sampler) > batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -311,8 +308,7 @@ class CIFARDataModule(L.LightningDataModule):
         ``device_aug`` the whole augmentation runs here, on the uint8 batch."""
         if self.trainer is not None and self.trainer.training:
             if self.device_augment is not None:
-                generator = self.device_batches.generator if self.device_batches is not None else None
-                return self.device_augment(*batch, generator=generator)
+                return self.device_augment(*batch, generator=self.device_batches.generator)
             if self.mix is not None:
                 batch = self.mix(*batch)
         return batch
