@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,8 +28,7 @@ from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config
 from faults_support import FAST_RUN, error_lines, train_cli
 from sync_counter import SyncCounter
 from vit_cifar.config.schema import validate_config
-from vit_cifar.data import gpu_aug
-from vit_cifar.data.datamodule import resolve_pin_memory
+from vit_cifar.data import CIFARDataModule, gpu_aug
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
 from vit_cifar.data.samplers import augmentation_seeds
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
@@ -76,9 +76,18 @@ def test_the_local_device_is_read_from_the_driver(monkeypatch):
     assert local_device("auto") == CPU
 
 
-def test_pinned_memory_follows_the_trainers_device():
-    assert resolve_pin_memory(None, "cuda") is True and resolve_pin_memory(None, "cpu") is False
-    assert resolve_pin_memory(False, "cuda") is False and resolve_pin_memory(True, "cpu") is True
+@pytest.mark.parametrize(
+    ("pin_memory", "device", "pinned"),
+    [(None, "cuda", True), (None, "cpu", False), (False, "cuda", False), (True, "cpu", True)],
+)
+def test_pinned_memory_follows_the_trainers_device(pin_memory, device, pinned):
+    dm = CIFARDataModule(
+        source="synthetic", synthetic={"train_per_class": 2}, val_size=0, pin_memory=pin_memory
+    )
+    strategy = SimpleNamespace(root_device=torch.device(device))
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, strategy=strategy)  # what it reads of a Trainer
+    dm.setup("test")
+    assert dm.test_dataloader().pin_memory is pinned
 
 
 def test_combinations_that_cannot_train_are_refused_before_any_work(tmp_path):

@@ -72,7 +72,7 @@ def test_skip_bad_leaves_out_and_counts_unreadable_files(tmp_path: Path, caplog)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_files"] == 2
     assert f"skipped 2 unreadable files in {images} (data.skip_bad=true), e.g. {bad[0]}" in caplog.text
 
-    # The decoded cache remembers what it left out: without skip_bad the same folder still fails.
+    # A cache that left files out is not used without skip_bad: the same folder still fails.
     strict = CIFARDataModule(
         root=str(images), source="folder", num_classes=3, cache_dir=str(cache), val_size=6
     )

@@ -101,15 +101,10 @@ class LazyStartDataLoader(DataLoader):
 
 class CIFARDataModule(L.LightningDataModule):
     """CIFAR-10 (or any image-folder dataset) for training, validation and test. Each argument is a key of
-    the ``data`` config group, described in ``configs/data/cifar10.yaml``. Two that shape a run:
-
-    ``batch_size`` is the global batch, images per optimiser step: under DDP each process takes
-    ``batch_size / world size`` (:func:`rank_batch_size`), so a recipe trains the same on any number of GPUs.
-
-    ``device_aug``: the GPU data path: the uint8 training images are held on the accelerator and augmented
-    there, per sample, in batches (:mod:`vit_cifar.data.gpu_aug`); no DataLoader for training. ``auto`` is
-    resolved for the device before the DataModule is built (``training.run.build_datamodule``); left
-    unresolved it means the workers.
+    the ``data`` config group, described in ``configs/data/cifar10.yaml``. ``batch_size`` is the global batch:
+    under DDP each process takes ``batch_size / world size`` (:func:`rank_batch_size`), so a recipe trains the
+    same on any number of GPUs. ``device_aug``: the GPU data path (:mod:`vit_cifar.data.gpu_aug`), ``auto``
+    resolved for the device by ``training.run.build_datamodule`` (left unresolved it means the workers).
     """
 
     def __init__(
@@ -148,7 +143,7 @@ class CIFARDataModule(L.LightningDataModule):
         self.train_subset, self.test_subset = train_subset, test_subset
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if num_workers is None else num_workers
-        self.pin_memory = pin_memory  # None: resolved by the trainer's device (resolve_pin_memory)
+        self.pin_memory = pin_memory  # None: pinned when the batches go to a CUDA device (faster copies)
         self.persistent_workers = persistent_workers and self.num_workers > 0
         self.repeated_aug, self.mean, self.std = repeated_aug, tuple(mean), tuple(std)
         self.synthetic, self.skip_bad, self.sha256 = dict(synthetic or {}), skip_bad, sha256
@@ -207,30 +202,25 @@ class CIFARDataModule(L.LightningDataModule):
 
     def load_arrays(self) -> sources.ImageArrays:
         """Decode the source once per process; later calls (fit, then test) reuse the arrays."""
-        if self.arrays is None:
-            if self.source == "synthetic":
-                self.arrays = sources.make_synthetic(
-                    self.num_classes, image_size=self.image_size, **self.synthetic
-                )
-            elif self.source == "folder":
-                self.arrays = sources.load_image_folder(
-                    self.root, self.image_size, self.cache_dir, self.skip_bad, self.sha256
-                )
-                skipped = self.arrays.skipped
-                if skipped and rank_zero_only.rank == 0:
-                    log.warning(
-                        f"skipped {len(skipped)} unreadable files in {self.root} (data.skip_bad=true), "
-                        f"e.g. {skipped[0]}"
-                    )
-            else:
-                self.arrays = sources.load_torchvision(self.root, self.dataset)
-            found = len(self.arrays.classes)
-            if found != self.num_classes:
-                raise DataError(
-                    f"{self.arrays.description} has {found} classes but data.num_classes={self.num_classes}: "
-                    f"set data.num_classes={found} (the model's num_classes follows it)"
-                )
-        return self.arrays
+        if self.arrays is not None:
+            return self.arrays
+        if self.source == "synthetic":
+            arrays = sources.make_synthetic(self.num_classes, image_size=self.image_size, **self.synthetic)
+        elif self.source == "folder":
+            root, size = self.root, self.image_size
+            arrays = sources.load_image_folder(root, size, self.cache_dir, self.skip_bad, self.sha256)
+        else:
+            arrays = sources.load_torchvision(self.root, self.dataset)
+        if arrays.skipped and rank_zero_only.rank == 0:
+            skipped = f"{len(arrays.skipped)} unreadable files in {self.root} (data.skip_bad=true)"
+            log.warning(f"skipped {skipped}, e.g. {arrays.skipped[0]}")
+        if len(arrays.classes) != self.num_classes:
+            raise DataError(
+                f"{arrays.description} has {len(arrays.classes)} classes but data.num_classes={self.num_classes}: "
+                f"set data.num_classes={len(arrays.classes)} (the model's num_classes follows it)"
+            )
+        self.arrays = arrays
+        return arrays
 
     @property
     def classes(self) -> list[str]:
@@ -248,7 +238,7 @@ class CIFARDataModule(L.LightningDataModule):
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None, drop_last=False):
-        device = self.trainer.strategy.root_device.type if self.trainer is not None else "cpu"
+        on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return LazyStartDataLoader(
             dataset,
             batch_size=batch_size,
@@ -259,7 +249,7 @@ class CIFARDataModule(L.LightningDataModule):
             # MixUp draw from, advances the same with any number of workers, persistent or not.
             generator=torch.Generator().manual_seed(run_seed()),
             num_workers=self.num_workers,
-            pin_memory=resolve_pin_memory(self.pin_memory, device),
+            pin_memory=on_cuda if self.pin_memory is None else self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
 
@@ -323,8 +313,3 @@ def rank_batch_size(batch_size: int, world_size: int) -> int:
             f"set it to a multiple of {world_size}"
         )
     return batch_size // world_size
-
-
-def resolve_pin_memory(pin_memory: bool | None, device_type: str) -> bool:
-    """``data.pin_memory``: null pins host memory when the batches go to a CUDA device (faster copies)."""
-    return device_type == "cuda" if pin_memory is None else bool(pin_memory)

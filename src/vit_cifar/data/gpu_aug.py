@@ -1,12 +1,8 @@
-"""Training augmentation for a whole batch at once, with per-sample randomness: the GPU data path.
-
-torchvision's v2 transforms draw one set of parameters per call, so applied to a batch every image would get
-the same operation. Here each image draws its own: TrivialAugmentWide (torchvision's own op set and magnitude
-bins), random crop and flip, and RandomErasing. MixUp/CutMix stay torchvision's, drawn per batch. It is all
-tensor code and runs where the batch is: on CUDA for training (``data.device_aug=true``), on CPU in the tests.
+"""The GPU data path: training augmentation of a whole batch at once, where it lies, each image drawing its own
+TrivialAugmentWide op (torchvision's op set and magnitude bins), crop, flip and RandomErasing; torchvision's v2
+transforms draw one set of parameters per call, the same for a whole batch. MixUp/CutMix stay torchvision's.
 Nothing here copies from the host to the device once running: on CUDA such a copy waits for the stream, every
-batch, so constant tensors are built once per device and cached.
-"""
+batch, so constant tensors are built once per device and cached."""
 
 from __future__ import annotations
 
@@ -252,16 +248,12 @@ def _normalisation(mean: tuple, std: tuple, device: torch.device) -> tuple[torch
 
 
 class DeviceBatches:
-    """Shuffled training batches sliced from uint8 tensors held on the accelerator: no workers, no collation,
-    no host-to-device copy but the epoch's order. The order is that of ``sampler``, a :class:`DistributedSampler`
-    drawn from ``seed`` and the epoch, one share per rank, whose epoch Lightning sets as a DataLoader's. Batches
-    are full-sized (and so MixUp's partner pool) when there is more than one.
-
-    ``generator``, on the images' device, is reseeded at each epoch's start from (seed, epoch, rank), as the
-    workers' path seeds the epoch's first item (``samplers.augmentation_seeds``): the augmentation's draws
-    (``DeviceAugment(..., generator=batches.generator)``) differ between ranks and epochs, and a run (or one
-    resumed at an epoch's start) draws them again from ``seed``.
-    """
+    """Shuffled training batches sliced from uint8 tensors held on the accelerator: no workers, no collation.
+    The order is ``sampler``'s, a :class:`DistributedSampler` of ``seed`` and the epoch, whose epoch Lightning
+    sets as a DataLoader's. Batches are full-sized (and so MixUp's partner pool) when there is more than one.
+    ``generator``, on the images' device, is reseeded at each epoch's start from (seed, epoch, rank) as the
+    workers' path seeds an epoch's first item: the augmentation's draws differ between ranks and epochs, and a
+    run (or one resumed at an epoch's start) draws them again from ``seed``."""
 
     def __init__(self, images, labels, batch_size: int, seed=0, rank=0, world_size=1) -> None:
         self.images, self.labels, self.batch_size = images, labels, batch_size

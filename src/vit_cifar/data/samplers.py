@@ -26,17 +26,16 @@ def augmentation_seeds(seed: int, epoch: int, rank: int, count: int) -> list[int
 
 class SeededShuffleSampler(DistributedSampler):
     """This rank's share of a permutation of the images drawn from ``seed + epoch`` (the same on every rank),
-    each index paired with the seed its augmentation is drawn from (:func:`augmentation_seeds`). So an epoch's
-    crops, flips and policies depend on the run's seed, the epoch and the item's place in it, never on which
-    DataLoader worker decodes it, how many there are, or whether the run was resumed (``ArrayDataset`` applies
-    the seed). Being a :class:`DistributedSampler`, Lightning neither replaces nor wraps it under DDP and calls
-    :meth:`set_epoch` each epoch. ``seed=None``: Lightning's global seed, the same on every rank.
+    each index paired with the seed of its augmentation (:func:`augmentation_seeds`): an epoch's crops, flips
+    and policies never depend on which DataLoader worker decodes an item, how many there are, or a resume
+    (``ArrayDataset`` applies the seed). Being a :class:`DistributedSampler`, Lightning neither replaces nor
+    wraps it under DDP and calls :meth:`set_epoch` each epoch. ``seed=None``: Lightning's global seed.
 
-    ``repeats`` above 1: every image that many times per epoch (an epoch that many times longer: divide
-    ``trainer.max_epochs`` by it for the same compute). This rank walks its images in groups of ``group_size``
-    and yields the copies of a group in a random order; with ``group_size = batch_size // repeats`` the copies
-    of an image share a batch (or straddle two) without sitting side by side, which matters because
-    MixUp/CutMix pair each image with its neighbour in the batch. Each copy has a seed of its own.
+    ``repeats`` above 1: every image that many times per epoch (divide ``trainer.max_epochs`` by it for the
+    same compute), each copy with its own seed. This rank walks its images in groups of ``group_size`` and
+    yields the copies of a group in a random order: with ``group_size = batch_size // repeats`` the copies of an
+    image share a batch (or straddle two) without sitting side by side, which matters because MixUp/CutMix pair
+    each image with its neighbour in the batch.
     """
 
     def __init__(self, dataset: Sized, num_replicas=1, rank=0, seed=None, repeats=1, group_size=1) -> None:

@@ -1,8 +1,6 @@
-"""Where images come from: torchvision's CIFAR, an image-folder tree or archive, or synthetic images.
-
-Every source yields the same thing, :class:`ImageArrays`: uint8 arrays decoded once. Image folders and archives
-are decoded on first use into an ``.npz`` cache, so later runs and epochs never decode a file again.
-"""
+"""Where images come from: torchvision's CIFAR, an image-folder tree or archive, or synthetic images. Every
+source yields uint8 arrays decoded once (:class:`ImageArrays`); image folders and archives are decoded on first
+use into an ``.npz`` cache, so later runs and epochs never decode a file again."""
 
 from __future__ import annotations
 
@@ -23,8 +21,7 @@ from vit_cifar.errors import DataError, first_line
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 SPLITS = ("train", "test")
-# the arrays of ImageArrays, as the decode cache holds them
-ARRAY_KEYS = ("train_x", "train_y", "test_x", "test_y")
+ARRAY_KEYS = ("train_x", "train_y", "test_x", "test_y")  # the arrays of ImageArrays, in the decode cache
 # No image file of a dataset is read past this size (an archive member declares its size before it is read):
 # memory stays bounded whatever an archive holds. CIFAR's files are about 2 KB; a 24-megapixel photo is ~10 MB.
 MAX_IMAGE_FILE_BYTES = 64 * 2**20
@@ -252,9 +249,10 @@ def _read_folder(root: Path, image_size: int, skip_bad: bool) -> ImageArrays:
     return ImageArrays(**arrays, classes=classes, description=f"image folder {root}", skipped=skipped)
 
 
-def _cache_key(root: Path, image_size: int) -> str:
-    """Changes when the archive or any file of the tree changes (path, size, modification time)."""
-    h = hashlib.sha256(f"{root.resolve()}|{image_size}".encode())
+def _cache_key(root: Path, image_size: int, skip_bad: bool) -> str:
+    """Changes when the archive or any file of the tree changes (path, size, modification time), and with
+    ``skip_bad``: a run without it decodes again, to stop at the first unreadable file as the first run would."""
+    h = hashlib.sha256(f"{root.resolve()}|{image_size}|{skip_bad}".encode())
     paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for p in paths:
         st = p.stat()
@@ -314,14 +312,9 @@ def load_image_folder(
     cache = None
     if cache_dir is not None:
         name = root.name.split(".")[0] or "images"
-        cache = Path(cache_dir) / f"{name}-{image_size}px-{_cache_key(root, image_size)}.npz"
+        cache = Path(cache_dir) / f"{name}-{image_size}px-{_cache_key(root, image_size, skip_bad)}.npz"
         arrays = _read_cache(cache, root, image_size) if cache.exists() else None
         if arrays is not None:
-            if arrays.skipped and not skip_bad:  # cached with skip_bad=true: fail as a fresh read would
-                raise DataError(
-                    f"cannot decode image {root}/{arrays.skipped[0]} (left out of the cache with "
-                    f"data.skip_bad=true): remove or replace the file{SKIP_HINT}"
-                )
             return arrays
     arrays = _read_folder(root, image_size, skip_bad)
     if cache is not None:
@@ -364,7 +357,5 @@ def make_synthetic(
         x = prototypes[y] + rng.normal(0, noise, size=(len(y), image_size, image_size, 3))
         return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
 
-    train_x, train_y = draw(train_per_class)
-    test_x, test_y = draw(test_per_class)
     classes = [f"class_{i}" for i in range(num_classes)]
-    return ImageArrays(train_x, train_y, test_x, test_y, classes, description=f"synthetic (seed {seed})")
+    return ImageArrays(*draw(train_per_class), *draw(test_per_class), classes, f"synthetic (seed {seed})")
