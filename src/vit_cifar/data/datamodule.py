@@ -1,4 +1,5 @@
-"""The LightningDataModule: one of three sources, a stratified validation split, seeded subsets, augmentation."""
+"""The LightningDataModule: one of three sources, a stratified validation split, seeded subsets (class by
+class), augmentation."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from vit_cifar.data import sources
 from vit_cifar.data.gpu_aug import DeviceAugment, DeviceBatches
 from vit_cifar.data.samplers import SeededShuffleSampler, run_seed
-from vit_cifar.data.splits import balanced_subset, interleaved_order, stratified_split
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, batch_mix, eval_transform, train_transform
 from vit_cifar.devices import DEVICE_AUG
 from vit_cifar.errors import (
@@ -189,16 +189,15 @@ class CIFARDataModule(L.LightningDataModule):
         val_idx = val_idx[interleaved_order(arrays.train_y[val_idx], self.split_seed)]
         test_idx = test_idx[interleaved_order(arrays.test_y[test_idx], self.split_seed)]
 
-        def dataset(x: np.ndarray, y: np.ndarray, index: np.ndarray, transform) -> ArrayDataset:
-            images = np.ascontiguousarray(x[index].transpose(0, 3, 1, 2))  # (N, H, W, 3) -> (N, 3, H, W)
-            return ArrayDataset(torch.from_numpy(images), torch.from_numpy(y[index]), transform)
+        def dataset(split: str, index: np.ndarray, transform) -> ArrayDataset:
+            x, y = getattr(arrays, f"{split}_x")[index], getattr(arrays, f"{split}_y")[index]
+            images = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, H, W, 3) -> (N, 3, H, W)
+            return ArrayDataset(torch.from_numpy(images), torch.from_numpy(y), transform)
 
         train_tf = None if self.device_augment is not None else self.train_tf  # device_aug: uint8 batches
-        self.train_set = dataset(arrays.train_x, arrays.train_y, train_idx, train_tf)
-        self.val_set = (
-            dataset(arrays.train_x, arrays.train_y, val_idx, self.eval_tf) if len(val_idx) else None
-        )
-        self.test_set = dataset(arrays.test_x, arrays.test_y, test_idx, self.eval_tf)
+        self.train_set = dataset("train", train_idx, train_tf)
+        self.val_set = dataset("train", val_idx, self.eval_tf) if len(val_idx) else None
+        self.test_set = dataset("test", test_idx, self.eval_tf)
 
     def load_arrays(self) -> sources.ImageArrays:
         """Decode the source once per process; later calls (fit, then test) reuse the arrays."""
@@ -255,7 +254,6 @@ class CIFARDataModule(L.LightningDataModule):
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         """Validation and test: under DDP each rank takes every world_size-th image and no image twice.
-
         Lightning's default, a ``DistributedSampler``, pads the last round with repeated images so that every
         rank has as many; with 3, 6 or 7 GPUs some of the 10,000 test images would then count twice. Without
         padding, ranks may run one batch fewer than others, which evaluation allows: nothing is synchronised
@@ -313,3 +311,58 @@ def rank_batch_size(batch_size: int, world_size: int) -> int:
             f"set it to a multiple of {world_size}"
         )
     return batch_size // world_size
+
+
+def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): ``val_size`` images drawn per class in proportion to the class sizes."""
+    if not 0 <= val_size < len(labels):
+        raise ConfigError(
+            f"data.val_size={val_size} must be in [0, {len(labels) - 1}] for {len(labels)} images"
+        )
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = _apportion(counts, val_size)
+    rng = np.random.default_rng(seed)
+    val = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota, strict=True)]
+    val_idx = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx, val_idx
+
+
+def balanced_subset(labels: np.ndarray, size: int, seed: int, key: str) -> np.ndarray:
+    """Indices of ``size`` images, as equal a number per class as possible, drawn at random with ``seed``."""
+    classes, counts = np.unique(labels, return_counts=True)
+    if not 0 < size <= len(labels):
+        raise ConfigError(f"{key}={size} must be in [1, {len(labels)}] (the images available)")
+    rng = np.random.default_rng(seed)
+    per_class = np.full(len(classes), size // len(classes))
+    per_class[rng.permutation(len(classes))[: size % len(classes)]] += 1
+    if (per_class > counts).any():  # hand what small classes lack to the others, largest first
+        per_class = _apportion(counts, size)
+    picked = [
+        rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, per_class, strict=True)
+    ]
+    return np.sort(np.concatenate(picked))
+
+
+def interleaved_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded order of ``labels``' positions in which the classes take turns (each class's images shuffled):
+    every prefix is as class-balanced as it can be. Evaluation sets are kept in this order, so a limited run
+    (``limit_val_batches``, ``limit_test_batches``) or the first images shown in TensorBoard sample every
+    class, not the first class of a class-sorted folder."""
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(len(labels))
+    classes = labels[shuffled]
+    turn = np.empty(len(labels), dtype=np.int64)  # the image's place within its class, after shuffling
+    for c in np.unique(classes):
+        members = np.flatnonzero(classes == c)
+        turn[members] = np.arange(len(members))
+    return shuffled[np.lexsort((classes, turn))]  # by turn, then class: c0, c1, ..., c9, c0, c1, ...
+
+
+def _apportion(counts: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` across classes in proportion to ``counts`` (largest remainders), never above a count."""
+    exact = counts * total / counts.sum()
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota), kind="stable")[: total - quota.sum()]:
+        quota[i] += 1
+    return np.minimum(quota, counts)

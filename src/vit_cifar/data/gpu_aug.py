@@ -80,10 +80,9 @@ def _where_op(x: torch.Tensor, chosen: torch.Tensor, fn: Callable) -> torch.Tens
 
 
 def _affine(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """The geometric ops, each image with its own inverse affine matrix, in one ``grid_sample``.
-
-    Same matrices, grid and sampling as torchvision's ``affine``/``rotate`` on tensors: shears about the
-    top-left corner with angle atan(magnitude), translations by whole pixels, rotations about the centre."""
+    """The geometric ops, each image with its own inverse affine matrix, in one ``grid_sample``: torchvision's
+    ``affine``/``rotate``'s matrices, grid and sampling on tensors (shears about the top-left corner with angle
+    atan(magnitude), translations by whole pixels, rotations about the centre)."""
     n, _, h, w = images.shape
     m = magnitude.to(torch.float64)
     zero = torch.zeros_like(m)
@@ -216,28 +215,25 @@ class DeviceAugment:
                 f"aug.policy={policy} has no batched version for data.device_aug=true: "
                 "use aug.policy=trivialaugment or none, or data.device_aug=false"
             )
-        self.trivial_augment = policy == "trivialaugment"
-        self.crop_padding = aug.get("random_crop_padding", 0)
-        self.hflip_p, self.erasing_p = aug.get("hflip_p", 0.0), aug.get("erasing_p", 0.0)
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.aug, self.mean, self.std = aug, tuple(mean), tuple(std)
         self.mix = batch_mix(aug, num_classes)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
         """The augmented batch; the per-image draws come from ``generator`` (on the batch's device; None: torch's
         default generator). MixUp/CutMix draw their one value per batch from torch's default generator."""
-        g = generator
-        if self.crop_padding:
-            images = random_crop(images, self.crop_padding, generator=g)
-        if self.hflip_p:
-            flip = torch.rand(len(images), device=images.device, generator=g) < self.hflip_p
+        aug, g = self.aug, generator
+        if aug.get("random_crop_padding"):
+            images = random_crop(images, aug["random_crop_padding"], generator=g)
+        if aug.get("hflip_p"):
+            flip = torch.rand(len(images), device=images.device, generator=g) < aug["hflip_p"]
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        if self.trivial_augment:
+        if aug.get("policy") == "trivialaugment":
             op, magnitude = sample_trivial_augment(len(images), *images.shape[-2:], images.device, g)
             images = apply_trivial_augment(images, op, magnitude)
         mean, std = _normalisation(self.mean, self.std, images.device)
         x = (images.float() / 255.0 - mean) / std
-        if self.erasing_p:
-            x = random_erasing(x, self.erasing_p, generator=g)
+        if aug.get("erasing_p"):
+            x = random_erasing(x, aug["erasing_p"], generator=g)
         return self.mix(x, labels) if self.mix is not None else (x, labels)
 
 

@@ -119,9 +119,7 @@ def load_torchvision(root: Path, dataset: str) -> ImageArrays:
 
 def _split_class_of(relative: str) -> tuple[str, str] | None:
     """``.../train/<class>/<file>`` -> ("train", "<class>"), else None (hidden files, files outside classes).
-
-    Every other file in a class folder is meant to be an image: one that does not decode is reported, not
-    silently left out."""
+    Every other file in a class folder is meant to be an image: one that does not decode is reported."""
     parts = Path(relative).parts
     if len(parts) < 3 or parts[-3] not in SPLITS or parts[-1].startswith("."):
         return None
@@ -151,11 +149,9 @@ def collect_image_files(inputs: str | Path | list | tuple) -> tuple[list[Path], 
 
 
 def decode_image(data: bytes, size: int, where: str) -> np.ndarray:
-    """Image file bytes -> (size, size, 3) uint8: the whole image in RGB of any PIL mode, resized (not cropped);
-    EXIF rotation applied; transparency composited over white; 16-bit and float greyscale scaled to 8 bits (a
-    plain ``convert`` would clip them). One :class:`DataError` naming ``where`` for a file that is not a
-    readable image.
-
+    """Image file bytes -> (size, size, 3) uint8, or one :class:`DataError` naming ``where``: the whole image in
+    RGB of any PIL mode, resized (not cropped); EXIF rotation applied; transparency composited over white;
+    16-bit and float greyscale scaled to 8 bits (a plain ``convert`` would clip them).
     A 16-bit or float image is resized in its own precision before anything is copied, so a large one costs
     its decoded size once (2 or 4 bytes a pixel), not that again in float64 (a 16-bit PNG of 84 KB that
     declares 9,000 x 9,000 pixels took 0.84 GB before)."""
@@ -291,11 +287,9 @@ def _read_cache(cache: Path, root: Path, image_size: int) -> ImageArrays | None:
 def load_image_folder(
     root: Path, image_size: int, cache_dir: Path | None, skip_bad: bool = False, sha256: str | None = None
 ) -> ImageArrays:
-    """Decode a ``train/<class>/*``, ``test/<class>/*`` tree or archive once; later calls read the cache.
-
-    A file in a class folder that does not decode stops the run, naming it; with ``skip_bad`` it is left out
-    and listed in ``ImageArrays.skipped``. ``sha256``: the archive's expected checksum, checked on every call.
-    """
+    """Decode a ``train/<class>/*``, ``test/<class>/*`` tree or archive once; later calls read the cache. A
+    file in a class folder that does not decode stops the run, naming it; with ``skip_bad`` it is left out and
+    listed in ``ImageArrays.skipped``. ``sha256``: the archive's expected checksum, checked on every call."""
     if not (is_archive(root) or is_image_folder(root)):
         raise DataError(
             f"data.root={root} is not an image folder: expected a folder with train/<class>/* and "

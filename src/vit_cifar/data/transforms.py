@@ -54,9 +54,7 @@ def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
 
 def batch_mix(aug: dict, num_classes: int) -> v2.Transform | None:
     """Per-batch MixUp or CutMix (one of them, chosen at random, on each batch), or None when both are off.
-
-    Targets become class probabilities that sum to 1; label smoothing is applied later, in the loss.
-    """
+    Targets become class probabilities that sum to 1; label smoothing is applied later, in the loss."""
     mixes = []
     if aug.get("mixup_alpha"):
         mixes.append(v2.MixUp(alpha=float(aug["mixup_alpha"]), num_classes=num_classes))
