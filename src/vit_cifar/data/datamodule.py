@@ -92,11 +92,8 @@ class LazyStartDataLoader(DataLoader):
     (``set_epoch``), and workers prefetch at once: they would draw the order and the augmentation seeds of
     epoch 0 for the epoch the run resumes at."""
 
-    def __iter__(self) -> Iterator:
-        def batches():  # a generator runs nothing before its first next()
-            yield from DataLoader.__iter__(self)
-
-        return batches()
+    def __iter__(self) -> Iterator:  # a generator: runs nothing before its first next()
+        yield from super().__iter__()
 
 
 class CIFARDataModule(L.LightningDataModule):
@@ -171,8 +168,8 @@ class CIFARDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download only (once per node); ``setup`` does the rest."""
-        if self.source == "torchvision":
-            sources.download_torchvision(self.root, self.dataset, self.download)
+        if self.source == "torchvision":  # the smaller split: only the check (and download) is wanted
+            sources.torchvision_split(self.root, self.dataset, train=False, download=self.download)
 
     def setup(self, stage: str | None = None) -> None:
         arrays = self.load_arrays()

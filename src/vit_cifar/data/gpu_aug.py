@@ -57,9 +57,7 @@ def sample_trivial_augment(n: int, height: int, width: int, device="cpu", genera
 def apply_trivial_augment(images: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     """Apply operation ``OPS[op[i]]`` with ``magnitude[i]`` to image i of a uint8 (B, C, H, W) batch, as
     torchvision's TrivialAugmentWide does to one image (nearest interpolation, fill 0)."""
-    geometric = torch.zeros_like(op, dtype=torch.bool)
-    for name in GEOMETRIC_OPS:
-        geometric |= op == OPS.index(name)
+    geometric = torch.stack([op == OPS.index(name) for name in GEOMETRIC_OPS]).any(dim=0)
     out = _where_op(images.clone(), geometric, lambda x, i: _affine(x, op[i], magnitude[i]))
     for name, fn in _COLOUR_OPS.items():
         out = _where_op(out, op == OPS.index(name), lambda x, i, fn=fn: fn(x, magnitude[i]))

@@ -74,39 +74,27 @@ def resolve_source(source: str, root: Path, dataset: str) -> str:
     return "torchvision"
 
 
-def _torchvision_class(dataset: str) -> type:
+def torchvision_split(root: Path, dataset: str, train: bool, download: bool = False):
+    """One split of torchvision's copy in ``root``; with ``download``, fetched when missing or damaged
+    (torchvision checks the files)."""
     from torchvision import datasets
 
     if dataset not in TORCHVISION_FOLDERS:
         raise DataError(f"data.dataset={dataset} is not a torchvision dataset here: use cifar10 or cifar100")
-    return datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
-
-
-def _no_local_copy(problem: str, root: Path, dataset: str) -> DataError:
-    return DataError(
-        f"{problem}: point data.root at a local copy: a folder holding {TORCHVISION_FOLDERS[dataset]}, "
-        "an image-folder tree train/<class>/*, test/<class>/*, or a .tar/.tar.gz of one "
-        "(e.g. data.root=/path/to/cifar10-jpeg.tar.gz)"
-    )
-
-
-def download_torchvision(root: Path, dataset: str, download: bool) -> None:
-    """Make sure torchvision's copy is in ``root``, downloading it when allowed: torchvision checks the files
-    and fetches the archive only when they are missing or damaged."""
-    cls = _torchvision_class(dataset)
+    cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
     try:
-        cls(str(root), train=False, download=download)  # the smaller split: only the check is wanted
-    except Exception as err:  # not found, or URLError, socket and HTTP errors: all mean the same to the user
+        return cls(str(root), train=train, download=download)
+    except Exception as err:  # not found or corrupt, or URLError, socket and HTTP errors: all one to the user
         why = f"could not be downloaded ({first_line(err)})" if download else "data.download=false"
-        raise _no_local_copy(f"{dataset} is not in {root} and {why}", root, dataset) from err
+        raise DataError(
+            f"{dataset} is not in {root} and {why}: point data.root at a local copy: a folder holding "
+            f"{TORCHVISION_FOLDERS[dataset]}, an image-folder tree train/<class>/*, test/<class>/*, or a "
+            ".tar/.tar.gz of one (e.g. data.root=/path/to/cifar10-jpeg.tar.gz)"
+        ) from err
 
 
 def load_torchvision(root: Path, dataset: str) -> ImageArrays:
-    cls = _torchvision_class(dataset)
-    try:
-        train, test = cls(str(root), train=True), cls(str(root), train=False)
-    except RuntimeError as err:
-        raise _no_local_copy(f"{dataset} is missing or corrupt in {root}", root, dataset) from err
+    train, test = torchvision_split(root, dataset, train=True), torchvision_split(root, dataset, train=False)
     return ImageArrays(
         np.asarray(train.data, dtype=np.uint8),
         np.asarray(train.targets, dtype=np.int64),
@@ -303,32 +291,23 @@ def load_image_folder(
                 f"archive {root} has SHA-256 {digest}, not data.sha256={sha256}: "
                 "it is incomplete or another file; download it again, or correct data.sha256"
             )
-    cache = None
-    if cache_dir is not None:
-        name = root.name.split(".")[0] or "images"
-        cache = Path(cache_dir) / f"{name}-{image_size}px-{_cache_key(root, image_size, skip_bad)}.npz"
-        arrays = _read_cache(cache, root, image_size) if cache.exists() else None
-        if arrays is not None:
-            return arrays
+    if cache_dir is None:
+        return _read_folder(root, image_size, skip_bad)
+    name = root.name.split(".")[0] or "images"
+    cache = Path(cache_dir) / f"{name}-{image_size}px-{_cache_key(root, image_size, skip_bad)}.npz"
+    if cache.exists() and (arrays := _read_cache(cache, root, image_size)) is not None:
+        return arrays
     arrays = _read_folder(root, image_size, skip_bad)
-    if cache is not None:
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(
-                tmp,
-                **{key: getattr(arrays, key) for key in ARRAY_KEYS},
-                classes=np.array(arrays.classes),
-                skipped=np.array(arrays.skipped, dtype=str),
-            )
-            os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
-        # a full disk, a read-only cache, a file in the way: the decoded data is not lost
-        except OSError as err:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            log.warning(
-                "cannot write decode cache %s (%s): the next run decodes again", cache, first_line(err)
-            )
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **vars(arrays))
+        os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
+    # a full disk, a read-only cache, a file in the way: the decoded data is not lost
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        log.warning("cannot write decode cache %s (%s): the next run decodes again", cache, first_line(err))
     return arrays
 
 
