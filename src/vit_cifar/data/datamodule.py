@@ -34,8 +34,7 @@ from vit_cifar.errors import (
 )
 
 SOURCES = ("auto", "torchvision", "folder", "synthetic")
-# The values each checked argument of CIFARDataModule takes: config.schema checks the data group with them, before
-# any work (the DataModule trusts them).
+# The values each checked argument of CIFARDataModule takes: config.schema checks them before any work.
 RULES = {
     "source": Choice(SOURCES),
     "num_classes": Number(low=2, integer=True),
@@ -320,7 +319,7 @@ def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.n
     quota = _apportion(counts, val_size)
     rng = np.random.default_rng(seed)
     val = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota, strict=True)]
-    val_idx = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
+    val_idx = np.sort(np.concatenate(val))
     train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
     return train_idx, val_idx
 

@@ -202,9 +202,8 @@ def random_erasing(images: torch.Tensor, p: float, generator: torch.Generator | 
 
 class DeviceAugment:
     """The ``aug`` recipe on a uint8 (B, 3, H, W) batch where it lies, in the order and with the distributions
-    of the per-image CPU pipeline (``transforms.train_transform``, then ``transforms.batch_mix``): crop, flip
-    and TrivialAugmentWide on uint8, scaling and normalisation, RandomErasing (filling 0, the mean), MixUp/CutMix.
-    """
+    of ``transforms.train_transform`` then ``transforms.batch_mix``: crop, flip and TrivialAugmentWide on uint8,
+    scaling and normalisation, RandomErasing (filling 0, the mean), MixUp/CutMix."""
 
     def __init__(self, aug: dict, mean: Sequence[float], std: Sequence[float], num_classes: int) -> None:
         policy = aug.get("policy") or "none"
