@@ -16,6 +16,7 @@ import pytest
 from conftest import QUIET, TINY_MODEL, compose_config, write_archive, write_image_folder
 from faults_support import FAST_RUN, error_lines, train_cli
 from vit_cifar.config.entry import run_cli
+from vit_cifar.config.schema import validate_config
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.errors import ConfigError, DataError
 from vit_cifar.training.run import train
@@ -111,10 +112,11 @@ def test_archive_checksum(tmp_path: Path) -> None:
         f"archive {archive} has SHA-256 {good}, not data.sha256={wrong}: it is incomplete or another file; "
         "download it again, or correct data.sha256"
     )
+    cfg = compose_config(["data=synthetic", f"data.sha256={good}"], tmp_path / "out")
     with pytest.raises(
-        ConfigError, match="data.sha256 checks an image-folder archive, but data.root=.* is the synthetic"
+        ConfigError, match=r"^data.sha256 checks an image-folder archive, but data.root=.* is not"
     ):
-        CIFARDataModule(source="synthetic", sha256=good)
+        validate_config(cfg)
 
 
 def test_no_dataset_and_no_network(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -2,6 +2,7 @@
 distributions and torchvision's operations."""
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config
-from vit_cifar.data import CIFARDataModule, gpu_aug
+from faults_support import error_lines, train_cli
+from vit_cifar.data import gpu_aug
 from vit_cifar.data.gpu_aug import (
     NUM_BINS,
     OPS,
@@ -22,7 +24,6 @@ from vit_cifar.data.gpu_aug import (
     sample_trivial_augment,
 )
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_transform
-from vit_cifar.errors import ConfigError
 from vit_cifar.training.run import train
 
 SEED_AUG = {
@@ -205,11 +206,34 @@ def test_without_augmentation_the_device_path_only_normalises():
     assert torch.equal(y, labels)
 
 
-def test_policies_and_samplers_without_a_batched_version_are_refused():
-    with pytest.raises(ConfigError, match="aug.policy=randaugment .*device_aug"):
-        CIFARDataModule(source="synthetic", aug={"policy": "randaugment"}, device_aug=True)
-    with pytest.raises(ConfigError, match=r"^data.repeated_aug=3 has no GPU data path"):
-        CIFARDataModule(source="synthetic", repeated_aug=3, device_aug=True)
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            ["aug.policy=randaugment"],
+            "aug.policy=randaugment has no batched version for data.device_aug=true",
+        ),
+        (["data.repeated_aug=3"], "data.repeated_aug=3 has no GPU data path"),
+    ],
+)
+def test_policies_and_samplers_without_a_batched_version_are_refused_before_any_work(
+    tmp_path: Path, overrides: list[str], line: str
+):
+    run_dir = tmp_path / "run"
+    args = [
+        "experiment=smoke",
+        "data=synthetic",
+        "data.device_aug=true",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
+    result = train_cli(args)
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {line}"), result.stderr
+    assert not run_dir.exists()  # refused by the pre-flight, before Hydra makes the run folder
+    with pytest.raises(ValueError, match="no batched version"):  # the constructor's own invariant
+        DeviceAugment({"policy": "randaugment"}, CIFAR10_MEAN, CIFAR10_STD, num_classes=10)
 
 
 def test_device_batches_cover_the_data_once_per_epoch_and_reshuffle():

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vit_cifar import devices
-from vit_cifar.data import datamodule, sources, transforms
+from vit_cifar.data import datamodule, gpu_aug, sources, transforms
 from vit_cifar.errors import (
     COUNT,
     POSITIVE_INT,
@@ -128,6 +128,7 @@ def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -
         pair = [values.get(k) for k in keys]
         if None not in pair and broken(*pair):
             raise ConfigError(message.format(*pair))
+    _check_data_choices(cfg, values)
     max_time = _select(cfg, "trainer.max_time")
     if values.get("scheduler.by") == "time" and max_time in (None, _ABSENT):
         raise ConfigError(NO_TIME_BUDGET)
@@ -148,6 +149,29 @@ def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -
 def check_key(key: str, value: Any) -> None:
     """Kept only while training/ still calls it (validate_config checks its values): to go with the last call."""
     check(key, value, RULES[key])
+
+
+def _check_data_choices(cfg: DictConfig, values: dict) -> None:
+    """What the data group's values cannot do together: the GPU data path has no batched version of every
+    policy or of repeated augmentation, and only an archive file has a checksum."""
+    if values.get("data.device_aug") is True:
+        if values.get("data.repeated_aug", 1) != 1:
+            raise ConfigError(
+                f"data.repeated_aug={values['data.repeated_aug']} has no GPU data path: "
+                "set data.repeated_aug=1 or data.device_aug=false"
+            )
+        policy = values.get("aug.policy") or "none"
+        if policy not in gpu_aug.BATCHED_POLICIES:
+            raise ConfigError(
+                f"aug.policy={policy} has no batched version for data.device_aug=true: "
+                "use aug.policy=trivialaugment or none, or data.device_aug=false"
+            )
+    root = Path(os.path.expanduser(str(OmegaConf.select(cfg, "data.root", default=""))))
+    if values.get("data.sha256") and not sources.is_archive(root):
+        raise ConfigError(
+            f"data.sha256 checks an image-folder archive, but data.root={root} is not an archive file: "
+            "point data.root at the .tar/.tar.gz, or set data.sha256=null"
+        )
 
 
 def _optimizer_class(target: Any) -> type | None:

@@ -143,23 +143,12 @@ class CIFARDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and self.num_workers > 0
         self.repeated_aug, self.mean, self.std = repeated_aug, tuple(mean), tuple(std)
         self.synthetic, self.skip_bad, self.sha256 = dict(synthetic or {}), skip_bad, sha256
-        if sha256 and not sources.is_archive(self.root):  # the one check of where data.sha256 applies
-            what = f"the {self.source} source" if self.source != "folder" else "not an archive file"
-            raise ConfigError(
-                f"data.sha256 checks an image-folder archive, but data.root={root} is {what}: "
-                "point data.root at the .tar/.tar.gz, or set data.sha256=null"
-            )
         self.aug = dict(aug or {})
         self.train_tf = train_transform(self.aug, self.mean, self.std, image_size)
         self.eval_tf = eval_transform(self.mean, self.std)
         self.mix = batch_mix(self.aug, num_classes)
         self.device_augment = None
         if device_aug is True:  # the GPU data path: augmentation of whole batches on the device
-            if repeated_aug != 1:
-                raise ConfigError(
-                    f"data.repeated_aug={repeated_aug} has no GPU data path: "
-                    "set data.repeated_aug=1 or data.device_aug=false"
-                )
             self.device_augment = DeviceAugment(self.aug, self.mean, self.std, num_classes)
         self.arrays: sources.ImageArrays | None = None
         self.train_set = self.val_set = self.test_set = None
