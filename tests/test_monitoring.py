@@ -14,7 +14,6 @@ from vit_cifar.config.schema import validate_config
 from vit_cifar.errors import ConfigError
 from vit_cifar.training.monitoring import (
     GradNormMonitor,
-    TensorBoardFigures,
     flat_hparams,
     predictions_figure,
 )
@@ -47,12 +46,6 @@ def test_grad_norm_is_the_norm_clipping_sees_and_is_logged_every_n_steps():
             assert logger.logged[-1] == (step, {"train/grad_norm": pytest.approx(before_clip)})
             assert before_clip > 1.0  # so the logged value is not the clipped one
     assert [step for step, _ in logger.logged] == [0, 2, 4]
-
-
-def test_figure_settings_are_checked():
-    line = r"^callbacks.tensorboard_figures.every_n_epochs=0 is out of range: use an integer >= 1$"
-    with pytest.raises(ConfigError, match=line):
-        TensorBoardFigures(every_n_epochs=0)
 
 
 def test_figure_settings_are_checked_before_a_run(tmp_path):
@@ -110,7 +103,7 @@ def test_the_run_clock_goes_on_from_a_checkpoint_only_when_training_resumes_from
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    from vit_cifar.training.monitoring import RunClock
+    from vit_cifar.training.callbacks import RunClock
 
     def trainer(clock: RunClock, epochs: int) -> L.Trainer:
         quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}

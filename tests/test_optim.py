@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vit_cifar.models import VisionTransformer
-from vit_cifar.training.optim import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
+from vit_cifar.training.module import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
 
 
 def _names(model: nn.Module, params: list) -> set[str]:

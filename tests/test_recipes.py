@@ -21,7 +21,7 @@ from vit_cifar.errors import ConfigError
 from vit_cifar.models import ResNet18
 from vit_cifar.models.registry import build_network
 from vit_cifar.training.callbacks import EMA
-from vit_cifar.training.optim import param_groups
+from vit_cifar.training.module import param_groups
 from vit_cifar.training.run import build_datamodule, train
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)

@@ -8,8 +8,9 @@ from vit_cifar.config.schema import validate_config
 from vit_cifar.devices import DeviceSpec, resolve_compile
 from vit_cifar.errors import ConfigError
 from vit_cifar.models import VisionTransformer
+from vit_cifar.training.module import build_optimization
 from vit_cifar.training.run import train
-from vit_cifar.training.speed import apply_speed_settings, optimizer_kwargs_for
+from vit_cifar.training.speed import apply_speed_settings
 
 CPU, CUDA = DeviceSpec("cpu"), DeviceSpec.cuda(9, 0)
 
@@ -52,20 +53,29 @@ def test_speed_settings_compile_in_place_and_set_the_matmul_precision():
     assert torch.get_float32_matmul_precision() == "medium"
     assert net._compiled_call_impl is not None  # compiled lazily: nothing is built before the first forward
     assert [n for n, _ in net.named_parameters()] == names  # checkpoints keep the eager names
-    with pytest.raises(ConfigError, match="matmul_precision='fast'"):
-        apply_speed_settings(net, CPU, matmul_precision="fast")
+
+
+class RecordingAdamW(torch.optim.AdamW):
+    """AdamW that records the ``fused`` the optimiser builder gave it (and builds without it, on CPU)."""
+
+    given: list = []
+
+    def __init__(self, params, **kwargs) -> None:
+        RecordingAdamW.given.append(kwargs.pop("fused", "not passed"))
+        super().__init__(params, **kwargs)
+
+
+def _fused(fused, device: DeviceSpec):
+    RecordingAdamW.given.clear()
+    optim = {"_target_": "test_speed.RecordingAdamW", "lr": 1e-3, "fused": fused}
+    build_optimization(torch.nn.Linear(2, 2), optim, {}, device, total_steps=1)
+    return RecordingAdamW.given[0]
 
 
 def test_fused_adamw_defaults_to_the_fused_kernel_on_cuda_only():
-    assert optimizer_kwargs_for(torch.optim.AdamW, {"fused": None, "betas": (0.9, 0.999)}, CUDA) == {
-        "fused": True,
-        "betas": (0.9, 0.999),
-    }
-    assert optimizer_kwargs_for(torch.optim.AdamW, {"fused": None}, CPU) == {}  # PyTorch's default
-    assert optimizer_kwargs_for(torch.optim.AdamW, {"fused": False}, CUDA) == {"fused": False}
-    assert optimizer_kwargs_for(torch.optim.LBFGS, {"fused": None}, CUDA) == {}  # no fused kernel: not passed
-    with pytest.raises(ConfigError, match="optim.fused='yes'"):
-        optimizer_kwargs_for(torch.optim.AdamW, {"fused": "yes"}, CPU)
+    assert _fused(None, CUDA) is True
+    assert _fused(None, CPU) == "not passed"  # PyTorch's default
+    assert _fused(False, CUDA) is False
 
 
 def test_compile_and_fused_reach_training(tmp_path, monkeypatch):

@@ -46,7 +46,9 @@ def test_short_synthetic_run_learns_and_writes_its_metrics(tmp_path):
     assert saved["device"].startswith("cpu") and saved["precision"] == "32-true"
     assert saved["test_images"] == 100
     # the tested checkpoint is the one with the best validation accuracy
-    assert "val_acc" in saved["checkpoint"] and saved["val_acc_best"] >= saved["val_acc_last_epoch"] - 1e-9
+    best_epoch = saved["checkpoint_after_epoch"] - 1  # Lightning's name counts from 0; 9 steps an epoch
+    assert saved["checkpoint"].endswith(f"epoch={best_epoch}-step={9 * (best_epoch + 1)}.ckpt")
+    assert saved["val_acc_best"] >= saved["val_acc_last_epoch"] - 1e-9
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     rows = _csv_rows(tmp_path)
     lrs = [float(r["train/lr/decay"]) for r in rows if r.get("train/lr/decay")]
@@ -71,10 +73,11 @@ def test_without_validation_the_last_epoch_is_tested(tmp_path):
     metrics = train(cfg)
     assert metrics["checkpoint_after_epoch"] == 2 == metrics["epochs"]
     assert "val_acc_best" not in metrics
+    steps = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {
-        "epoch002.ckpt",
+        f"epoch=1-step={steps}.ckpt",  # Lightning's name, its epoch 1: after the second epoch
         "last.ckpt",
-    }  # after epoch 2
+    }
 
 
 def test_overfit_debug_config_drives_the_loss_to_zero(tmp_path):

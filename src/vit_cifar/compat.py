@@ -26,3 +26,11 @@ def trivial_augment_space() -> dict:
     from torchvision.transforms import v2
 
     return v2.TrivialAugmentWide._AUGMENTATION_SPACE
+
+
+def averaged_model(callback: Any) -> Any:
+    """The ``AveragedModel`` that Lightning's ``WeightAveraging`` callback (``EMAWeightAveraging``) keeps, or None
+    before fitting: ``training.callbacks.EMA`` updates it in one foreach call with no host wait (the parent's
+    ``AveragedModel.update_parameters`` reads its step count on the host twice a step), and Lightning has no
+    public accessor for it."""
+    return callback._average_model

@@ -1,9 +1,12 @@
-"""Training callbacks of our own: exact resume (random states), a finite-loss guard, and the weights' EMA."""
+"""Training callbacks of our own, each for a behaviour Lightning's do not have: exact resume (random states and
+the run's wall time), a finite-loss guard, an EMA of the weights without host waits, and a progress bar that reads
+the device every few steps."""
 
 from __future__ import annotations
 
 import os
 import random
+import time
 from itertools import chain
 from typing import Any
 
@@ -11,13 +14,12 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, RichProgressBar
-from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from vit_cifar.config.schema import check_key
+from vit_cifar.compat import averaged_model
 from vit_cifar.errors import TrainingError
-from vit_cifar.training.monitoring import epoch_metrics, epoch_of_run
+from vit_cifar.training.monitoring import epoch_metrics
 
 
 def capture_rng_states() -> dict:
@@ -94,7 +96,6 @@ class FiniteLossGuard(L.Callback):
     """
 
     def __init__(self, check_every_n_steps: int | None = None) -> None:
-        check_key("callbacks.finite_loss.check_every_n_steps", check_every_n_steps)
         self.check_every_n_steps = check_every_n_steps
         # On the device: the step (-1: none yet), epoch and value of the first non-finite loss.
         self._bad_step = self._bad_epoch = self._bad_loss = None
@@ -183,8 +184,6 @@ class EMA(EMAWeightAveraging):
     def __init__(
         self, decay: float = 0.9995, update_starting_at_step: int | None = None, update_every_n_steps: int = 1
     ) -> None:
-        check_key("callbacks.ema.decay", decay)
-        check_key("callbacks.ema.update_every_n_steps", update_every_n_steps)
         super().__init__(
             decay=decay,
             update_starting_at_step=update_starting_at_step,
@@ -210,7 +209,7 @@ class EMA(EMAWeightAveraging):
 
     @torch.no_grad()
     def _update_average(self, pl_module: L.LightningModule) -> None:
-        average = self._average_model
+        average = averaged_model(self)
         pairs = list(
             zip(
                 chain(average.module.parameters(), average.module.buffers()),
@@ -236,18 +235,8 @@ class EMA(EMAWeightAveraging):
         if trainer.state.fn == TrainerFn.FITTING:  # resuming: restore the average and the raw weights
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
             # once per run: whether the restored average has started
-            self._started = self._average_model is not None and int(self._average_model.n_averaged) > 0
-
-
-class ModelCheckpoint(LightningModelCheckpoint):
-    """Lightning's ModelCheckpoint, with ``{epoch}`` in file names counting from 1 as a person does: the file
-    written after the third epoch is ``epoch003``, the epoch the summary and the epoch log call 3 (Lightning's
-    own counter, and so its names, start at 0)."""
-
-    def format_checkpoint_name(self, metrics: dict, *args: Any, **kwargs: Any) -> str:
-        if "epoch" in metrics:
-            metrics = {**metrics, "epoch": int(metrics["epoch"]) + 1}
-        return super().format_checkpoint_name(metrics, *args, **kwargs)
+            average = averaged_model(self)
+            self._started = average is not None and int(average.n_averaged) > 0
 
 
 class ProgressBar(RichProgressBar):
@@ -267,7 +256,6 @@ class ProgressBar(RichProgressBar):
     """
 
     def __init__(self, metrics_every_n_steps: int | None = None, **kwargs: Any) -> None:
-        check_key("callbacks.progress_bar.metrics_every_n_steps", metrics_every_n_steps)
         super().__init__(**kwargs)
         self.metrics_every_n_steps = metrics_every_n_steps
         self._shown: dict | None = None
@@ -284,18 +272,6 @@ class ProgressBar(RichProgressBar):
         self._shown = shown
         return shown
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_start(trainer, pl_module)
-        # Lightning's bar counts epochs from 0 ("Epoch 0/99"); the epoch log, the summary, the plots and the
-        # checkpoint names count from 1, so the bar does too.
-        if self.progress is not None and self.train_progress_bar_id is not None:
-            self.progress.update(self.train_progress_bar_id, description=self._epoch_label(trainer))
-
-    def _epoch_label(self, trainer: L.Trainer) -> str:
-        label = "Epoch " + epoch_of_run(trainer)
-        label = f"{label:{len(self.validation_description)}}"  # as wide as "Validation": no flicker
-        return f"[{self.theme.description}]{label}" if self.theme.description else label
-
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._shown = None  # the epoch's values are read at its end
         epoch_metrics(trainer)  # on every rank: the bar reads them on rank 0 only (see epoch_metrics)
@@ -304,3 +280,36 @@ class ProgressBar(RichProgressBar):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._shown = None
         super().on_validation_end(trainer, pl_module)
+
+
+class RunClock(L.Callback):
+    """The run's wall time across resumes (``wall_s`` in metrics.json): the seconds spent up to a checkpoint
+    are saved in it, and a run resumed from it goes on counting from there. The time between that checkpoint
+    and a kill is work redone, so it is not counted twice."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.before_s = 0.0  # the parts of the run before the checkpoint it resumed from
+        self.saved_s = 0.0  # the count the last checkpoint loaded holds
+
+    def restart(self, started: float) -> None:
+        """Count this process from ``started`` (a ``time.perf_counter()`` taken before the Trainer was built)."""
+        self.started = started
+
+    def elapsed_s(self) -> float:
+        return self.before_s + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict:
+        return {"wall_s": self.elapsed_s()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # Lightning restores callbacks also when a checkpoint is only tested (trainer.test(ckpt_path=...), as
+        # train() does after fitting): the count goes on from a checkpoint only when training resumes from it.
+        self.saved_s = float(state_dict.get("wall_s", 0.0))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.before_s = self.saved_s  # after every restore, whichever the strategy's order
+
+
+def run_clock_of(trainer: L.Trainer) -> RunClock | None:
+    return next((c for c in trainer.callbacks if isinstance(c, RunClock)), None)

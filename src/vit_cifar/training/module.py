@@ -1,28 +1,30 @@
-"""The training system around any classifier network: loss, metrics, AdamW parameter groups, warmup-cosine."""
+"""The training system around any classifier network: loss, metrics, and the one place where ``optim`` and
+``scheduler`` become the optimiser and its learning-rate schedule (:func:`build_optimization`)."""
 
 from __future__ import annotations
 
+import math
 import random
 from contextlib import nullcontext
 from functools import partial
 
+import hydra
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import get_class
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities import GradClipAlgorithmType
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from vit_cifar.config.schema import NO_TIME_BUDGET, check_key
 from vit_cifar.data.samplers import run_seed
+from vit_cifar.devices import DeviceSpec, has_fused_kernel
 from vit_cifar.errors import ConfigError
 from vit_cifar.models.registry import build_network
-from vit_cifar.training.monitoring import budget_timer, time_budget_s
-from vit_cifar.training.optim import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
-from vit_cifar.training.speed import optimizer_kwargs_for
+from vit_cifar.training.monitoring import budget_timer, epochs_done
 
 
 class ClassifierModule(L.LightningModule):
@@ -30,22 +32,14 @@ class ClassifierModule(L.LightningModule):
 
     Args:
         net: the network's config (``_target_`` and arguments), kept in every checkpoint to rebuild it.
-        optimizer: the optimiser's config: ``_target_`` (a ``torch.optim`` class), ``lr``, ``weight_decay``
-            (applied to layer weights only, see :func:`vit_cifar.training.optim.param_groups`) and its other arguments.
-        scheduler: ``warmup_epochs`` and ``min_lr`` of the per-step warmup-cosine schedule; with ``by: time``
-            the same shape is driven by the training time spent against ``trainer.max_time`` (warmup over
-            ``warmup_fraction`` of it), so a run ends on its budget with its schedule complete.
+        optimizer, scheduler: the ``optim`` and ``scheduler`` configs, see :func:`build_optimization`.
         label_smoothing: label smoothing of the cross-entropy, applied on top of MixUp/CutMix targets.
     """
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        check_key("aug.label_smoothing", label_smoothing)
         self.save_hyperparameters()
         self.net = build_network(net)
-        self.optimizer_class = get_class(
-            optimizer["_target_"]
-        )  # a class of torch.optim: config.schema checks it
         num_classes = self.net.num_classes
         # Takes hard labels (N,) or MixUp/CutMix class probabilities (N, C); smoothing applies to both. One loss
         # per image, for the loss metrics (see _step).
@@ -123,49 +117,27 @@ class ClassifierModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # The epochs done, as a callback metric: under ddp_notebook the ranks train in forked processes and the
         # kernel's trainer gets back their callback metrics, not their loop counters (current_epoch stays 0).
-        self.log("epochs", float(self.current_epoch + 1), logger=False)
+        self.log("epochs", float(epochs_done(self.trainer)), logger=False)
 
     def configure_optimizers(self):
-        opt_cfg = {k: v for k, v in self.hparams.optimizer.items() if not k.startswith("_")}
-        lr = float(opt_cfg.pop("lr"))
-        weight_decay = float(opt_cfg.pop("weight_decay", 0.0))
-        if "betas" in opt_cfg:
-            opt_cfg["betas"] = tuple(opt_cfg["betas"])
-        opt_cfg = optimizer_kwargs_for(self.optimizer_class, opt_cfg, self.device_spec or self.device)
-        groups = param_groups(self.net, weight_decay)
-        optimizer = self.optimizer_class(groups, lr=lr, **opt_cfg)
-
-        min_lr = float(self.hparams.scheduler.get("min_lr", 0.0))
-        if self.hparams.scheduler.get("by", "steps") == "time":
-            timer = budget_timer(self.trainer)
-            if timer is None:
-                raise ConfigError(NO_TIME_BUDGET)
-            if self.trainer.world_size > 1:
-                raise ConfigError(
-                    "scheduler.by=time follows one process's clock: use scheduler.by=steps with several processes"
-                )
-            budget_s = time_budget_s(self.trainer)  # trainer.max_time, in seconds
-            warmup_fraction = float(self.hparams.scheduler.get("warmup_fraction", 0.0))
-
-            def lr_now(step: int) -> float:  # LambdaLR's step is ignored: the clock is the schedule
-                return warmup_cosine_at(timer.time_elapsed() / budget_s, warmup_fraction, lr, min_lr)
-
-            length = f"{budget_s / 60:.1f} minutes of training by the clock, {warmup_fraction:.0%} of warmup"
-        else:
-            total = int(self.trainer.estimated_stepping_batches)
-            max_epochs = max(1, self.trainer.max_epochs or 1)
-            warmup = warmup_steps_for(
-                total, max_epochs, float(self.hparams.scheduler.get("warmup_epochs", 0))
+        trainer = self.trainer
+        optimizer, scheduler, length = build_optimization(
+            self.net,
+            self.hparams.optimizer,
+            self.hparams.scheduler,
+            device=self.device_spec or self.device,
+            total_steps=int(trainer.estimated_stepping_batches),
+            max_epochs=trainer.max_epochs,
+            clock=budget_timer(trainer),
+        )
+        if self.hparams.scheduler.get("by") == "time" and trainer.world_size > 1:
+            raise ConfigError(
+                "scheduler.by=time follows one process's clock: use scheduler.by=steps with several processes"
             )
-            lr_now = partial(
-                warmup_cosine_lr, total_steps=total, warmup_steps=warmup, peak_lr=lr, min_lr=min_lr
-            )
-            length = f"{total} steps, {warmup} of warmup"
-        scheduler = LambdaLR(optimizer, lambda step: lr_now(step) / lr)
-        n_decay, n_plain = (sum(p.numel() for p in g["params"]) for g in groups)
+        decay, plain = (sum(p.numel() for p in group["params"]) for group in optimizer.param_groups)
         self.print(
-            f"{type(self.net).__name__}: {n_decay + n_plain:,} parameters; optimiser: {n_decay:,} with weight "
-            f"decay {weight_decay}, {n_plain:,} without; {length}"
+            f"{type(self.net).__name__}: {decay + plain:,} parameters; optimiser: {decay:,} with weight decay "
+            f"{optimizer.param_groups[0]['weight_decay']}, {plain:,} without; {length}"
         )
         # "name": the learning-rate monitor logs train/lr/decay and train/lr/no_decay, beside the other train/ scalars
         return {
@@ -228,3 +200,129 @@ def _accuracy(num_classes: int) -> MulticlassAccuracy:
 def is_fused(optimizer) -> bool:
     """Whether ``optimizer`` runs a fused kernel (which unscales 16-mixed gradients inside its step)."""
     return any(group.get("fused") for group in optimizer.param_groups)
+
+
+# ------------------------------------------------------------------------------------------ optimiser and schedule
+
+
+def build_optimization(
+    net: nn.Module,
+    optimizer: dict,
+    scheduler: dict,
+    device: DeviceSpec | torch.device,
+    total_steps: int,
+    max_epochs: int | None = None,
+    clock: Timer | None = None,
+) -> tuple[torch.optim.Optimizer, LambdaLR, str]:
+    """The optimiser of the ``optim`` config and its per-step learning-rate schedule of the ``scheduler`` config,
+    with a line saying how long the schedule is. The values were checked by ``config.schema`` before any work.
+
+    ``optim``: ``_target_`` (the class, through Hydra), ``lr``, ``weight_decay`` (layer weights only:
+    :func:`param_groups`) and the class's other arguments. ``fused: null`` becomes true on CUDA when the class has
+    a fused kernel (PyTorch's default elsewhere): fused AdamW takes the GradScaler's ``found_inf`` on the device, so
+    a 16-mixed step needs no host synchronisation (tests/test_cuda_paths.py counts them), and it is one kernel
+    where foreach is several. ``device``: what that choice is made for (a test passes a CUDA description on CPU).
+
+    ``scheduler``: linear warmup over ``warmup_epochs`` of ``total_steps`` optimiser steps (``max_epochs`` of
+    them), then a cosine down to ``min_lr`` at the last step. With ``by: time`` the same shape follows the
+    training time that ``clock`` (the Timer of ``trainer.max_time``) has counted against its budget, warmup over
+    ``warmup_fraction`` of it, so a run ends on its budget with its schedule complete."""
+    kwargs = {key: value for key, value in optimizer.items() if not key.startswith("_")}
+    optimizer_class = hydra.utils.get_class(optimizer["_target_"])
+    lr, weight_decay = float(kwargs.pop("lr")), float(kwargs.pop("weight_decay", 0.0))
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    if "fused" in kwargs and kwargs["fused"] is None:
+        del kwargs["fused"]
+        if device.type == "cuda" and has_fused_kernel(optimizer_class):
+            kwargs["fused"] = True
+    built = optimizer_class(param_groups(net, weight_decay), lr=lr, **kwargs)
+
+    min_lr = float(scheduler.get("min_lr", 0.0))
+    if scheduler.get("by", "steps") == "time":
+        budget_s = clock.time_elapsed() + clock.time_remaining()  # trainer.max_time, in seconds
+        warmup_fraction = float(scheduler.get("warmup_fraction", 0.0))
+
+        def lr_now(step: int) -> float:  # LambdaLR's step is ignored: the clock is the schedule
+            return warmup_cosine_at(clock.time_elapsed() / budget_s, warmup_fraction, lr, min_lr)
+
+        length = f"{budget_s / 60:.1f} minutes of training by the clock, {warmup_fraction:.0%} of warmup"
+    else:
+        warmup = warmup_steps_for(
+            total_steps, max(1, max_epochs or 1), float(scheduler.get("warmup_epochs", 0))
+        )
+        lr_now = partial(
+            warmup_cosine_lr, total_steps=total_steps, warmup_steps=warmup, peak_lr=lr, min_lr=min_lr
+        )
+        length = f"{total_steps} steps, {warmup} of warmup"
+    return built, LambdaLR(built, lambda step: lr_now(step) / lr), length
+
+
+# Normalisation layers scale and shift activations; decaying their parameters only fights the normalisation.
+NORM_TYPES = (  # the public norm layers (the lazy ones subclass these)
+    *(nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm, nn.SyncBatchNorm),
+    *(
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.InstanceNorm1d,
+        nn.InstanceNorm2d,
+        nn.InstanceNorm3d,
+    ),
+)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split parameters by role: layer weights decay; biases, norm parameters and the model's
+    ``no_weight_decay()`` names (a ViT's ``cls_token`` and ``pos_embed``) do not."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            full_name = f"{module_name}.{name}" if module_name else name
+            if isinstance(module, NORM_TYPES) or name == "bias" or full_name in skip:
+                no_decay.append(param)
+            else:
+                decay.append(param)
+    # Named, so that the learning-rate monitor logs lr-<optimiser>/decay and /no_decay, not pg1 and pg2.
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float) -> float:
+    """Learning rate at optimiser step ``step`` (0-based) of ``total_steps``.
+
+    Linear warmup reaching ``peak_lr`` at step ``warmup_steps - 1``, then a cosine from ``peak_lr`` at step
+    ``warmup_steps`` down to exactly ``min_lr`` at the last step, ``total_steps - 1``.
+    """
+    if total_steps <= 1:
+        return peak_lr
+    warmup_steps = min(warmup_steps, total_steps - 1)
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    decay_steps = total_steps - 1 - warmup_steps
+    progress = min(1.0, (step - warmup_steps) / decay_steps) if decay_steps > 0 else 1.0
+    return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine_at(progress: float, warmup_fraction: float, peak_lr: float, min_lr: float) -> float:
+    """Learning rate at ``progress`` in [0, 1] of a run whose length is not known in steps (a wall-clock budget).
+
+    Linear warmup from ``min_lr`` to ``peak_lr`` over the first ``warmup_fraction`` of the run, then a cosine down
+    to exactly ``min_lr`` at progress 1. Progress past 1 stays at ``min_lr``.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup_fraction:
+        return min_lr + (peak_lr - min_lr) * progress / warmup_fraction
+    rest = 1.0 - warmup_fraction
+    decayed = (progress - warmup_fraction) / rest if rest > 0 else 1.0
+    return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * decayed))
+
+
+def warmup_steps_for(total_steps: int, max_epochs: int, warmup_epochs: float) -> int:
+    """Warmup length in steps: ``warmup_epochs`` of the trainer's real steps per epoch, never past the run."""
+    return min(round(total_steps * warmup_epochs / max_epochs), max(total_steps - 1, 0))

@@ -24,10 +24,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassConfusionMatrix
-
-from vit_cifar.config.schema import check_key
 
 log = logging.getLogger("vit_cifar.train")
 
@@ -40,6 +38,14 @@ WARMUP_STEPS, TIMED_STEPS = 5, 20
 def duration(seconds: float) -> str:
     """0:07:05, 13:20:00: hours, minutes and seconds, for people."""
     return str(timedelta(seconds=round(max(seconds, 0.0))))
+
+
+def epochs_done(trainer: L.Trainer, epoch: int | None = None) -> int:
+    """The one place that decides how epochs are counted for people: from 1, so that after Lightning's epoch 0
+    (``trainer.current_epoch``, or the ``epoch`` a checkpoint holds) one epoch is done. The epoch log's "epoch 3",
+    metrics.json's ``epochs`` and ``checkpoint_after_epoch`` all use it; what Lightning itself writes (its
+    progress bar, checkpoint names, the logs' ``epoch`` column) keeps Lightning's count from 0."""
+    return (trainer.current_epoch if epoch is None else epoch) + 1
 
 
 def epoch_metrics(trainer: L.Trainer) -> dict:
@@ -97,7 +103,6 @@ class EpochLog(L.Callback):
         metrics = epoch_metrics(trainer)  # on every rank, before the rank-0 check: see epoch_metrics
         if trainer.sanity_checking or not trainer.is_global_zero or self._start is None:
             return
-        epoch = trainer.current_epoch + 1  # 1-based, as everywhere a person reads it
         elapsed = time.monotonic() - self._start
         parts = [f"epoch {epoch_of_run(trainer)}"]
         for stage in ("train", "val"):
@@ -115,7 +120,7 @@ class EpochLog(L.Callback):
                 parts.append(f"{stage} {' '.join(values)}")
         if trainer.optimizers:
             parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.1e}")
-        remaining = _remaining(trainer, elapsed, epoch - self._first_epoch)
+        remaining = _remaining(trainer, elapsed, epochs_done(trainer) - self._first_epoch)
         eta = ""
         if remaining is not None:
             end = datetime.now() + timedelta(seconds=remaining)
@@ -125,9 +130,9 @@ class EpochLog(L.Callback):
 
 
 def epoch_of_run(trainer: L.Trainer) -> str:
-    """The epoch in progress as a person counts it, from 1: "3/100" when the epochs end the run, "3" when a
-    time budget (trainer.max_time) ends it before max_epochs. The epoch log's and the progress bar's wording."""
-    epoch = trainer.current_epoch + 1
+    """The epoch in progress as a person counts it: "3/100" when the epochs end the run, "3" when a time budget
+    (trainer.max_time) ends it before max_epochs."""
+    epoch = epochs_done(trainer)
     ends_by_epochs = (trainer.max_epochs or 0) > 0 and budget_timer(trainer) is None
     return f"{epoch}/{trainer.max_epochs}" if ends_by_epochs else str(epoch)
 
@@ -157,88 +162,22 @@ def _remaining(trainer: L.Trainer, elapsed: float, epochs_done: int) -> float | 
     return min(left) if left else None
 
 
-class RunClock(L.Callback):
-    """The run's wall time across resumes (``wall_s`` in metrics.json): the seconds spent up to a checkpoint
-    are saved in it, and a run resumed from it goes on counting from there. The time between that checkpoint
-    and a kill is work redone, so it is not counted twice."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.before_s = 0.0  # the parts of the run before the checkpoint it resumed from
-        self.saved_s = 0.0  # the count the last checkpoint loaded holds
-
-    def restart(self, started: float) -> None:
-        """Count this process from ``started`` (a ``time.perf_counter()`` taken before the Trainer was built)."""
-        self.started = started
-
-    def elapsed_s(self) -> float:
-        return self.before_s + time.perf_counter() - self.started
-
-    def state_dict(self) -> dict:
-        return {"wall_s": self.elapsed_s()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        # Lightning restores callbacks also when a checkpoint is only tested (trainer.test(ckpt_path=...), as
-        # train() does after fitting): the count goes on from a checkpoint only when training resumes from it.
-        self.saved_s = float(state_dict.get("wall_s", 0.0))
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.before_s = self.saved_s  # after every restore, whichever the strategy's order
-
-
-def run_clock_of(trainer: L.Trainer) -> RunClock | None:
-    return next((c for c in trainer.callbacks if isinstance(c, RunClock)), None)
-
-
-class TensorBoard(TensorBoardLogger):
-    """Lightning's TensorBoard logger without the ``epoch`` scalar that Lightning adds to every logged step: a
-    staircase that sorted first among the scalars and told nothing the step axis does not.
-
-    ``resume_step`` (which ``train`` sets when it resumes: the checkpoint's step): what the stopped run logged
-    from that step on is hidden (TensorBoard's ``purge_step``), since the resumed run logs those steps again;
-    the curves go on without a doubled stretch."""
-
-    def __init__(self, *args, resume_step: int | None = None, **kwargs) -> None:
-        if resume_step is not None:
-            kwargs["purge_step"] = int(resume_step)
-        super().__init__(*args, **kwargs)
-
-    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
-
-
-class CSVLog(CSVLogger):
-    """Lightning's CSVLogger that keeps the rows of the run it resumes (``resume_step``, which ``train`` sets when
-    it resumes: the checkpoint's step): Lightning's starts ``metrics.csv`` afresh, losing the epochs before the
-    stop, and with them the first part of the history that ``evaluate`` plots. Rows the stopped run wrote from
-    that step on are dropped, as the resumed run writes those steps again: each step appears once."""
-
-    def __init__(self, *args, resume_step: int | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.resume_step = resume_step
-        self._restored = False
-
-    @property
-    def experiment(self):
-        path = Path(self.log_dir) / "metrics.csv"
-        previous = None
-        if (
-            self.resume_step is not None
-            and not self._restored
-            and rank_zero_only.rank == 0
-            and path.is_file()
-        ):
-            previous = _rows_before(path.read_text(), self.resume_step)  # a few thousand rows of numbers
-        with warnings.catch_warnings():
-            if previous is not None:  # its "previous log files will be deleted" is not true here
-                warnings.filterwarnings("ignore", message="Experiment logs directory")
-            writer = CSVLogger.experiment.fget(self)  # creates the writer, which deletes metrics.csv
-        if previous is not None and writer is not None:
-            path.write_text(previous)  # back, and later rows are appended below it under one header
-            header = previous.splitlines()[0] if previous.strip() else ""
-            writer.metrics_keys = sorted(set(writer.metrics_keys) | {k for k in header.split(",") if k})
-        self._restored = True
-        return writer
+def keep_logged_history(trainer: L.Trainer, resume_step: int) -> None:
+    """Keep, in a run resumed from step ``resume_step``, the rows of ``csv/metrics.csv`` the stopped run logged
+    before that step: Lightning's CSVLogger starts the file afresh, losing the epochs before the stop, and with
+    them the first part of the history that ``evaluate`` plots. Rows from that step on are dropped, as the resumed
+    run logs those steps again: each step appears once (TensorBoard's ``purge_step`` does the same there)."""
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger) or not trainer.is_global_zero:
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        previous = _rows_before(path.read_text(), resume_step) if path.is_file() else ""
+        with warnings.catch_warnings():  # its "previous log files will be deleted" is not true here
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            writer = logger.experiment  # made now, which deletes metrics.csv
+        if previous.strip():
+            path.write_text(previous)  # back; the resumed run's rows are appended below it, under one header
+            writer.metrics_keys = sorted({key for key in previous.splitlines()[0].split(",") if key})
 
 
 def _rows_before(text: str, step: int) -> str:
@@ -309,8 +248,6 @@ class TensorBoardFigures(L.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 10, num_images: int = 16) -> None:
-        check_key("callbacks.tensorboard_figures.every_n_epochs", every_n_epochs)
-        check_key("callbacks.tensorboard_figures.num_images", num_images)
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
         self._active = False
@@ -318,7 +255,7 @@ class TensorBoardFigures(L.Callback):
         self._samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (images, preds, targets)
 
     def _due(self, trainer: L.Trainer) -> bool:
-        epoch = trainer.current_epoch + 1
+        epoch = epochs_done(trainer)
         last = (trainer.max_epochs or 0) > 0 and epoch >= trainer.max_epochs  # -1: no last epoch
         return not trainer.sanity_checking and (epoch % self.every_n_epochs == 0 or last)
 

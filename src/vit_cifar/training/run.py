@@ -28,8 +28,9 @@ from vit_cifar.data.gpu_aug import BATCHED_POLICIES
 from vit_cifar.devices import CPU, DeviceSpec, local_device, resolve_device_aug, resolve_precision
 from vit_cifar.errors import ConfigError
 from vit_cifar.inference.engine import describe_device
+from vit_cifar.training.callbacks import run_clock_of
 from vit_cifar.training.module import ClassifierModule
-from vit_cifar.training.monitoring import log_final_hparams, run_clock_of
+from vit_cifar.training.monitoring import epochs_done, keep_logged_history, log_final_hparams
 from vit_cifar.training.runlock import check_run_folder_free, run_folder_lock
 from vit_cifar.training.speed import apply_speed_settings, precision_for_trainer
 
@@ -66,9 +67,7 @@ def build_trainer(cfg: DictConfig, has_validation: bool, device: DeviceSpec | No
     callbacks_cfg = cfg.get("callbacks") or {}
     ckpt_cfg = callbacks_cfg.get("model_checkpoint")
     if ckpt_cfg is not None and not has_validation:
-        # No validation split to select on: keep the last epoch (the seed's final-epoch protocol).
-        ckpt_cfg.monitor = None
-        ckpt_cfg.filename = "epoch{epoch:03d}"
+        ckpt_cfg.monitor = None  # no validation split to select on: keep the last epoch (the seed's protocol)
     runs_on = local_device(cfg.trainer.accelerator)
     precision = resolve_precision(cfg.trainer.precision, device or runs_on)
     precision, precision_plugins = precision_for_trainer(precision, runs_on.type)
@@ -114,18 +113,20 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
             raise ConfigError("train=false needs ckpt_path=<checkpoint file> to test")
         # python -m vit_cifar.evaluate's evaluation, into this run folder; the network comes from the checkpoint
         return evaluate_from_train_config(cfg, ckpt_path)
+    resume_step = None
     if ckpt_path is not None:
-        resumed = check_fits(ckpt_path, cfg, resume=True)  # one clear error before any work
+        resume_step = int(check_fits(ckpt_path, cfg, resume=True).get("global_step", 0))  # before any work
         ckpt_path = str(ckpt_path)
-        with open_dict(cfg):  # the logs keep the history before the checkpoint, and each step once
-            for name in ("csv", "tensorboard"):
-                if OmegaConf.select(cfg, f"logger.{name}") is not None:
-                    cfg.logger[name].resume_step = int(resumed.get("global_step", 0))
+        if OmegaConf.select(cfg, "logger.tensorboard") is not None:
+            with open_dict(cfg):  # TensorBoard hides what the stopped run logged from the resumed step on
+                cfg.logger.tensorboard.purge_step = resume_step
     L.seed_everything(cfg.seed, workers=True)
     choices_for = device or local_device(cfg.trainer.accelerator)
     datamodule = build_datamodule(cfg, choices_for)
     module = build_module(cfg)
     trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0, device=device)
+    if resume_step is not None:
+        keep_logged_history(trainer, resume_step)  # the CSV log keeps the rows before the checkpoint
     if clock := run_clock_of(trainer):
         clock.restart(start)
     module.device_spec = choices_for
@@ -169,9 +170,9 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
         metrics["test_loss"] = float(results[0]["test/loss"])
         metrics["test_images"] = int(results[0]["test/images"])  # counted, once each, over all ranks
         metrics["checkpoint"] = ckpt_path
-        if ckpt_path:  # 1-based, like "epochs": the checkpoint holds the weights after this many epochs
+        if ckpt_path:  # counted like "epochs": the checkpoint holds the weights after this many epochs
             saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            metrics["checkpoint_after_epoch"] = int(saved["epoch"]) + 1
+            metrics["checkpoint_after_epoch"] = epochs_done(trainer, int(saved["epoch"]))
     if compile_counter is not None:  # what really ran compiled, not what was asked for
         metrics.update(compile_counter.report())
     # Named after testing: naming a GPU initialises CUDA in this process, after which the ddp_notebook strategy

@@ -1,5 +1,5 @@
-"""Speed switches applied to a training run: ``torch.compile``, TF32 matmuls, fused AdamW and Lightning's
-precision plugin.
+"""Speed switches applied to a training run: ``torch.compile``, TF32 matmuls and Lightning's precision plugin
+(fused AdamW is chosen where the optimiser is built, ``training.module.build_optimization``).
 
 Each is a config value (see ``configs/train.yaml``, ``configs/optim/adamw.yaml`` and docs/performance.md);
 what each value means on which device is decided in :mod:`vit_cifar.devices`, and applied here.
@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vit_cifar.config.schema import check_key
-from vit_cifar.devices import DeviceSpec, has_fused_kernel, resolve_compile
+from vit_cifar.devices import DeviceSpec, resolve_compile
 
 
 class CompileCounter:
@@ -60,7 +59,6 @@ def apply_speed_settings(
     Returns what was applied, for the run's metrics; ``"counter"`` (a :class:`CompileCounter`, when compiled)
     tells afterwards how many forward calls really ran compiled.
     """
-    check_key("matmul_precision", matmul_precision)
     torch.set_float32_matmul_precision(matmul_precision)
     compiled = resolve_compile(compile, device)
     applied: dict = {"compile": compiled, "matmul_precision": matmul_precision}
@@ -72,30 +70,6 @@ def apply_speed_settings(
         net.compile(backend=backend, dynamic=False)  # compiles lazily, at the first forward
         applied |= {"compile_backend": backend, "counter": counter}
     return applied
-
-
-def optimizer_kwargs_for(
-    optimizer_class: type, kwargs: dict, device: DeviceSpec | torch.device | str
-) -> dict:
-    """``fused: null`` (the default) becomes True on CUDA when the optimiser has a fused kernel, and is left
-    to PyTorch's default elsewhere; true or false are kept as they are.
-
-    Why fused on CUDA: the fused AdamW kernel takes the GradScaler's ``found_inf`` on the device, so a 16-mixed
-    step needs no host synchronisation, where every other AdamW implementation makes ``GradScaler.step`` read
-    ``found_inf`` on the host once a step (tests/test_cuda_paths.py counts it); and it is one kernel where
-    foreach is several. Clipping works with it in every precision: ``ClassifierModule.configure_gradient_clipping``
-    unscales first (Lightning's own clipping refuses fused optimisers under mixed precision)."""
-    kwargs = dict(kwargs)
-    if "fused" not in kwargs:
-        return kwargs
-    fused = kwargs.pop("fused")
-    check_key("optim.fused", fused)
-    device_type = device if isinstance(device, str) else device.type
-    if fused is None:
-        fused = True if device_type == "cuda" and has_fused_kernel(optimizer_class) else None
-    if fused is not None:
-        kwargs["fused"] = fused
-    return kwargs
 
 
 def precision_for_trainer(precision: str, device_type: str) -> tuple[str | None, list]:
