@@ -116,13 +116,6 @@ def test_ema_matches_hand_computed_averages_in_validation_checkpoint_and_test(tm
     assert resumed.seen["val"] == ema == -5.03125
 
 
-def test_ema_rejects_a_decay_outside_0_1():
-    with pytest.raises(
-        ConfigError, match=r"^callbacks.ema.decay=1.0 is out of range: use a number in \[0, 1\)"
-    ):
-        EMA(decay=1.0)
-
-
 def _mean_loss(net, dataset):
     x = torch.stack([dataset[i][0] for i in range(len(dataset))])
     with torch.no_grad():

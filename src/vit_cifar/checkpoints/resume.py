@@ -1,4 +1,5 @@
-"""Which checkpoint ``ckpt_path`` names, and whether it fits the run that wants to resume from it or test it.
+"""Which checkpoint ``ckpt_path`` names, whether it fits the run that wants to resume from it or test it, and
+the logged history a resumed run keeps.
 
 ``ckpt_path=last`` means the ``last.ckpt`` of *this run's* checkpoint folder,
 ``callbacks.last_checkpoint.dirpath`` (by default ``<run folder>/checkpoints``). The run folder is
@@ -8,8 +9,12 @@
 
 from __future__ import annotations
 
+import csv
+import warnings
 from pathlib import Path
 
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,3 +82,38 @@ def _mismatch(net_config: dict, state: dict) -> str | None:
         return describe_mismatch(build_network({k: v for k, v in net_config.items() if v is not None}), state)
     except (VitCifarError, TypeError):
         return "the model cannot be built from this run's config"
+
+
+def keep_logged_history(trainer: L.Trainer, resume_step: int) -> None:
+    """Keep, in a run resumed from step ``resume_step``, the rows of ``csv/metrics.csv`` the stopped run logged
+    before that step: Lightning's CSVLogger starts the file afresh, losing the epochs before the stop, and with
+    them the first part of the history that ``evaluate`` plots. Rows from that step on are dropped, as the resumed
+    run logs those steps again: each step appears once (TensorBoard's ``purge_step`` does the same there)."""
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger) or not trainer.is_global_zero:
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        previous = _rows_before(path.read_text(), resume_step) if path.is_file() else ""
+        with warnings.catch_warnings():  # its "previous log files will be deleted" is not true here
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            writer = logger.experiment  # made now, which deletes metrics.csv
+        if previous.strip():
+            path.write_text(previous)  # back; the resumed run's rows are appended below it, under one header
+            writer.metrics_keys = sorted({key for key in previous.splitlines()[0].split(",") if key})
+
+
+def _rows_before(text: str, step: int) -> str:
+    """The header and the rows of a Lightning ``metrics.csv`` logged before ``step``."""
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return text
+    header = lines[0].rstrip("\r\n").split(",")
+    if "step" not in header:
+        return text
+    column = header.index("step")
+    kept = [lines[0]]
+    for line in lines[1:]:
+        row = next(csv.reader([line]), [])
+        if len(row) <= column or not row[column] or int(float(row[column])) < step:
+            kept.append(line)
+    return "".join(kept)

@@ -192,20 +192,22 @@ class EMA(EMAWeightAveraging):
         self.decay = decay
         self._ema_update = get_ema_multi_avg_fn(decay)  # torch's own: one foreach lerp over all tensors
         self._started = False  # whether the average holds weights yet (else the first update copies them)
+        self._updated_at_step = 0  # the optimiser step of the last update (once per step under accumulation)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
-            self._started = False
+            self._started, self._updated_at_step = False, 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         """As Lightning's, except for the update: ``AveragedModel.update_parameters`` with an ``avg_fn`` updates
         tensor by tensor and reads its step count on the host twice (``bool`` of a device tensor), waiting for
         the GPU at every step; this is one foreach update and no wait."""
-        step_idx = trainer.global_step - 1
-        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
+        if trainer.global_step > self._updated_at_step and self.should_update(
+            step_idx=trainer.global_step - 1
+        ):
             self._update_average(pl_module)
-            self._latest_update_step = trainer.global_step
+            self._updated_at_step = trainer.global_step
 
     @torch.no_grad()
     def _update_average(self, pl_module: L.LightningModule) -> None:

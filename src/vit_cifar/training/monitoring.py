@@ -12,18 +12,15 @@ What is where (``tensorboard --logdir outputs/``; docs/sweeps.md):
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
-import warnings
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -89,9 +86,9 @@ class EpochLog(L.Callback):
     def _warn_if_long(self, trainer: L.Trainer) -> None:
         per_step = (self._timed[-1] - self._timed[WARMUP_STEPS]) / (TIMED_STEPS - WARMUP_STEPS)
         total = per_step * float(trainer.estimated_stepping_batches)
-        budget = time_budget_s(trainer)
-        if budget is not None:
-            total = min(total, budget)
+        timer = budget_timer(trainer)
+        if timer is not None:  # trainer.max_time ends the run first
+            total = min(total, timer.time_elapsed() + timer.time_remaining())
         if total > LONG_CPU_RUN_S:
             log.warning(
                 f"this run is sized for a GPU: on this CPU it would take about {duration(total)} "
@@ -144,12 +141,6 @@ def budget_timer(trainer: L.Trainer) -> Timer | None:
     )
 
 
-def time_budget_s(trainer: L.Trainer) -> float | None:
-    """Seconds of training that ``trainer.max_time`` allows; None without a budget."""
-    timer = budget_timer(trainer)
-    return None if timer is None else timer.time_elapsed() + timer.time_remaining()
-
-
 def _remaining(trainer: L.Trainer, elapsed: float, epochs_done: int) -> float | None:
     """Seconds left in the run: by the mean epoch so far, or by the time budget when that ends it first."""
     left = []
@@ -160,41 +151,6 @@ def _remaining(trainer: L.Trainer, elapsed: float, epochs_done: int) -> float | 
     if timer is not None:
         left.append(max(timer.time_remaining(), 0.0))
     return min(left) if left else None
-
-
-def keep_logged_history(trainer: L.Trainer, resume_step: int) -> None:
-    """Keep, in a run resumed from step ``resume_step``, the rows of ``csv/metrics.csv`` the stopped run logged
-    before that step: Lightning's CSVLogger starts the file afresh, losing the epochs before the stop, and with
-    them the first part of the history that ``evaluate`` plots. Rows from that step on are dropped, as the resumed
-    run logs those steps again: each step appears once (TensorBoard's ``purge_step`` does the same there)."""
-    for logger in trainer.loggers:
-        if not isinstance(logger, CSVLogger) or not trainer.is_global_zero:
-            continue
-        path = Path(logger.log_dir) / "metrics.csv"
-        previous = _rows_before(path.read_text(), resume_step) if path.is_file() else ""
-        with warnings.catch_warnings():  # its "previous log files will be deleted" is not true here
-            warnings.filterwarnings("ignore", message="Experiment logs directory")
-            writer = logger.experiment  # made now, which deletes metrics.csv
-        if previous.strip():
-            path.write_text(previous)  # back; the resumed run's rows are appended below it, under one header
-            writer.metrics_keys = sorted({key for key in previous.splitlines()[0].split(",") if key})
-
-
-def _rows_before(text: str, step: int) -> str:
-    """The header and the rows of a Lightning ``metrics.csv`` logged before ``step``."""
-    lines = text.splitlines(keepends=True)
-    if not lines:
-        return text
-    header = lines[0].rstrip("\r\n").split(",")
-    if "step" not in header:
-        return text
-    column = header.index("step")
-    kept = [lines[0]]
-    for line in lines[1:]:
-        row = next(csv.reader([line]), [])
-        if len(row) <= column or not row[column] or int(float(row[column])) < step:
-            kept.append(line)
-    return "".join(kept)
 
 
 if TYPE_CHECKING:  # omegaconf is imported where it is used: the benchmark runs without Hydra

@@ -20,7 +20,7 @@ from vit_cifar.analysis.evaluation import evaluate_from_train_config
 from vit_cifar.analysis.report import summary_line
 from vit_cifar.checkpoints.atomic import write_atomic
 from vit_cifar.checkpoints.io import SafeCheckpointIO
-from vit_cifar.checkpoints.resume import check_fits, resolve_ckpt_path
+from vit_cifar.checkpoints.resume import check_fits, keep_logged_history, resolve_ckpt_path
 from vit_cifar.config.entry import check_output_place
 from vit_cifar.config.schema import validate_config
 from vit_cifar.data import CIFARDataModule
@@ -30,7 +30,7 @@ from vit_cifar.errors import ConfigError
 from vit_cifar.inference.engine import describe_device
 from vit_cifar.training.callbacks import run_clock_of
 from vit_cifar.training.module import ClassifierModule
-from vit_cifar.training.monitoring import epochs_done, keep_logged_history, log_final_hparams
+from vit_cifar.training.monitoring import epochs_done, log_final_hparams
 from vit_cifar.training.runlock import check_run_folder_free, run_folder_lock
 from vit_cifar.training.speed import apply_speed_settings, precision_for_trainer
 
