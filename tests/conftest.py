@@ -120,7 +120,7 @@ def attention_ckpt(tmp_path_factory) -> Path:
         "test=false",
     ]
     train(compose_config(overrides, out))
-    return next((out / "checkpoints").glob("epoch*.ckpt"))
+    return next((out / "checkpoints").glob("step*.ckpt"))
 
 
 @pytest.fixture(scope="session")
