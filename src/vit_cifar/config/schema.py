@@ -146,11 +146,6 @@ def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -
     _check_image_size(cfg, values)
 
 
-def check_key(key: str, value: Any) -> None:
-    """Kept only while training/ still calls it (validate_config checks its values): to go with the last call."""
-    check(key, value, RULES[key])
-
-
 def _check_data_choices(cfg: DictConfig, values: dict) -> None:
     """What the data group's values cannot do together: the GPU data path has no batched version of every
     policy or of repeated augmentation, and only an archive file has a checksum."""
