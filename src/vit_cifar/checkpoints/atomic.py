@@ -19,11 +19,9 @@ def partial_path(path: Path) -> Path:
 
 def write_atomic(path: str | Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
     """Write a file so that readers, and a process killed halfway, only ever see the old file or the new one.
-    ``data`` is text (UTF-8), bytes, or a function that writes into the open file (``torch.save``).
-
-    The bytes go to :func:`partial_path` beside ``path`` (same filesystem, so the rename is atomic), are
-    fsynced, then replace ``path`` in one ``os.replace``; the folder is fsynced so the rename survives a crash.
-    """
+    ``data`` is text (UTF-8), bytes, or a function that writes into the open file (``torch.save``). The bytes go
+    to :func:`partial_path` beside ``path`` (same filesystem, so the rename is atomic), are fsynced, then replace
+    ``path`` in one ``os.replace``; the folder is fsynced so the rename survives a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)

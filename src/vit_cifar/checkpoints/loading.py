@@ -71,9 +71,7 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict, dict, dict[str, to
             f"checkpoint {path} is not a vit-cifar training checkpoint (it has no network config): "
             "use a .ckpt written by python -m vit_cifar.train"
         )
-    network_class(
-        net_config, f"checkpoint {path}"
-    )  # resuming builds it too: every reader meets a bad name here
+    network_class(net_config, f"checkpoint {path}")  # every reader, resuming too, meets a bad name here
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     return checkpoint, net_config, state
 
@@ -89,23 +87,16 @@ def network_class(net_config: dict, where: str) -> type[nn.Module]:
 def describe_mismatch(net: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
     """One line on how a state dict differs from a network's, or None when it fits."""
     own = net.state_dict()
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    parts = [
-        f"{len(found)} {what} (e.g. {found[0]})"
-        for found, what in (
-            (shapes, "shapes differ"),
-            (missing, "tensors missing"),
-            (unexpected, "unexpected"),
-        )
-        if found
-    ]
-    return "; ".join(parts) or None
+    found = {
+        "shapes differ": [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and state[k].shape != v.shape
+        ],
+        "tensors missing": [k for k in own if k not in state],
+        "unexpected": [k for k in state if k not in own],
+    }
+    return "; ".join(f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in found.items() if keys) or None
 
 
 def build_with_weights(net_config: dict, state: dict[str, torch.Tensor], where: str) -> nn.Module:
@@ -149,11 +140,7 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
             "it was not written by python -m vit_cifar.train, or was edited"
         )
     epoch = checkpoint.get("epoch")
+    epochs_trained = int(epoch) + 1 if epoch is not None else None
     return LoadedClassifier(
-        net=net,
-        classes=list(classes),
-        net_config=net_config,
-        run_config=checkpoint.get("config") or {},
-        path=path,
-        epoch=int(epoch) + 1 if epoch is not None else None,
+        net, list(classes), net_config, checkpoint.get("config") or {}, path, epochs_trained
     )

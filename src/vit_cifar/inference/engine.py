@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import hydra
 import torch
@@ -18,8 +18,7 @@ from vit_cifar.devices import autocast_dtype, canonical_precision, cuda_descript
 from vit_cifar.errors import ConfigError, Number, check
 
 
-@dataclass(frozen=True)
-class InputSpec:
+class InputSpec(NamedTuple):
     """Image side and normalisation the network was trained with: part of the model, not of the data."""
 
     image_size: int
@@ -93,8 +92,7 @@ def predict_probs(
     dtype: torch.dtype | None = None,
     pad_to: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class probabilities (N, C) on the CPU for every batch, and the labels when batches are (images,
-    labels).
+    """Class probabilities (N, C) on the CPU for every batch, and the labels when batches are (images, labels).
 
     ``tta``: average the softmax of each image and of its horizontal mirror (the seed trained with flips off,
     but mirrored CIFAR images are still natural images). ``dtype``: autocast to it (None: float32).
@@ -124,8 +122,7 @@ def predict_probs(
 def evaluation_datamodule(data_cfg: dict, spec: InputSpec, batch_size: int, num_workers: int = 0):
     """The DataModule ``data_cfg`` configures, for the test split only, fed as the network expects (its image
     size and normalisation)."""
-    cfg = {
-        **data_cfg,
+    cfg = data_cfg | {
         "image_size": spec.image_size,
         "mean": list(spec.mean),
         "std": list(spec.std),

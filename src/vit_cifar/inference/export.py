@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -37,14 +36,7 @@ from vit_cifar.errors import (
 )
 from vit_cifar.inference.engine import InputSpec, evaluation_datamodule, input_spec, predict_probs
 from vit_cifar.inference.interop import load_timm_export, timm_config, timm_model_args
-from vit_cifar.inference.runtime import (
-    ONNX_METADATA_KEY,
-    card_path,
-    load_onnx,
-    load_safetensors,
-    model_card,
-    require,
-)
+from vit_cifar.inference.runtime import ONNX_METADATA_KEY, load_onnx, load_safetensors, model_card, require
 
 # What each format writes beside ``<name>.ckpt`` when not told: ``<name>.onnx``, ``<name>.safetensors`` (and
 # ``<name>.json``), the folder ``<name>-timm/``.
@@ -85,9 +77,10 @@ def write_card(fmt: str, staged: Path, card: dict) -> None:
         model = onnx.load(str(staged))
         onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: json.dumps(card)})
         write_atomic(staged, model.SerializeToString())
+    elif fmt == "safetensors":
+        write_atomic(staged.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
     else:
-        place = card_path(staged) if fmt == "safetensors" else staged / "config.json"
-        write_atomic(place, json.dumps(card if fmt == "safetensors" else timm_config(card), indent=2) + "\n")
+        write_atomic(staged / "config.json", json.dumps(timm_config(card), indent=2) + "\n")
 
 
 def write_export(net: torch.nn.Module, fmt: str, staged: Path, card: dict, opset: int) -> torch.nn.Module:
@@ -109,30 +102,30 @@ def write_export(net: torch.nn.Module, fmt: str, staged: Path, card: dict, opset
 def check_images(data_cfg: dict | None, spec: InputSpec, count: int) -> tuple[torch.Tensor, str]:
     """The first ``count`` test images of the data ``data_cfg`` describes, normalised as the network expects;
     random images (and a note saying so) when that data cannot be read."""
+    note = "no data configured"
     if data_cfg:
         try:
-            datamodule = evaluation_datamodule(data_cfg, spec, batch_size=max(1, count))
+            datamodule = evaluation_datamodule(data_cfg, spec, batch_size=count)
             datamodule.setup("test")
-            images, _ = next(iter(datamodule.test_dataloader()))
-            return images[:count], f"{len(images[:count])} test images of {datamodule.description}"
+            images = next(iter(datamodule.test_dataloader()))[0][:count]
+            return images, f"{len(images)} test images of {datamodule.description}"
         except (DataError, InstantiationException) as err:
-            while isinstance(err, InstantiationException) and err.__cause__ is not None:
-                err = err.__cause__  # what the DataModule's constructor raised
-            if not isinstance(err, DataError):
+            cause = (
+                err.__cause__ if isinstance(err, InstantiationException) else err
+            )  # what the constructor raised
+            if not isinstance(cause, DataError):
                 raise
-            note = f"no test images ({first_line(err)[:160]})"
-    else:
-        note = "no data configured"
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(count, 3, spec.image_size, spec.image_size, generator=generator)
+            note = f"no test images ({first_line(cause)[:160]})"
+    images = torch.randn(
+        count, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0)
+    )
     return images, f"{count} random images: {note}; pass data.root=<dataset> to check on real ones"
 
 
 def compare(reference: torch.nn.Module, exported: torch.nn.Module, images: torch.Tensor) -> dict:
     """Largest difference of a class probability and the share of equal top-1 classes, image by image."""
-    batches = images.split(64)
-    ours, _ = predict_probs(reference, batches, torch.device("cpu"))
-    theirs, _ = predict_probs(exported, batches, torch.device("cpu"))
+    ours, _ = predict_probs(reference, images.split(64), torch.device("cpu"))
+    theirs, _ = predict_probs(exported, images.split(64), torch.device("cpu"))
     return {
         "max_abs_diff_probs": float((ours - theirs).abs().max()),
         "top1_agreement": float((ours.argmax(1) == theirs.argmax(1)).float().mean()),
@@ -148,16 +141,13 @@ def export_checkpoint(
     tolerance: float = 1e-4,
     opset: int = 18,
 ) -> dict:
-    """Export ``ckpt_path`` as ``fmt``, check it against PyTorch, then write it; returns the report."""
-    start = time.perf_counter()
+    """Export ``ckpt_path`` as ``fmt``, check it against PyTorch, then write it; returns the model card."""
     check("format", fmt, Choice(tuple(ENDINGS)))
     check("check_images", images, POSITIVE_INT)
     check("tolerance", tolerance, Number(low=0, low_open=True))
     check("opset", opset, Number(low=7, integer=True, hint="18: the default"))
     ckpt_path = Path(ckpt_path)
-    if output is None:
-        output = ckpt_path.with_name(ckpt_path.stem + ENDINGS[fmt])
-    output = Path(output)
+    output = Path(output or ckpt_path.with_name(ckpt_path.stem + ENDINGS[fmt]))
     if fmt != "timm" and output.suffix.lower() != ENDINGS[fmt]:
         raise ConfigError(f"output={output} must end in {ENDINGS[fmt]} for format={fmt}")
     check_output_place(output, "output", folder=fmt == "timm")
@@ -184,21 +174,13 @@ def export_checkpoint(
             Path(scratch).iterdir(), key=lambda p: p.suffix == ".json"
         ):  # each whole, card last
             os.replace(done, output.parent / done.name)
-    files = [output, card_path(output)] if fmt == "safetensors" else [output]
+    files = [output, output.with_suffix(".json")] if fmt == "safetensors" else [output]
     print(
         f"wrote {' and '.join(str(f) for f in files)} | {type(loaded.net).__name__}, {card['params']:,} params | "
         f"checked on {source}: max |p - p_torch| = {measured['max_abs_diff_probs']:.2e}, "
         f"top-1 agreement {100 * measured['top1_agreement']:.1f}%"
     )
-    return {
-        "format": fmt,
-        "output": str(output),
-        "checkpoint": str(ckpt_path),
-        "model": type(loaded.net).__name__,
-        "params": card["params"],
-        "check": card["check"],
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    return card
 
 
 def export(cfg: DictConfig) -> dict:

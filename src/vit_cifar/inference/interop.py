@@ -74,17 +74,13 @@ def exact_norm_args() -> dict:
     return {"norm_layer": norm, "embed_norm_layer": norm}
 
 
-def build_timm_vit(net_config: dict) -> nn.Module:
-    """timm's ``VisionTransformer`` of the shape ``net_config`` describes (randomly initialised), with our
-    LayerNorm epsilon, so that our weights give the same outputs to float32 rounding."""
-    import timm
-
-    return timm.create_model(TIMM_ARCH, pretrained=False, **(timm_model_args(net_config) | exact_norm_args()))
-
-
 def to_timm(net: nn.Module, net_config: dict) -> nn.Module:
     """timm's ``VisionTransformer`` holding ``net``'s weights (the same names: strict loading checks them)."""
-    theirs = build_timm_vit(net_config)
+    import timm
+
+    theirs = timm.create_model(
+        TIMM_ARCH, pretrained=False, **(timm_model_args(net_config) | exact_norm_args())
+    )
     theirs.load_state_dict(net.state_dict())
     return theirs.eval()
 
@@ -128,7 +124,7 @@ def load_timm_export(folder: Path) -> nn.Module:
     from safetensors.torch import load_file
 
     config = json.loads((folder / "config.json").read_text())
-    args = {**config["model_args"], **exact_norm_args()}
+    args = config["model_args"] | exact_norm_args()
     theirs = timm.create_model(config["architecture"], num_classes=config["num_classes"], **args)
     theirs.load_state_dict(load_file(str(folder / "model.safetensors")))
     return theirs.eval()

@@ -11,9 +11,9 @@ import csv
 import io
 import json
 import sys
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -33,20 +33,18 @@ from vit_cifar.errors import (
     check,
     first_line,
 )
-from vit_cifar.inference.engine import input_spec, predict_probs, resolve_device, set_threads
-from vit_cifar.inference.runtime import check_runtime_options, load_for_inference
+from vit_cifar.inference.engine import input_spec, predict_probs
+from vit_cifar.inference.runtime import check_runtime_options, open_for_inference
 
 
-@dataclass
-class Prediction:
+class Prediction(NamedTuple):
     path: str
     top: list[tuple[str, float]]  # (class, probability), most probable first
 
 
-@dataclass
-class PredictResult:
-    predictions: list[Prediction] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+class PredictResult(NamedTuple):
+    predictions: list[Prediction]
+    skipped: list[tuple[str, str]]  # (path, why)
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -85,9 +83,7 @@ def predict_files(
     if not files:
         reason = f": {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise ConfigError(f"inputs={inputs} holds no image files{reason}")
-    set_threads(threads)
-    dev = resolve_device(device)
-    loaded = load_for_inference(ckpt_path, runtime, threads)
+    loaded, dev, _ = open_for_inference(ckpt_path, runtime, device, threads)
     spec = input_spec(loaded)
     # batch_size=None: the files are decoded one at a time (in worker processes when asked), each by _read.
     read = partial(_read, size=spec.image_size, transform=eval_transform(spec.mean, spec.std))
@@ -99,7 +95,7 @@ def predict_files(
             images.append(image)
         else:
             skipped.append((str(path), error))
-    result = PredictResult(skipped=skipped)
+    result = PredictResult([], skipped)
     if images:
         probs, _ = predict_probs(loaded.net, torch.stack(images).split(int(batch_size)), dev, tta=tta)
         values, indices = probs.topk(min(int(top_k), probs.shape[1]), dim=1)

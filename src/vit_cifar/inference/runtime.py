@@ -20,54 +20,41 @@ from torch import nn
 from vit_cifar.checkpoints.loading import LoadedClassifier, build_with_weights, load_classifier
 from vit_cifar.devices import canonical_precision
 from vit_cifar.errors import CheckpointError, Choice, ConfigError, check, first_line
-from vit_cifar.inference.engine import input_spec
+from vit_cifar.inference.engine import inference_dtype, input_spec, resolve_device, set_threads
 
-RUNTIMES = ("torch", "onnx")
-CARD_VERSION = 1
 ONNX_METADATA_KEY = "vit_cifar"
 
 
 def require(module: str, package: str, extra: str = "deploy"):
-    """Import an optional dependency (of the ``deploy`` extra by default), or stop with one line saying how to
-    install it."""
+    """Import an optional dependency, or stop with one line saying how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(f"{package} is not installed: pip install -e '.[{extra}]'") from None
 
 
-# ------------------------------------------------------------------------------------------ the model card
-
-
 def model_card(loaded: LoadedClassifier) -> dict:
     """What a program needs beside the weights to use them: how to build the network, what its input must
     look like and what its outputs mean."""
-    spec = input_spec(loaded)
+    size, mean, std = input_spec(loaded)
     return {
-        "vit_cifar_export": CARD_VERSION,
+        "vit_cifar_export": 1,  # the card's version
         "network": loaded.net_config,  # _target_ and arguments: vit_cifar.models.registry.build_network rebuilds it
         "classes": list(loaded.classes),
-        "image_size": spec.image_size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "input": (
-            f"float32 (batch, 3, {spec.image_size}, {spec.image_size}): RGB scaled to [0, 1], then per channel "
-            "(x - mean) / std"
-        ),
+        "image_size": size,
+        "mean": list(mean),
+        "std": list(std),
+        "input": f"float32 (batch, 3, {size}, {size}): RGB scaled to [0, 1], then per channel (x - mean) / std",
         "output": "logits (batch, classes); their softmax is the class probabilities",
         "params": sum(p.numel() for p in loaded.net.parameters()),
         "source": {"checkpoint": loaded.path.name if loaded.path else None, "after_epoch": loaded.epoch},
     }
 
 
-def card_path(weights: Path) -> Path:
-    """The ``.json`` beside a ``.safetensors`` file."""
-    return Path(weights).with_suffix(".json")
-
-
-def _read_card(text: str | bytes, where: str) -> dict:
+def _classifier(card: str | bytes, where: str, path: Path, build) -> LoadedClassifier:
+    """The classifier a model card (JSON) describes, its network made by ``build(card)``."""
     try:
-        card = json.loads(text)
+        card = json.loads(card)
     except ValueError:  # not JSON, or not UTF-8
         card = None
     needed = ("network", "classes", "image_size", "mean", "std")
@@ -76,12 +63,8 @@ def _read_card(text: str | bytes, where: str) -> dict:
             f"{where} is not a vit-cifar model card (it needs {', '.join(needed)}): "
             "export the model again with python -m vit_cifar.export"
         )
-    return card
-
-
-def _classifier(card: dict, net: nn.Module, path: Path) -> LoadedClassifier:
     return LoadedClassifier(
-        net=net,
+        net=build(card),
         classes=list(card["classes"]),
         net_config=dict(card["network"]),
         # input_spec() reads the image size and normalisation from here, as from a training run's config
@@ -91,15 +74,12 @@ def _classifier(card: dict, net: nn.Module, path: Path) -> LoadedClassifier:
     )
 
 
-# ------------------------------------------------------------------------------------------ the runtimes
-
-
 def load_safetensors(path: str | Path) -> LoadedClassifier:
     """Rebuild the network from ``<name>.json`` and load ``<name>.safetensors`` into it (no code runs: the
     network must be one of ours, and safetensors holds tensors only)."""
     safetensors_torch = require("safetensors.torch", "safetensors")
     path = Path(path)
-    meta = card_path(path)
+    meta = path.with_suffix(".json")
     if not path.is_file() or not meta.is_file():
         raise CheckpointError(
             f"{path} needs {meta.name} beside it (the network's arguments, classes and normalisation): "
@@ -112,8 +92,8 @@ def load_safetensors(path: str | Path) -> LoadedClassifier:
         Exception
     ) as err:  # an OSError, or safetensors' own SafetensorError for a truncated or foreign file
         raise CheckpointError(f"{path} cannot be read as safetensors ({first_line(err)[:200]})") from err
-    card = _read_card(text, str(meta))
-    return _classifier(card, build_with_weights(card["network"], state, f"{path} (with {meta.name})"), path)
+    where = f"{path} (with {meta.name})"
+    return _classifier(text, str(meta), path, lambda card: build_with_weights(card["network"], state, where))
 
 
 def onnx_session(model: bytes | str | Path, threads: int | None = None):
@@ -133,15 +113,14 @@ class OnnxNet(nn.Module):
     """An onnxruntime session behind the ``nn.Module`` interface the inference loop uses: float32 image
     batches in (on the CPU: :func:`check_runtime_options`), logits out, as torch tensors."""
 
-    def __init__(self, session, num_params: int | None = None) -> None:
+    def __init__(self, session, num_params: int = 0) -> None:
         super().__init__()
         self.session = session
-        self.input_name = session.get_inputs()[0].name
-        self.num_params = num_params
+        self.num_params = num_params  # from the model card: the graph's weights are no torch parameters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().float().numpy())
-        (logits,) = self.session.run(None, {self.input_name: array})
+        (logits,) = self.session.run(None, {self.session.get_inputs()[0].name: array})
         return torch.from_numpy(logits)
 
 
@@ -164,8 +143,7 @@ def load_onnx(path: str | Path, threads: int | None = None) -> LoadedClassifier:
             f"{path} has no vit-cifar metadata (classes, normalisation): export it with "
             "python -m vit_cifar.export format=onnx"
         )
-    card = _read_card(card, f"the metadata of {path}")
-    return _classifier(card, OnnxNet(session, card.get("params")), path)
+    return _classifier(card, f"the metadata of {path}", path, lambda c: OnnxNet(session, c.get("params", 0)))
 
 
 def load_for_inference(
@@ -173,32 +151,41 @@ def load_for_inference(
 ) -> LoadedClassifier:
     """The classifier ``path`` holds, to be run by ``runtime``: ``torch`` for a training checkpoint (``.ckpt``)
     or an exported ``.safetensors``; ``onnx`` for an exported ``.onnx``."""
-    check("runtime", runtime, Choice(RUNTIMES))
+    check("runtime", runtime, Choice(("torch", "onnx")))
     suffix = Path(path).suffix.lower()
+    if runtime == "onnx" and suffix != ".onnx":
+        raise ConfigError(
+            f"runtime=onnx runs an .onnx file, and {path} is not one: export it first with "
+            f"python -m vit_cifar.export ckpt_path={path} format=onnx"
+        )
     if runtime == "onnx":
-        if suffix != ".onnx":
-            raise ConfigError(
-                f"runtime=onnx runs an .onnx file, and {path} is not one: export it first with "
-                f"python -m vit_cifar.export ckpt_path={path} format=onnx"
-            )
         return load_onnx(path, threads)
     if suffix == ".onnx":
         raise ConfigError(f"{path} is an ONNX model: add runtime=onnx to run it with onnxruntime")
     return load_safetensors(path) if suffix == ".safetensors" else load_classifier(path)
 
 
+def open_for_inference(
+    path: str | Path, runtime: str, device: str, threads: int | None, precision: str | int = "32"
+) -> tuple[LoadedClassifier, torch.device, torch.dtype | None]:
+    """What evaluation and prediction both do first: the threads set, the device, the classifier loaded, and
+    the autocast dtype (options checked by :func:`check_runtime_options` beforehand)."""
+    dtype = inference_dtype(precision)
+    set_threads(threads)
+    torch_device = resolve_device(device)
+    return load_for_inference(path, runtime, threads), torch_device, dtype
+
+
 def count_params(loaded: LoadedClassifier) -> int:
     """Parameters of the network, also when onnxruntime runs it (from its model card)."""
     if isinstance(loaded.net, OnnxNet):
-        return int(loaded.net.num_params or 0)
+        return int(loaded.net.num_params)
     return sum(p.numel() for p in loaded.net.parameters())
 
 
 def check_runtime_options(runtime: str, device: str, precision: str | int = "32") -> None:
     """onnxruntime runs float32 on the CPU here: other devices and precisions are for ``runtime=torch``."""
-    if str(runtime) != "onnx":
-        return
-    if str(device).lower() != "cpu":
+    if str(runtime) == "onnx" and str(device).lower() != "cpu":
         raise ConfigError(f"runtime=onnx runs on the CPU, not device={device}: use device=cpu")
-    if canonical_precision(precision) != "32-true":
+    if str(runtime) == "onnx" and canonical_precision(precision) != "32-true":
         raise ConfigError(f"runtime=onnx runs float32: use precision=32, not precision={precision}")

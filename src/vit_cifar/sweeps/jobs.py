@@ -24,9 +24,6 @@ from vit_cifar.sweeps.summary import ERROR_FILE, failure_line, report, summarise
 log = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------------------- running jobs
-
-
 def in_sweep() -> bool:
     """Whether this process is running a job of a ``-m`` sweep (Hydra multirun)."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -36,10 +33,9 @@ def run_sweep_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     """Run one job of a sweep. If it raises, write ``error.txt`` in its folder, say so on stderr and return
     ``{}``, so that the sweep goes on to its next job and the summary lists this one as failed.
 
-    Catches ``Exception`` (a data error, a non-finite loss, CUDA out of memory, a bug), not Ctrl-C: an
-    interrupted sweep still stops. The values of a command-line sweep are checked before it starts
-    (``config.entry.preflight``); what fails here is what only running can tell, or a value that a sweeper's config
-    (``hydra.sweeper.params``) chose, which the job's own check refuses.
+    Catches ``Exception``, not Ctrl-C: an interrupted sweep still stops. A command-line sweep's values are
+    checked before it starts (``config.entry.preflight``); what fails here is what only running can tell, or a
+    value that a sweeper's config (``hydra.sweeper.params``) chose, which the job's own check refuses.
     """
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
@@ -76,10 +72,8 @@ def _release_memory() -> None:
 
 class SweepSummary(Callback):
     """Hydra callback (``hydra.callbacks`` in configs/hydra/default.yaml): summarise the sweep when it ends.
-
     If any job failed, the command then exits with code 1 and one line naming the first failure, so a script
-    that runs a sweep sees it; the summary is written first either way.
-    """
+    that runs a sweep sees it; the summary is written first either way."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(config.hydra.sweep.dir)
