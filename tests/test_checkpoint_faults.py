@@ -242,7 +242,8 @@ def _edited(finished_run: Path, tmp_path: Path, edit) -> Path:
     [
         (
             lambda c: c["hyper_parameters"]["net"].update(patch_sise=4),
-            "gives its VisionTransformer arguments it does not take (patch_sise)",
+            "names a network that cannot be built: VisionTransformer.__init__() got an unexpected keyword "
+            "argument 'patch_sise'",
         ),
         (lambda c: c.update(classes=["cat", "dog"]), "names 2 classes but its network has 10 outputs"),
         (  # a file of a few hundred KB that declares a 100,000-pixel image: refused before any allocation

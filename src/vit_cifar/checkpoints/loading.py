@@ -3,7 +3,6 @@ do not fit."""
 
 from __future__ import annotations
 
-import inspect
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -100,28 +99,20 @@ def describe_mismatch(net: nn.Module, state: dict[str, torch.Tensor]) -> str | N
 
 
 def build_with_weights(net_config: dict, state: dict[str, torch.Tensor], where: str) -> nn.Module:
-    """The network ``net_config`` describes holding the tensors ``state``, in eval mode; one
-    :class:`CheckpointError` starting with ``where`` (the file) when the file contradicts itself.
-
-    Built first on the meta device (shapes, no memory) and checked against the tensors: a small file that
-    declares a huge network is refused before anything is allocated."""
+    """The network ``net_config`` describes holding the tensors ``state``, in eval mode; one CheckpointError
+    starting with ``where`` (the file) when the file contradicts itself. Built first on the meta device (shapes,
+    no memory) and checked against the tensors: a small file that declares a huge network allocates nothing."""
     target = network_class(net_config, where)
-    name = target.__name__
     kwargs = {k: v for k, v in net_config.items() if not k.startswith("_")}
-    unknown = sorted(set(kwargs) - set(inspect.signature(target).parameters))
-    if unknown:
-        raise CheckpointError(
-            f"{where} gives its {name} arguments it does not take ({', '.join(unknown)}): "
-            "it was written by another version of vit-cifar, or edited"
-        )
     try:
         with torch.device("meta"):
             shape_only = target(**kwargs)
-    except (VitCifarError, TypeError, ValueError) as err:  # the constructor's own invariants
-        raise CheckpointError(f"{where} names a network that cannot be built: {err}") from err
+    # TypeError: an argument it does not take (another version of vit-cifar, or an edit); else its invariants
+    except (VitCifarError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{where} names a network that cannot be built: {first_line(err)}") from err
     mismatch = describe_mismatch(shape_only, state)
     if mismatch:
-        raise CheckpointError(f"{where} does not fit the {name} it describes: {mismatch}")
+        raise CheckpointError(f"{where} does not fit the {target.__name__} it describes: {mismatch}")
     net = target(**kwargs)  # now as large as the tensors the file holds, and no larger
     net.load_state_dict(state)
     return net.eval()

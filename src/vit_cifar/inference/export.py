@@ -1,11 +1,7 @@
-"""Take a trained model out of the project: ``python -m vit_cifar.export ckpt_path=<file> format=<format>``,
-as ``onnx`` (the model card in its metadata), ``safetensors`` (with the card in ``<name>.json``) or ``timm`` (a
-folder timm loads: :mod:`vit_cifar.inference.interop`); docs/deploy.md says what each holds.
-
-Each export is written into a scratch folder beside ``output``, loaded back by the other side (onnxruntime, our
-safetensors loader, timm) and run on ``check_images`` test images of ``data`` beside the PyTorch network: the
-largest difference of a class probability must stay under ``tolerance``, else nothing is written. The check's
-numbers are printed and saved in the model card (``check``), then the files are renamed into place.
+"""Take a trained model out of the project: ``python -m vit_cifar.export ckpt_path=<file> format=<format>``, as
+``onnx`` (the model card in its metadata), ``safetensors`` (the card in ``<name>.json``) or ``timm`` (a folder timm
+loads: :mod:`vit_cifar.inference.interop`). Each export is written into a scratch folder beside ``output``, loaded
+back by the other side and checked against PyTorch (docs/deploy.md), then renamed into place.
 """
 
 from __future__ import annotations

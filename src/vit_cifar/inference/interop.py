@@ -24,17 +24,11 @@ from vit_cifar.errors import ConfigError
 # timm's registered ViT-Tiny (width 192, depth 12, 3 heads); every shape argument below overrides its own.
 TIMM_ARCH = "vit_tiny_patch16_224"
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, used by every LayerNorm of our ViT
-# Our arguments that timm takes under the same name, and the one it names otherwise: our dropout acts inside the
-# MLP and on each residual branch, as timm's proj_drop.
-_SAME = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio")
-_SAME += ("qkv_bias", "attn_drop_rate", "drop_path_rate")
-_RENAMED = {"drop_rate": "proj_drop_rate"}
 
 
 def timm_model_args(net_config: dict) -> dict:
     """Keyword arguments of ``timm.create_model(TIMM_ARCH, **args)`` for the network ``net_config`` describes
-    (``_target_`` and its arguments, as in a checkpoint); a :class:`ConfigError` naming why when timm's
-    ``VisionTransformer`` cannot hold it."""
+    (``_target_`` and its arguments, as in a checkpoint); a one-line ConfigError when timm cannot hold it."""
     from vit_cifar.models import VisionTransformer
 
     target = str(net_config.get("_target_", "?"))
@@ -44,28 +38,18 @@ def timm_model_args(net_config: dict) -> dict:
             f"format=timm holds our VisionTransformer only, and this checkpoint is a {name}: "
             "export it with format=onnx or format=safetensors"
         )
-    # The constructor's defaults for the arguments the config leaves out.
-    args = {
-        arg: p.default
-        for arg, p in inspect.signature(VisionTransformer).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
+    # Every argument, the constructor's defaults for those the config leaves out: timm takes each under the
+    # same name but our dropout, which acts inside the MLP and on each residual branch, as timm's proj_drop.
+    args = {arg: p.default for arg, p in inspect.signature(VisionTransformer).parameters.items()}
     args |= {k: v for k, v in net_config.items() if not k.startswith("_")}
-    tokenizer = args.pop("tokenizer", "patch")
+    tokenizer = args.pop("tokenizer")
     if tokenizer != "patch":
         raise ConfigError(
             f"format=timm cannot hold a ViT with model.tokenizer={tokenizer}: timm's VisionTransformer has a "
             "patch embedding only; export it with format=onnx or format=safetensors"
         )
-    unknown = sorted(k for k in args if k not in {*_SAME, *_RENAMED})
-    if unknown:
-        raise ConfigError(
-            f"format=timm has no equivalent of model.{unknown[0]}={args[unknown[0]]}: "
-            "export it with format=onnx or format=safetensors"
-        )
-    result = {k: args[k] for k in _SAME} | {theirs: args[ours] for ours, theirs in _RENAMED.items()}
-    result["embed_norm_layer"] = "layernorm"  # ours ends its patch embedding in a LayerNorm
-    return result
+    args["proj_drop_rate"] = args.pop("drop_rate")
+    return args | {"embed_norm_layer": "layernorm"}  # ours ends its patch embedding in a LayerNorm
 
 
 def exact_norm_args() -> dict:

@@ -59,8 +59,6 @@ def read_job(job_dir: Path, name: str) -> Job:
 
     try:
         listed = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
-        if not isinstance(listed, list):
-            raise ValueError("not a list of overrides")
         parsed = OverridesParser.create().parse_overrides([str(line) for line in listed])
         overrides = {
             o.key_or_group: "null" if o.is_delete() else o.get_value_element_as_str() for o in parsed
@@ -289,13 +287,8 @@ def plot_png(summary: Summary, file: BinaryIO) -> None:
         where = {v: (float(v) if numeric else i) for i, v in enumerate(order)}
         xs = [where[v] for v in values]
         ax.scatter(xs, [job.val_acc for job in done], label="validation", zorder=3)
-        tests = [
-            (x, job.get("test_acc"))
-            for x, job in zip(xs, done, strict=True)
-            if job.get("test_acc") is not None
-        ]
-        if tests:
-            ax.scatter(*zip(*tests, strict=True), marker="x", color="gray", alpha=0.6, label="test")
+        tests = [math.nan if job.get("test_acc") is None else job.get("test_acc") for job in done]
+        ax.scatter(xs, tests, marker="x", color="gray", alpha=0.6, label="test")  # NaN: none drawn
         means = [
             statistics.fmean(j.val_acc for j, v in zip(done, values, strict=True) if v == o) for o in order
         ]
