@@ -95,12 +95,12 @@ def test_evaluate_and_predict_with_runtime_onnx_give_pytorch_top1(onnx_file, ckp
     assert onnx_metrics["confusion_matrix"] == torch_metrics["confusion_matrix"]  # the same predictions
 
     images = write_image_folder(tmp_path / "images", per_split=(0, 3))
-    by_torch = predict_files(ckpt, str(images), top_k=10)
-    by_onnx = predict_files(onnx_file, str(images), top_k=10, runtime="onnx")
-    assert len(by_onnx.predictions) == len(by_torch.predictions) == 9
-    for a, b in zip(by_torch.predictions, by_onnx.predictions, strict=True):
-        assert a.path == b.path and a.top[0][0] == b.top[0][0]
-        assert max(abs(pa - pb) for (_, pa), (_, pb) in zip(sorted(a.top), sorted(b.top), strict=True)) < 1e-5
+    by_torch, _ = predict_files(ckpt, str(images), top_k=10)
+    by_onnx, _ = predict_files(onnx_file, str(images), top_k=10, runtime="onnx")
+    assert len(by_onnx) == len(by_torch) == 9
+    for (path_a, top_a), (path_b, top_b) in zip(by_torch, by_onnx, strict=True):
+        assert path_a == path_b and top_a[0][0] == top_b[0][0]
+        assert max(abs(pa - pb) for (_, pa), (_, pb) in zip(sorted(top_a), sorted(top_b), strict=True)) < 1e-5
 
 
 def test_runtime_mismatches_are_refused_in_one_line(onnx_file, ckpt):

@@ -82,14 +82,14 @@ def test_a_large_16_bit_image_is_shrunk_before_any_full_size_copy(tmp_path):
 
 def test_folder_predictions_skip_the_corrupt_file_and_keep_the_rest(tiny_run, images):
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
-    result = predict_files(ckpt, [str(images), str(images / "missing.png")], top_k=3)
-    assert sorted(Path(p.path).relative_to(images).as_posix() for p in result.predictions) == GOOD
+    predictions, skipped = predict_files(ckpt, [str(images), str(images / "missing.png")], top_k=3)
+    assert sorted(Path(path).relative_to(images).as_posix() for path, _ in predictions) == GOOD
     classes = load_classifier(ckpt).classes
-    for p in result.predictions:
-        probabilities = [v for _, v in p.top]
-        assert len(p.top) == 3 and probabilities == sorted(probabilities, reverse=True)
-        assert all(c in classes for c, _ in p.top) and 0 < sum(probabilities) <= 1 + 1e-6
-    skipped = dict(result.skipped)
+    for _, top in predictions:
+        probabilities = [v for _, v in top]
+        assert len(top) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert all(c in classes for c, _ in top) and 0 < sum(probabilities) <= 1 + 1e-6
+    skipped = dict(skipped)
     assert set(skipped) == {str(images / "corrupt.png"), str(images / "missing.png")}
     assert skipped[str(images / "missing.png")] == "no such file or folder"
 
@@ -107,21 +107,21 @@ def test_predict_preprocesses_like_the_evaluation(tiny_run, tmp_path):
     expected, _ = predict_probs(loaded.net, [x[:4]], torch.device("cpu"))
     for i in range(4):
         Image.fromarray(datamodule.test_set.images[i].permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
-    result = predict_files(ckpt, [str(tmp_path / f"{i}.png") for i in range(4)], top_k=10)
-    for i, p in enumerate(result.predictions):
-        got = dict(p.top)
+    predictions, _ = predict_files(ckpt, [str(tmp_path / f"{i}.png") for i in range(4)], top_k=10)
+    for i, (_, top) in enumerate(predictions):
+        got = dict(top)
         assert [got[c] for c in loaded.classes] == pytest.approx(expected[i].tolist(), abs=1e-5)
 
 
 def test_csv_and_json_outputs(tiny_run, images, tmp_path):
-    result = predict_files(tiny_run / "checkpoints" / "last.ckpt", str(images), top_k=2)
-    write_predictions(result, tmp_path / "p.csv")
+    predictions, skipped = predict_files(tiny_run / "checkpoints" / "last.ckpt", str(images), top_k=2)
+    write_predictions(predictions, skipped, tmp_path / "p.csv")
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 2 * len(GOOD) and {r["rank"] for r in rows} == {"1", "2"}
-    first = result.predictions[0]
-    assert (rows[0]["path"], rows[0]["class"]) == (first.path, first.top[0][0])
-    assert float(rows[0]["probability"]) == pytest.approx(first.top[0][1], abs=1e-6)
-    write_predictions(result, tmp_path / "p.json")
+    first_path, first_top = predictions[0]
+    assert (rows[0]["path"], rows[0]["class"]) == (first_path, first_top[0][0])
+    assert float(rows[0]["probability"]) == pytest.approx(first_top[0][1], abs=1e-6)
+    write_predictions(predictions, skipped, tmp_path / "p.json")
     saved = json.loads((tmp_path / "p.json").read_text())
     assert len(saved["predictions"]) == len(GOOD) and saved["skipped"][0]["path"] == str(
         images / "corrupt.png"

@@ -106,15 +106,13 @@ def check_images(data_cfg: dict | None, spec: InputSpec, count: int) -> tuple[to
             images = next(iter(datamodule.test_dataloader()))[0][:count]
             return images, f"{len(images)} test images of {datamodule.description}"
         except (DataError, InstantiationException) as err:
-            cause = (
-                err.__cause__ if isinstance(err, InstantiationException) else err
-            )  # what the constructor raised
+            # Hydra's instantiate wraps what the DataModule's constructor raised
+            cause = err.__cause__ if isinstance(err, InstantiationException) else err
             if not isinstance(cause, DataError):
                 raise
             note = f"no test images ({first_line(cause)[:160]})"
-    images = torch.randn(
-        count, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0)
-    )
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(count, 3, spec.image_size, spec.image_size, generator=generator)
     return images, f"{count} random images: {note}; pass data.root=<dataset> to check on real ones"
 
 

@@ -1,9 +1,6 @@
 """Classify your own images: ``python -m vit_cifar.predict ckpt_path=<file> inputs=<file, folder or [a,b]>``.
-
-Any size and mode (RGB, RGBA, grayscale, palette, 16-bit; PNG, JPEG, ...) is turned into an RGB image of the
-network's training size. An unreadable file is reported by its path and skipped; the others still run, and the
-exit code (3) says that something was skipped.
-"""
+Any size and mode (RGB, RGBA, grayscale, palette, 16-bit; PNG, JPEG, ...) becomes an RGB image of the network's
+training size; an unreadable file is reported by its path and skipped, and the exit code (3) says so."""
 
 from __future__ import annotations
 
@@ -13,7 +10,6 @@ import json
 import sys
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -36,15 +32,8 @@ from vit_cifar.errors import (
 from vit_cifar.inference.engine import input_spec, predict_probs
 from vit_cifar.inference.runtime import check_runtime_options, open_for_inference
 
-
-class Prediction(NamedTuple):
-    path: str
-    top: list[tuple[str, float]]  # (class, probability), most probable first
-
-
-class PredictResult(NamedTuple):
-    predictions: list[Prediction]
-    skipped: list[tuple[str, str]]  # (path, why)
+Predictions = list[tuple[str, list[tuple[str, float]]]]  # (path, [(class, probability), most probable first])
+Skipped = list[tuple[str, str]]  # (path, why)
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -72,7 +61,7 @@ def predict_files(
     tta: bool = False,
     threads: int | None = None,
     runtime: str = "torch",
-) -> PredictResult:
+) -> tuple[Predictions, Skipped]:
     """Top-``k`` classes of every readable image among ``inputs``, and the paths skipped with why."""
     check("top_k", top_k, POSITIVE_INT)
     check("batch_size", batch_size, POSITIVE_INT)
@@ -95,32 +84,32 @@ def predict_files(
             images.append(image)
         else:
             skipped.append((str(path), error))
-    result = PredictResult([], skipped)
-    if images:
-        probs, _ = predict_probs(loaded.net, torch.stack(images).split(int(batch_size)), dev, tta=tta)
-        values, indices = probs.topk(min(int(top_k), probs.shape[1]), dim=1)
-        for path, p, idx in zip(readable, values.tolist(), indices.tolist(), strict=True):
-            top = [(loaded.classes[i], v) for i, v in zip(idx, p, strict=True)]
-            result.predictions.append(Prediction(str(path), top))
-    return result
+    if not images:
+        return [], skipped
+    probs, _ = predict_probs(loaded.net, torch.stack(images).split(int(batch_size)), dev, tta=tta)
+    values, indices = probs.topk(min(int(top_k), probs.shape[1]), dim=1)
+    predictions = [
+        (str(path), [(loaded.classes[i], v) for i, v in zip(idx, p, strict=True)])
+        for path, p, idx in zip(readable, values.tolist(), indices.tolist(), strict=True)
+    ]
+    return predictions, skipped
 
 
-def write_predictions(result: PredictResult, output: Path) -> None:
-    """JSON (predictions and skipped files) or CSV (one row per path and rank), written whole or not at
-    all."""
+def write_predictions(predictions: Predictions, skipped: Skipped, output: Path) -> None:
+    """JSON (predictions and skipped files) or CSV (one row per path and rank), written whole or not at all."""
     if output.suffix.lower() == ".json":
-        predictions = [
-            {"path": p.path, "top": [{"class": c, "probability": v} for c, v in p.top]}
-            for p in result.predictions
+        found = [
+            {"path": path, "top": [{"class": c, "probability": v} for c, v in top]}
+            for path, top in predictions
         ]
-        skipped = [{"path": path, "error": why} for path, why in result.skipped]
-        text = json.dumps({"predictions": predictions, "skipped": skipped}, indent=2) + "\n"
+        unread = [{"path": path, "error": why} for path, why in skipped]
+        text = json.dumps({"predictions": found, "skipped": unread}, indent=2) + "\n"
     else:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["path", "rank", "class", "probability"])
-        for p in result.predictions:
-            writer.writerows([p.path, rank, c, f"{v:.6f}"] for rank, (c, v) in enumerate(p.top, start=1))
+        for path, top in predictions:
+            writer.writerows([path, rank, c, f"{v:.6f}"] for rank, (c, v) in enumerate(top, start=1))
         text = buffer.getvalue()
     write_atomic(output, text)
 
@@ -139,17 +128,17 @@ def predict(cfg: DictConfig) -> dict:
         check_output_place(output, "output", folder=False)
     inputs = OmegaConf.to_container(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
     options = ("top_k", "device", "batch_size", "num_workers", "tta", "threads", "runtime")
-    result = predict_files(ckpt_path, inputs, **{key: cfg[key] for key in options})
-    for p in result.predictions:
-        print(f"{p.path}: " + " | ".join(f"{c} {100 * v:.1f}%" for c, v in p.top))
-    for path, why in result.skipped:
+    predictions, skipped = predict_files(ckpt_path, inputs, **{key: cfg[key] for key in options})
+    for path, top in predictions:
+        print(f"{path}: " + " | ".join(f"{c} {100 * v:.1f}%" for c, v in top))
+    for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     if output is not None:
-        write_predictions(result, output)
-        print(f"wrote {len(result.predictions)} predictions to {output}")
-    if result.skipped:
+        write_predictions(predictions, skipped, output)
+        print(f"wrote {len(predictions)} predictions to {output}")
+    if skipped:
         raise SkippedInputsError(
-            f"{len(result.skipped)} of {len(result.skipped) + len(result.predictions)} inputs skipped "
-            f"(unreadable, listed above); the other {len(result.predictions)} were predicted"
+            f"{len(skipped)} of {len(skipped) + len(predictions)} inputs skipped "
+            f"(unreadable, listed above); the other {len(predictions)} were predicted"
         )
-    return {"predictions": len(result.predictions)}
+    return {"predictions": len(predictions)}

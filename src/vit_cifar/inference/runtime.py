@@ -168,8 +168,7 @@ def load_for_inference(
 def open_for_inference(
     path: str | Path, runtime: str, device: str, threads: int | None, precision: str | int = "32"
 ) -> tuple[LoadedClassifier, torch.device, torch.dtype | None]:
-    """What evaluation and prediction both do first: the threads set, the device, the classifier loaded, and
-    the autocast dtype (options checked by :func:`check_runtime_options` beforehand)."""
+    """Evaluation's and prediction's setup (after :func:`check_runtime_options`): classifier, device, dtype."""
     dtype = inference_dtype(precision)
     set_threads(threads)
     torch_device = resolve_device(device)
