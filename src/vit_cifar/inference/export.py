@@ -66,33 +66,21 @@ def onnx_model(net: torch.nn.Module, card: dict, opset: int):
     return model
 
 
-def write_card(fmt: str, staged: Path, card: dict) -> None:
-    """The model card into the staged export: the ONNX metadata, ``<name>.json``, or timm's ``config.json``."""
+def write_files(fmt: str, staged: Path, card: dict, payload) -> None:
+    """The export into ``staged`` with ``card``: ``payload`` is the ONNX ``ModelProto`` (the card in its
+    metadata) or the state dict (safetensors, the card in ``<name>.json`` or, for timm, its ``config.json``)."""
     if fmt == "onnx":
-        onnx = require("onnx", "onnx")
-        model = onnx.load(str(staged))
-        onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: json.dumps(card)})
-        write_atomic(staged, model.SerializeToString())
-    elif fmt == "safetensors":
+        require("onnx", "onnx").helper.set_model_props(payload, {ONNX_METADATA_KEY: json.dumps(card)})
+        write_atomic(staged, payload.SerializeToString())
+        return
+    weights = staged / "model.safetensors" if fmt == "timm" else staged
+    write_atomic(
+        weights, require("safetensors.torch", "safetensors").save(payload, metadata={"format": "pt"})
+    )
+    if fmt == "safetensors":
         write_atomic(staged.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
     else:
         write_atomic(staged / "config.json", json.dumps(timm_config(card), indent=2) + "\n")
-
-
-def write_export(net: torch.nn.Module, fmt: str, staged: Path, card: dict, opset: int) -> torch.nn.Module:
-    """Write ``fmt`` to ``staged`` (in the scratch folder); return it as the other side loads it back."""
-    if fmt == "onnx":
-        write_atomic(staged, onnx_model(net, card, opset).SerializeToString())
-        return load_onnx(staged).net
-    safetensors_torch = require("safetensors.torch", "safetensors")
-    if fmt == "timm":
-        require("timm", "timm", extra="bench")
-        staged.mkdir()
-    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}  # timm's names are ours
-    weights = staged / "model.safetensors" if fmt == "timm" else staged
-    write_atomic(weights, safetensors_torch.save(state, metadata={"format": "pt"}))
-    write_card(fmt, staged, card)
-    return load_safetensors(staged).net if fmt == "safetensors" else load_timm_export(staged)
 
 
 def check_images(data_cfg: dict | None, spec: InputSpec, count: int) -> tuple[torch.Tensor, str]:
@@ -147,26 +135,36 @@ def export_checkpoint(
     check_output_place(output, "output", folder=fmt == "timm")
     loaded = load_classifier(ckpt_path)
     card = model_card(loaded)
-    if fmt == "timm":
-        timm_model_args(loaded.net_config)  # refuse what timm cannot hold before any work
+    if fmt == "timm":  # refuse what timm cannot hold, or a missing timm, before any work
+        timm_model_args(loaded.net_config)
+        require("timm", "timm", extra="bench")
     x, source = check_images(data_cfg, input_spec(loaded), int(images))
 
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as scratch:
         staged = Path(scratch) / output.name
-        measured = compare(loaded.net, write_export(loaded.net, fmt, staged, card, opset), x)
+        if fmt == "onnx":
+            payload = onnx_model(loaded.net, card, opset)
+        else:  # timm's names are ours
+            payload = {k: v.detach().contiguous() for k, v in loaded.net.state_dict().items()}
+        if fmt == "timm":
+            staged.mkdir()  # timm's export is a folder
+        write_files(fmt, staged, card, payload)
+        if fmt == "timm":
+            exported = load_timm_export(staged)
+        else:
+            exported = (load_onnx if fmt == "onnx" else load_safetensors)(staged).net
+        measured = compare(loaded.net, exported, x)
         card["check"] = measured | {"images": source, "tolerance": float(tolerance)}
         if not measured["max_abs_diff_probs"] <= tolerance:
             raise VitCifarError(
                 f"the {fmt} export differs from PyTorch by {measured['max_abs_diff_probs']:.2e} in a probability "
                 f"(tolerance {tolerance:g}) on {source}: nothing was written"
             )
-        write_card(fmt, staged, card)
+        write_files(fmt, staged, card, payload)  # again, the card now with the check
         if output.is_dir():  # an earlier timm export
             shutil.rmtree(output)
-        for done in sorted(
-            Path(scratch).iterdir(), key=lambda p: p.suffix == ".json"
-        ):  # each whole, card last
+        for done in sorted(Path(scratch).iterdir(), key=lambda p: p.suffix == ".json"):  # the card last
             os.replace(done, output.parent / done.name)
     files = [output, output.with_suffix(".json")] if fmt == "safetensors" else [output]
     print(
