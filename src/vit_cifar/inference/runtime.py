@@ -88,9 +88,8 @@ def load_safetensors(path: str | Path) -> LoadedClassifier:
     try:
         text = meta.read_bytes()
         state = safetensors_torch.load_file(str(path))
-    except (
-        Exception
-    ) as err:  # an OSError, or safetensors' own SafetensorError for a truncated or foreign file
+    # An OSError, or safetensors' own SafetensorError for a truncated or foreign file
+    except Exception as err:
         raise CheckpointError(f"{path} cannot be read as safetensors ({first_line(err)[:200]})") from err
     where = f"{path} (with {meta.name})"
     return _classifier(text, str(meta), path, lambda card: build_with_weights(card["network"], state, where))
