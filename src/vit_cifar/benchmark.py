@@ -1,10 +1,4 @@
-"""How fast vit-cifar trains, loads and infers on this machine (``vit-cifar-benchmark``).
-
-    python -m vit_cifar.benchmark                                  # the seed recipe (CUDA if any): images/s
-    python -m vit_cifar.benchmark --experiment cpu_hour --compile  # eager, then compiled: compile time apart
-    python -m vit_cifar.benchmark data.batch_size=256 trainer.precision=bf16-mixed   # any train override
-    python -m vit_cifar.benchmark --loader --data /path/to/cifar10-jpeg.tar.gz      # the training DataLoader
-    python -m vit_cifar.benchmark --inference --data <dataset> --ckpt <file>       # CPU inference variants
+"""How fast vit-cifar trains, loads and infers on this machine (``vit-cifar-benchmark``; docs/performance.md).
 
 Training is timed through training's own job beside one plain PyTorch loop (:mod:`vit_cifar.bench.training`), on
 synthetic images unless ``--data`` (they cost the same to augment and train on). Each run writes its results file
@@ -33,12 +27,10 @@ from omegaconf import OmegaConf, open_dict
 from vit_cifar.bench.inference import REFERENCE, VARIANTS, measure_inference
 from vit_cifar.bench.training import measure_loader, measure_training
 from vit_cifar.checkpoints.atomic import write_atomic
-from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier
-from vit_cifar.config.entry import check_output_place, compose_config, preflight
+from vit_cifar.config.entry import check_output_place, compose_config, preflight, run_cli
 from vit_cifar.devices import local_device
-from vit_cifar.errors import ConfigError, VitCifarError
-from vit_cifar.inference.engine import cpu_model, evaluation_datamodule, input_spec
-from vit_cifar.models.registry import build_network
+from vit_cifar.errors import ConfigError
+from vit_cifar.inference.engine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: benchmarks/ sits here
 # --tiny: a model that trains in milliseconds, on small batches made in the training process
@@ -65,9 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-images", type=int, help="--inference: images timed one by one (default 100)")
     p.add_argument("--variants", nargs="+", help="--inference: the variants to run (default: all)")
     args = p.parse_args(argv)
-    least = {"steps": 1, "warmup": 1, "repeats": 1, "images": 1, "latency_images": 0}
-    given = [(k, getattr(args, k), low) for k, low in least.items()]
-    for key, value, low in given + [("workers", w, 0) for w in args.workers or []]:
+    counts = [(k, getattr(args, k), 1) for k in ("steps", "warmup", "repeats", "images")]
+    counts += [("latency_images", args.latency_images, 0)] + [("workers", w, 0) for w in args.workers or []]
+    for key, value, low in counts:
         if value is not None and value < low:
             raise ConfigError(f"--{key.replace('_', '-')}={value} must be at least {low}")
     if args.variants and (set(args.variants) - set(VARIANTS) or REFERENCE not in args.variants):
@@ -86,13 +78,10 @@ def environment(device: torch.device) -> dict:
     versions = {"python": platform.python_version()}
     for package in ("torch", "torchvision", "lightning", "timm", "onnxruntime"):  # None: not installed
         versions[package] = version(package) if find_spec(package) else None
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        return done.stdout.strip()
-
+    git = partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=10)
     try:
-        state = {"sha": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
+        sha = git(["git", "rev-parse", "HEAD"]).stdout.strip() or "unknown"
+        state = {"sha": sha, "dirty": bool(git(["git", "status", "--porcelain"]).stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         state = {"sha": "unknown", "dirty": None}
     return {"device": info, "versions": versions, "git": state}
@@ -115,19 +104,20 @@ def result_path(out: Path, device: dict, mode: str) -> Path:
 def table(report: dict) -> str:
     """The printed summary: images/s, mean ± std over the windows, by the wall clock (and per CPU-second)."""
 
-    def cell(r: dict) -> str:
+    def row(label: str, r: dict) -> str:
         cpu = f" {r['per_cpu_second']['mean']:>10,.1f} per CPU-s" if "per_cpu_second" in r else ""
-        return f"{r['mean']:>12,.1f} ± {r['std']:<9,.1f}{cpu}"
+        return f"{label:<36}{r['mean']:>12,.1f} ± {r['std']:<9,.1f}{cpu}"
 
     lines = [f"device: {report['device']['name']} ({report['device']['threads']} threads); images/s"]
     for variant, t in report.get("training", {}).items():
-        lines.append(f"{'train, ' + variant + ', Lightning':<36}{cell(t['lightning'])}")
-        lines.append(f"{'train, ' + variant + ', plain loop':<36}{cell(t['plain'])}")
+        lines += [
+            row(f"train, {variant}, Lightning", t["lightning"]),
+            row(f"train, {variant}, plain loop", t["plain"]),
+        ]
         lines.append(f"{'  Lightning overhead':<36}{100 * t['lightning_overhead']:>11.1f}%")
     if "compile_s" in report:
         lines.append(f"{'compile time (s), beside eager':<36}{report['compile_s']:>12.1f}")
-    for key, r in report.get("loader", {}).items():
-        lines.append(f"{'loader, ' + key:<36}{cell(r)}")
+    lines += [row(f"loader, {key}", r) for key, r in report.get("loader", {}).items()]
     for name, r in report.get("inference", {}).get("results", {}).items():
         ratio = f"{r['over_timm_eager']:.2f}x timm" if "over_timm_eager" in r else ""
         lines.append(f"{'infer, ' + name:<36}{r['images_per_s']:>12,.1f}  {ratio}")
@@ -148,7 +138,18 @@ def run(argv: list[str] | None = None) -> dict:
         steps, warmup, repeats = (2, 1, 2) if args.tiny else (steps, warmup, repeats)
         warmup = max(warmup, 3) if args.compile else warmup  # recompiles for new shapes: not in a window
         steps, warmup, repeats = args.steps or steps, args.warmup or warmup, args.repeats or repeats
-        prepare(cfg, args.data, warmup + steps * repeats + 2 * max(args.workers or [7]))
+        # all images trained on, none tested, no checkpoints (written at epoch ends, after the windows)
+        with open_dict(cfg):
+            cfg.test, cfg.data.val_size, cfg.data.download = False, 0, False
+            cfg.callbacks.model_checkpoint = cfg.callbacks.last_checkpoint = None
+            cfg.trainer.enable_checkpointing = False  # nor Lightning's own
+            if args.data:
+                cfg.data.root = args.data
+            else:  # synthetic images, enough for all the batches in one epoch
+                batches = warmup + steps * repeats + 2 * max(args.workers or [7])
+                cfg.data.source = "synthetic"
+                per_class = -(-cfg.data.batch_size * batches // cfg.data.num_classes)
+                cfg.data.synthetic = {"train_per_class": per_class, "test_per_class": 1}
         report = environment(torch.device("cuda" if cuda and not args.inference else "cpu")) | {
             "benchmark": "python -m vit_cifar.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -160,70 +161,25 @@ def run(argv: list[str] | None = None) -> dict:
             workers = args.workers or ([1] if args.tiny else [0, 1, 2, 3, 7])
             report["loader"] = measure_loader(cfg, workers, steps, warmup, repeats)
         elif args.inference:
-            report["inference"] = inference(args, cfg, log)
+            report["inference"] = measure_inference(args, cfg, log)
         else:
-            report["training"] = {"eager": measure_training(cfg, steps, warmup, repeats, False, log)}
+            report["training"] = training = {
+                "eager": measure_training(cfg, steps, warmup, repeats, False, log)
+            }
             if args.compile:
-                report["training"]["compiled"] = measure_training(cfg, steps, warmup, repeats, True, log)
-                first = {v: t["lightning"]["first_steps_s"] for v, t in report["training"].items()}
-                report["compile_s"] = first["compiled"] - first["eager"]
+                training["compiled"] = measure_training(cfg, steps, warmup, repeats, True, log)
+                first = [training[v]["lightning"]["first_steps_s"] for v in ("compiled", "eager")]
+                report["compile_s"] = first[0] - first[1]
     report["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
     mode = "-loader" if args.loader else "-inference" if args.inference else ""
     out = result_path(Path(args.out), report["device"], mode + ("-tiny" if args.tiny else ""))
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json.dumps(report, indent=2) + "\n")
     log(f"{table(report)}\nwritten: {out}")
     return report | {"path": str(out)}
 
 
-def prepare(cfg, data: str | None, batches: int) -> None:
-    """Train on all images, test nothing, keep no checkpoints (written at epoch ends, after the windows);
-    ``data`` as data.root, or synthetic images enough for ``batches`` batches in one epoch."""
-    with open_dict(cfg):
-        cfg.test, cfg.data.val_size, cfg.data.download = False, 0, False
-        cfg.callbacks.model_checkpoint = cfg.callbacks.last_checkpoint = None
-        cfg.trainer.enable_checkpointing = False  # nor Lightning's own
-        if data:
-            cfg.data.root = data
-        else:
-            per_class = -(-cfg.data.batch_size * batches // cfg.data.num_classes)
-            cfg.data.source = "synthetic"
-            cfg.data.synthetic = {"train_per_class": per_class, "test_per_class": 1}
-
-
-def inference(args: argparse.Namespace, cfg, log) -> dict:
-    """``--inference``: the checkpoint's network (or the recipe's, randomly initialised) on ``--data``'s test
-    images (or random ones: speed only), at the evaluation's batch size (configs/eval.yaml)."""
-    if args.ckpt:
-        loaded = load_classifier(args.ckpt)
-    else:
-        torch.manual_seed(0)
-        model = OmegaConf.to_container(cfg.model, resolve=True)
-        net = build_network(model).eval()
-        loaded = LoadedClassifier(net=net, classes=[str(i) for i in range(net.num_classes)], net_config=model)
-    batch = 8 if args.tiny else compose_config([], cfg.paths.output_dir, config_name="eval").batch_size
-    if args.data:
-        data = OmegaConf.to_container(cfg.data, resolve=True)
-        datamodule = evaluation_datamodule(data, input_spec(loaded), 1000)
-        datamodule.setup("test")
-        x, labels = (torch.cat(t) for t in zip(*datamodule.test_dataloader(), strict=True))
-        x, labels = x[: args.images], labels[: args.images]
-    else:
-        size = input_spec(loaded).image_size
-        count = args.images or (64 if args.tiny else 2000)
-        x, labels = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0)), None
-    singles = args.latency_images if args.latency_images is not None else (4 if args.tiny else 100)
-    log(f"inference: {len(x):,} images, batch {batch} and 1, {torch.get_num_threads()} threads")
-    result = measure_inference(loaded, x, labels, batch, singles, args.variants or list(VARIANTS), log)
-    return result | {"weights": args.ckpt or "random init, seed 0", "images": len(x)}
-
-
 def main(argv: list[str] | None = None) -> None:
-    try:
-        run(argv)
-    except VitCifarError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+    run_cli(run, argv)  # a user error: one line on stderr, its exit code
 
 
 if __name__ == "__main__":

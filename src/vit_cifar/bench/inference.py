@@ -14,9 +14,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier
+from vit_cifar.config.entry import compose_config
 from vit_cifar.errors import VitCifarError, first_line
-from vit_cifar.inference.engine import predict_probs
+from vit_cifar.inference.engine import evaluation_datamodule, input_spec, predict_probs
+from vit_cifar.models.registry import build_network
 
 VARIANTS = {
     "timm_eager": "timm's VisionTransformer of the same shape holding our weights, eager float32: the baseline",
@@ -62,7 +66,29 @@ def timed(predict, x: torch.Tensor, size: int) -> tuple[float, float, torch.Tens
     return time.perf_counter() - wall, time.process_time() - cpu, probs
 
 
-def measure_inference(loaded, x: torch.Tensor, labels, batch: int, singles: int, variants: list, log) -> dict:
+def measure_inference(args, cfg: DictConfig, log) -> dict:
+    """``--inference``: the checkpoint's network (or the recipe's, randomly initialised) on ``--data``'s test
+    images (or random ones: speed only), at the evaluation's batch size (configs/eval.yaml)."""
+    if args.ckpt:
+        loaded = load_classifier(args.ckpt)
+    else:
+        torch.manual_seed(0)
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        net = build_network(model).eval()
+        loaded = LoadedClassifier(net=net, classes=[str(i) for i in range(net.num_classes)], net_config=model)
+    batch = 8 if args.tiny else compose_config([], cfg.paths.output_dir, config_name="eval").batch_size
+    if args.data:
+        datamodule = evaluation_datamodule(
+            OmegaConf.to_container(cfg.data, resolve=True), input_spec(loaded), 1000
+        )
+        datamodule.setup("test")
+        x, labels = (torch.cat(t)[: args.images] for t in zip(*datamodule.test_dataloader(), strict=True))
+    else:
+        size, count = input_spec(loaded).image_size, args.images or (64 if args.tiny else 2000)
+        x, labels = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0)), None
+    singles = args.latency_images if args.latency_images is not None else (4 if args.tiny else 100)
+    variants = args.variants or list(VARIANTS)
+    log(f"inference: {len(x):,} images, batch {batch} and 1, {torch.get_num_threads()} threads")
     built, skipped, warmup_s = {}, {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in variants:
@@ -102,4 +128,11 @@ def measure_inference(loaded, x: torch.Tensor, labels, batch: int, singles: int,
         }
     for r in results.values() if BASELINE in results else []:
         r["over_timm_eager"] = round(r["images_per_s"] / results[BASELINE]["images_per_s"], 3)
-    return {"eval_batch_size": batch, "results": results, "skipped": skipped}
+    weights = args.ckpt or "random init, seed 0"
+    return {
+        "eval_batch_size": batch,
+        "results": results,
+        "skipped": skipped,
+        "weights": weights,
+        "images": len(x),
+    }

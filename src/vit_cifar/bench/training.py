@@ -24,15 +24,21 @@ from vit_cifar.devices import local_device
 from vit_cifar.training.run import build_datamodule, train
 
 
-class Clock:
+class Clock(L.Callback):
     """Wall-clock and process CPU time at the edges of the windows: the start, the end of ``warmup`` untimed
     steps, then every ``steps`` steps. On CUDA the device is synchronised at each edge (never inside a window),
     so that queued work is counted. Process CPU time (this process's threads, not DataLoader workers) is
-    slowed far less than the wall clock by other processes on a shared machine."""
+    slowed far less than the wall clock by other processes on a shared machine.
 
-    def __init__(self, device: torch.device, warmup: int, steps: int) -> None:
+    As the fit's callback (``callbacks.step_timer``, added by :func:`measure_training`: training never imports
+    it) it times the optimiser steps and keeps the fit's trainer and module for the plain loop."""
+
+    fits: list[Clock] = []  # where train() hands its fit to the benchmark: Hydra builds the callback
+
+    def __init__(self, device: torch.device | None, warmup: int, steps: int) -> None:
         self.device, self.warmup, self.steps, self.marks = device, warmup, steps, []
-        self.mark()
+        if device is not None:
+            self.mark()
 
     def mark(self) -> None:
         if self.device.type == "cuda":
@@ -44,8 +50,21 @@ class Clock:
         if step >= self.warmup and (step - self.warmup) % self.steps == 0:
             self.mark()
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.trainer, self.module, self.device = trainer, pl_module, pl_module.device
+        self.mark()
+        Clock.fits.append(self)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.done(trainer.global_step)
+
     def rates(self, images: int) -> dict:
         """images/s of each window of ``images`` images (on CPU also per second of process CPU time)."""
+
+        def summary(images_per_s: list[float]) -> dict:
+            std = statistics.stdev(images_per_s) if len(images_per_s) > 1 else 0.0
+            return {"mean": statistics.fmean(images_per_s), "std": std, "runs": images_per_s}
+
         windows = list(pairwise(self.marks[1:]))
         result = summary([images / (b[0] - a[0]) for a, b in windows])
         if self.device.type == "cpu":
@@ -53,35 +72,10 @@ class Clock:
         return result | {"first_steps_s": self.marks[1][0] - self.marks[0][0]}
 
 
-def summary(images_per_s: list[float]) -> dict:
-    std = statistics.stdev(images_per_s) if len(images_per_s) > 1 else 0.0
-    return {"mean": statistics.fmean(images_per_s), "std": std, "runs": images_per_s}
-
-
-# Where train() hands its fit to the benchmark: Hydra builds the callback from the run's config.
-FITS: list[StepTimer] = []
-
-
-class StepTimer(L.Callback):
-    """Times the fit's optimiser steps (:class:`Clock`) and keeps its trainer and module for the plain loop.
-    Added to the run's config by :func:`measure_training` (``callbacks.step_timer``): training never imports it."""
-
-    def __init__(self, warmup: int, steps: int) -> None:
-        self.warmup, self.steps = warmup, steps
-        FITS.append(self)
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.trainer, self.module = trainer, pl_module
-        self.clock = Clock(pl_module.device, self.warmup, self.steps)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.clock.done(trainer.global_step)
-
-
-def plain_loop(fit: StepTimer) -> Clock:
+def plain_loop(fit: Clock) -> Clock:
     """As many steps as the fit made, with its objects, in a loop of plain PyTorch (after the fit, which left
     its module and optimiser state on the CPU)."""
-    trainer, module, device = fit.trainer, fit.module, fit.clock.device
+    trainer, module, device = fit.trainer, fit.module, fit.device
     datamodule, optimizer = trainer.datamodule, trainer.optimizers[0]
     net, schedule = module.to(device).net, trainer.lr_scheduler_configs[0].scheduler
     for state in optimizer.state.values():
@@ -115,10 +109,11 @@ def measure_training(cfg: DictConfig, steps: int, warmup: int, repeats: int, com
     with open_dict(cfg):
         cfg.compile, cfg.trainer.max_steps = compiled, warmup + steps * repeats
         cfg.paths.output_dir = f"{cfg.paths.output_dir}/{'compiled' if compiled else 'eager'}"  # logs
-        cfg.callbacks.step_timer = {"_target_": f"{__name__}.StepTimer", "warmup": warmup, "steps": steps}
+        timer = {"_target_": f"{__name__}.Clock", "device": None, "warmup": warmup, "steps": steps}
+        cfg.callbacks.step_timer = timer
     metrics = train(cfg)
-    fit, images = FITS.pop(), cfg.data.batch_size * steps
-    lightning, plain = fit.clock.rates(images), plain_loop(fit).rates(images)
+    fit, images = Clock.fits.pop(), cfg.data.batch_size * steps
+    lightning, plain = fit.rates(images), plain_loop(fit).rates(images)
     log(f"  compile={compiled}: Lightning {lightning['mean']:,.1f}, plain {plain['mean']:,.1f} images/s")
     return {
         "lightning": lightning,
