@@ -76,6 +76,35 @@ def test_the_local_device_is_read_from_the_driver(monkeypatch):
     assert local_device("auto") == CPU
 
 
+def test_without_the_drivers_library_a_child_process_describes_the_gpu(tmp_path, monkeypatch):
+    """Where NVML cannot be loaded, asking torch here would initialise CUDA in a notebook's kernel, and
+    ``ddp_notebook`` then refuses to fork: a child process asks instead (here a fake torch answers it)."""
+    import ctypes
+
+    from vit_cifar import devices
+
+    def no_library(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    def initialised(*args, **kwargs):
+        raise RuntimeError("TRIPWIRE: CUDA was initialised in this process")
+
+    (tmp_path / "torch.py").write_text(
+        "from types import SimpleNamespace\n"
+        "props = SimpleNamespace(name='Tesla T4', major=7, minor=5, total_memory=15 * 2**30)\n"
+        "cuda = SimpleNamespace(get_device_properties=lambda index: props)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the child's torch
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", initialised)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    devices._child_process_description.cache_clear()
+    assert devices.cuda_description(0) == ("Tesla T4", (7, 5), 15 * 2**30)
+    assert local_device("auto") == DeviceSpec.cuda(7, 5, local_device().triton, 15 * 2**30)
+    devices._child_process_description.cache_clear()  # the fake's answer is not this machine's
+    assert not torch.cuda.is_initialized()
+
+
 @pytest.mark.parametrize(
     ("pin_memory", "device", "pinned"),
     [(None, "cuda", True), (None, "cpu", False), (False, "cuda", False), (True, "cpu", True)],

@@ -4,9 +4,12 @@ functions of a :class:`DeviceSpec`, so that a test on a CPU machine can pass the
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import inspect
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -64,14 +67,26 @@ def cuda_description(index: int = 0) -> tuple[str, tuple[int, int], int]:
     Lightning's ``ddp_notebook`` forks one process per GPU from the notebook's kernel and refuses to once CUDA
     is initialised in it, which ``torch.cuda.get_device_properties`` does. So, until CUDA is running, the driver's
     management library (NVML, which torch and Lightning already use to count GPUs without starting CUDA)
-    answers; only where it cannot be loaded (a container without the driver's utilities) does torch."""
-    if not torch.cuda.is_initialized():
-        try:
-            return _nvml_description(index)
-        except OSError:
-            pass
-    props = torch.cuda.get_device_properties(index)
-    return props.name, (props.major, props.minor), props.total_memory
+    answers, and where it cannot be loaded (a container without the driver's utilities), a child process asks
+    torch: the kernel's CUDA stays untouched either way."""
+    if torch.cuda.is_initialized():
+        props = torch.cuda.get_device_properties(index)
+        return props.name, (props.major, props.minor), props.total_memory
+    try:
+        return _nvml_description(index)
+    except OSError:
+        return _child_process_description(index)
+
+
+@functools.cache  # a child importing torch takes seconds; the answer does not change
+def _child_process_description(index: int) -> tuple[str, tuple[int, int], int]:
+    ask = (
+        "import sys, torch; p = torch.cuda.get_device_properties(int(sys.argv[1])); "
+        "print(p.major, p.minor, p.total_memory, p.name)"
+    )
+    out = subprocess.run([sys.executable, "-c", ask, str(index)], capture_output=True, text=True, check=True)
+    major, minor, memory, name = out.stdout.strip().split(" ", 3)
+    return name, (int(major), int(minor)), int(memory)
 
 
 def _nvml_description(index: int) -> tuple[str, tuple[int, int], int]:
