@@ -87,11 +87,10 @@ def measure_inference(args, cfg: DictConfig, log) -> dict:
         size, count = input_spec(loaded).image_size, args.images or (64 if args.tiny else 2000)
         x, labels = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0)), None
     singles = args.latency_images if args.latency_images is not None else (4 if args.tiny else 100)
-    variants = args.variants or list(VARIANTS)
     log(f"inference: {len(x):,} images, batch {batch} and 1, {torch.get_num_threads()} threads")
-    built, skipped, warmup_s = {}, {}, {}
+    built, skipped = {}, {}  # name: (predict, seconds to build and warm up); name: why not
     with tempfile.TemporaryDirectory() as scratch:
-        for name in variants:
+        for name in args.variants or list(VARIANTS):
             tic = time.perf_counter()
             try:
                 predict = build(name, loaded, Path(scratch))
@@ -101,26 +100,24 @@ def measure_inference(args, cfg: DictConfig, log) -> dict:
                 skipped[name] = f"{type(err).__name__}: {first_line(err)[:300]}"
                 log(f"  {name}: skipped ({skipped[name]})")
                 continue
-            built[name], warmup_s[name] = predict, round(time.perf_counter() - tic, 2)
+            built[name] = predict, round(time.perf_counter() - tic, 2)
         if REFERENCE not in built:
             raise VitCifarError(f"our network could not be run: {skipped[REFERENCE]}")
-        names = list(built)
-        wall, cpu, probs, latency = ({n: [] for n in names} for _ in range(4))
+        names, chunks = list(built), {name: [] for name in built}  # (wall, cpu, probs) of each chunk
         for turn, start in enumerate(range(0, len(x), CHUNK)):
             for name in names[turn % len(names) :] + names[: turn % len(names)]:
-                w, c, p = timed(built[name], x[start : start + CHUNK], batch)
-                wall[name].append(w), cpu[name].append(c), probs[name].append(p)
-        for name in names:
-            latency[name] = [timed(built[name], image, 1)[0] for image in x[:singles].split(1)]
-    reference, results = torch.cat(probs[REFERENCE]), {}
+                chunks[name].append(timed(built[name][0], x[start : start + CHUNK], batch))
+        latency = {name: [timed(built[name][0], one, 1)[0] for one in x[:singles].split(1)] for name in names}
+    reference, results = torch.cat([p for *_, p in chunks[REFERENCE]]), {}
     for name in names:
-        p = torch.cat(probs[name])
+        wall, cpu, probs = zip(*chunks[name], strict=True)
+        p = torch.cat(probs)
         results[name] = {
             "what": VARIANTS[name],
-            "build_and_warmup_s": warmup_s[name],
-            "images_per_s": round(len(x) / sum(wall[name]), 1),
-            "images_per_cpu_s": round(len(x) / sum(cpu[name]), 1),
-            "chunks_s": [round(s, 3) for s in wall[name]],
+            "build_and_warmup_s": built[name][1],
+            "images_per_s": round(len(x) / sum(wall), 1),
+            "images_per_cpu_s": round(len(x) / sum(cpu), 1),
+            "chunks_s": [round(s, 3) for s in wall],
             "batch_1_ms_median": round(1000 * statistics.median(latency[name]), 3) if singles else None,
             "top1": None if labels is None else round(float((p.argmax(1) == labels).float().mean()), 4),
             "agreement_with_ours_eager": float((p.argmax(1) == reference.argmax(1)).float().mean()),
@@ -128,11 +125,5 @@ def measure_inference(args, cfg: DictConfig, log) -> dict:
         }
     for r in results.values() if BASELINE in results else []:
         r["over_timm_eager"] = round(r["images_per_s"] / results[BASELINE]["images_per_s"], 3)
-    weights = args.ckpt or "random init, seed 0"
-    return {
-        "eval_batch_size": batch,
-        "results": results,
-        "skipped": skipped,
-        "weights": weights,
-        "images": len(x),
-    }
+    report = {"eval_batch_size": batch, "results": results, "skipped": skipped, "images": len(x)}
+    return report | {"weights": args.ckpt or "random init, seed 0"}

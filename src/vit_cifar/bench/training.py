@@ -1,18 +1,13 @@
-"""Training throughput through training's own job, beside one plain PyTorch loop, and the training DataLoader.
-
-The Lightning figure times ``vit_cifar.training.run.train`` itself (the command's DataModule, LightningModule,
-Trainer, callbacks and loggers, as ``python -m vit_cifar.train`` builds them), stopped by ``trainer.max_steps``.
-The plain loop then runs as many steps with the objects that fit used (its network, optimiser, learning-rate
-schedule, loss, batches and their on-device augmentation, precision context and gradient scaler): the same
-work per step without Lightning, its callbacks or its loggers, so the difference is what those cost.
-"""
+"""Training throughput: ``vit_cifar.training.run.train`` itself (what ``python -m vit_cifar.train`` runs), then
+one plain PyTorch loop with the objects that fit used, the same work per step without Lightning, its callbacks
+or its loggers, so the difference is what those cost; and the training DataLoader alone."""
 
 from __future__ import annotations
 
 import copy
 import statistics
 import time
-from itertools import pairwise
+from itertools import islice, pairwise, product
 from pathlib import Path
 
 import lightning as L
@@ -25,13 +20,9 @@ from vit_cifar.training.run import build_datamodule, train
 
 
 class Clock(L.Callback):
-    """Wall-clock and process CPU time at the edges of the windows: the start, the end of ``warmup`` untimed
-    steps, then every ``steps`` steps. On CUDA the device is synchronised at each edge (never inside a window),
-    so that queued work is counted. Process CPU time (this process's threads, not DataLoader workers) is
-    slowed far less than the wall clock by other processes on a shared machine.
-
-    As the fit's callback (``callbacks.step_timer``, added by :func:`measure_training`: training never imports
-    it) it times the optimiser steps and keeps the fit's trainer and module for the plain loop."""
+    """Wall-clock and process CPU time (which other processes slow far less) after ``warmup`` untimed steps,
+    then every ``steps`` steps; on CUDA synchronised at those edges only, so that queued work is counted. As the
+    fit's callback (``callbacks.step_timer``: training never imports it) it keeps its trainer and module."""
 
     fits: list[Clock] = []  # where train() hands its fit to the benchmark: Hydra builds the callback
 
@@ -125,35 +116,31 @@ def measure_training(cfg: DictConfig, steps: int, warmup: int, repeats: int, com
 
 
 def measure_loader(cfg: DictConfig, workers: list[int], steps: int, warmup: int, repeats: int) -> dict:
-    """images/s of ``CIFARDataModule.train_dataloader()`` as ``cfg`` builds it (its sampler, per-image seeds and
-    augmentation, collation, and on CUDA pinned memory and the copy), for each preset of configs/aug and each
-    worker count: the most it can feed a training step. Untimed batches first: at least two per worker (what
-    each prefetches)."""
+    """images/s of the DataModule's training loader as ``cfg`` builds it (on CUDA with the copy), per preset of
+    configs/aug and worker count: the most it can feed a step. Untimed first: two batches per worker (prefetch)."""
     device = torch.device(local_device(cfg.trainer.accelerator).type)
+    augs = sorted(p.stem for p in (Path(CONFIG_DIR) / "aug").glob("*.yaml"))
     result, threads = {}, torch.get_num_threads()
-    for aug in sorted(p.stem for p in (Path(CONFIG_DIR) / "aug").glob("*.yaml")):
-        for n in workers:
+    torch.set_num_threads(
+        1
+    )  # with 0 workers this process does a worker's work, on one thread as a worker does
+    try:
+        for aug, n in product(augs, workers):
             with open_dict(cfg):
                 cfg.aug = compose_config([f"aug={aug}"], cfg.paths.output_dir).aug
                 cfg.data.num_workers, cfg.data.device_aug = n, False
                 cfg.data.pin_memory = device.type == "cuda"
             datamodule = build_datamodule(cfg)
             datamodule.setup("fit")
-            loader = datamodule.train_dataloader()
-            batches, clock = iter(loader), Clock(device, max(warmup, 2 * n), steps)
-            # with 0 workers this process does a worker's work, on one thread as a worker does
-            torch.set_num_threads(1)
-            try:
-                for step in range(1, clock.warmup + steps * repeats + 1):
-                    x, y = next(batches)
-                    x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    clock.done(step)
-            finally:
-                torch.set_num_threads(threads)
-            del batches  # ends the workers
+            loader, clock = datamodule.train_dataloader(), Clock(device, max(warmup, 2 * n), steps)
+            for step, (x, y) in enumerate(islice(loader, clock.warmup + steps * repeats), start=1):
+                x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                clock.done(step)
             rate = clock.rates(cfg.data.batch_size * steps)
             if n:  # the workers' CPU time is not this process's
                 rate.pop("per_cpu_second")
             sampler = type(loader.sampler).__name__
             result[f"{aug}, {n} workers"] = rate | {"aug": aug, "workers": n, "sampler": sampler}
+    finally:
+        torch.set_num_threads(threads)
     return result
