@@ -136,11 +136,22 @@ def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -
         raise ConfigError(
             f"trainer.max_time={show(max_time)} is not a duration: use DD:HH:MM:SS, e.g. 00:00:55:00"
         )
-    processes = _processes(cfg, values.get("trainer.accelerator", "auto"))
+    accelerator = str(values.get("trainer.accelerator", "auto")).lower()
+    processes = _processes(cfg, accelerator)
+    if values.get("scheduler.by") == "time" and (processes or 1) > 1:
+        raise ConfigError(
+            "scheduler.by=time follows one process's clock: use scheduler.by=steps with several processes"
+        )
     if "data.batch_size" in values and processes:
         datamodule.rank_batch_size(values["data.batch_size"], processes)  # the global batch, shared out
     # the device the choices are made for, read once (on a GPU machine a query of the driver)
-    device = device or devices.local_device(values.get("trainer.accelerator", "auto"))
+    if device is None:
+        device = devices.local_device(accelerator)
+        if accelerator in ("gpu", "cuda") and device.type != "cuda":
+            raise ConfigError(
+                f"trainer.accelerator={accelerator} but no CUDA GPU is visible here: "
+                "use trainer=cpu (or trainer.accelerator=cpu) on this machine"
+            )
     _check_device_choices(cfg, values, device)
     _check_network(cfg, values, device)
     _check_image_size(cfg, values)
@@ -221,7 +232,7 @@ def _processes(cfg: DictConfig, accelerator: str) -> int | None:
     elif accelerator in ("auto", "cpu"):
         kind = CPUAccelerator
     else:
-        return None  # one Apple GPU, or a GPU asked for where there is none (train() says so)
+        return None  # one Apple GPU, or a GPU asked for where there is none (said below)
     try:
         parsed = kind.parse_devices(kind.auto_device_count() if asked == "auto" else asked)
         per_node = len(kind.get_parallel_devices(parsed)) if parsed else 0

@@ -22,7 +22,6 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vit_cifar.data.samplers import run_seed
 from vit_cifar.devices import DeviceSpec, has_fused_kernel
-from vit_cifar.errors import ConfigError
 from vit_cifar.models.registry import build_network
 from vit_cifar.training.monitoring import budget_timer, epochs_done
 
@@ -130,10 +129,6 @@ class ClassifierModule(L.LightningModule):
             max_epochs=trainer.max_epochs,
             clock=budget_timer(trainer),
         )
-        if self.hparams.scheduler.get("by") == "time" and trainer.world_size > 1:
-            raise ConfigError(
-                "scheduler.by=time follows one process's clock: use scheduler.by=steps with several processes"
-            )
         decay, plain = (sum(p.numel() for p in group["params"]) for group in optimizer.param_groups)
         self.print(
             f"{type(self.net).__name__}: {decay + plain:,} parameters; optimiser: {decay:,} with weight decay "

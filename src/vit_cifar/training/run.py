@@ -101,12 +101,6 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
     description to train with CUDA's choices on CPU."""
     start = time.perf_counter()
     validate_config(cfg, device=device)
-    accelerator = str(cfg.trainer.get("accelerator", "auto")).lower()
-    if device is None and accelerator in ("gpu", "cuda") and local_device(accelerator).type != "cuda":
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here: "
-            "use trainer=cpu (or trainer.accelerator=cpu) on this machine"
-        )
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path=last: this run folder's last.ckpt
     if not cfg.train:
         if ckpt_path is None:
