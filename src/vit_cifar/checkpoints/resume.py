@@ -85,35 +85,17 @@ def _mismatch(net_config: dict, state: dict) -> str | None:
 
 
 def keep_logged_history(trainer: L.Trainer, resume_step: int) -> None:
-    """Keep, in a run resumed from step ``resume_step``, the rows of ``csv/metrics.csv`` the stopped run logged
-    before that step: Lightning's CSVLogger starts the file afresh, losing the epochs before the stop, and with
-    them the first part of the history that ``evaluate`` plots. Rows from that step on are dropped, as the resumed
-    run logs those steps again: each step appears once (TensorBoard's ``purge_step`` does the same there)."""
+    """Keep, in a run resumed from step ``resume_step``, the rows of ``csv/metrics.csv`` logged before that step:
+    Lightning's CSVLogger starts the file afresh, losing the history ``evaluate`` plots. Rows from that step on
+    are dropped, as the resumed run logs them again (TensorBoard's ``purge_step`` does the same there)."""
     for logger in trainer.loggers:
         if not isinstance(logger, CSVLogger) or not trainer.is_global_zero:
             continue
         path = Path(logger.log_dir) / "metrics.csv"
-        previous = _rows_before(path.read_text(), resume_step) if path.is_file() else ""
+        rows = list(csv.DictReader(path.read_text().splitlines())) if path.is_file() else []
+        kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < resume_step]
         with warnings.catch_warnings():  # its "previous log files will be deleted" is not true here
             warnings.filterwarnings("ignore", message="Experiment logs directory")
             writer = logger.experiment  # made now, which deletes metrics.csv
-        if previous.strip():
-            path.write_text(previous)  # back; the resumed run's rows are appended below it, under one header
-            writer.metrics_keys = sorted({key for key in previous.splitlines()[0].split(",") if key})
-
-
-def _rows_before(text: str, step: int) -> str:
-    """The header and the rows of a Lightning ``metrics.csv`` logged before ``step``."""
-    lines = text.splitlines(keepends=True)
-    if not lines:
-        return text
-    header = lines[0].rstrip("\r\n").split(",")
-    if "step" not in header:
-        return text
-    column = header.index("step")
-    kept = [lines[0]]
-    for line in lines[1:]:
-        row = next(csv.reader([line]), [])
-        if len(row) <= column or not row[column] or int(float(row[column])) < step:
-            kept.append(line)
-    return "".join(kept)
+        writer.metrics.extend(kept)  # written back now; the resumed run's rows follow, under one header
+        writer.save()

@@ -23,8 +23,7 @@ from vit_cifar.training.monitoring import epoch_metrics
 
 
 def capture_rng_states() -> dict:
-    """This process's Python, NumPy and torch (CPU and CUDA) random states, as tensors and plain values only,
-    so that ``torch.load(weights_only=True)`` reads them back."""
+    """This process's random states as tensors and plain values, which ``torch.load(weights_only=True)`` reads."""
     numpy_state = np.random.get_state(legacy=False)  # {"state": {"key": uint32 array, "pos": int}, ...}
     key = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
     states = {
@@ -49,19 +48,12 @@ def restore_rng_states(states: dict) -> None:
 
 
 class RNGStateCheckpoint(L.Callback):
-    """Keeps the random generators' states in every checkpoint and puts them back when fitting resumes.
+    """Keeps the Python, NumPy and torch generators' states in every checkpoint and restores them on resume.
 
-    Lightning restores weights, optimiser, LR schedulers, grad scaler, loops and callbacks, but not the
-    Python, NumPy and torch generators, which draw the augmentations, MixUp/CutMix, dropout masks and the
-    DataLoader's shuffle seed (a ``RandomSampler`` without its own generator seeds itself from torch's).
-    With them restored, a run resumed from an end-of-epoch checkpoint draws what the uninterrupted run drew.
-
-    The states are restored as the checkpoint is loaded, which Lightning does before it makes the first
-    training iterator; nothing in between draws random numbers (the sanity check runs in ``isolate_rng``).
-    Under DDP each rank draws its own numbers (seeded from (seed, rank), ``module.seed_rank_generators``): every
-    rank's states are gathered into the file as it is made (all ranks make it) and each rank gets its own back.
-    Exactness needs ``data.num_workers=0`` or ``data.persistent_workers=false``: persistent workers keep their
-    own generators, which no checkpoint holds.
+    Lightning restores weights, optimiser, schedulers and loops, not these generators, which draw augmentations,
+    MixUp/CutMix, dropout and the DataLoader's shuffle: restored before the first training iterator is made, a
+    resumed run draws what the uninterrupted one drew. Under DDP every rank's states are gathered into the file
+    and each rank gets its own back. Persistent workers keep generators of their own that no checkpoint holds.
     """
 
     def state_dict(self) -> dict:
@@ -80,19 +72,13 @@ class RNGStateCheckpoint(L.Callback):
 
 
 class FiniteLossGuard(L.Callback):
-    """Stops training at the first non-finite loss, naming its step, so that no checkpoint with its updates is
-    ever written and the last good one stays the newest. All ranks stop together (DDP).
+    """Stops training at the first non-finite loss, naming its step, before any checkpoint holds its updates;
+    all ranks stop together.
 
-    Reading the loss on the host would make the CPU wait for the GPU at every step. Instead, each step records
-    on the device whether its loss is finite, and the step and value of the first one that is not (a few tiny
-    kernels, no wait). The record is read every ``check_every_n_steps`` steps (default: the trainer's
-    ``log_every_n_steps``, when the logger reads the loss anyway), and always before validation and at the end
-    of each training epoch, that is before any checkpoint is written. A check at step s covers step s's own
-    loss before its update. With ``check_every_n_steps=1`` every step is checked before its update (one wait
-    per step): the weights in memory then stay the last good ones too.
-
-    Args:
-        check_every_n_steps: steps between checks; None takes ``trainer.log_every_n_steps``.
+    Reading the loss on the host every step would wait for the GPU: each step records on the device the step and
+    value of the first bad loss, read every ``check_every_n_steps`` steps (None: ``trainer.log_every_n_steps``),
+    before validation and at each epoch's end, so before any checkpoint. With 1, every step is checked before its
+    update (one wait per step) and the weights in memory stay the last good ones too.
     """
 
     def __init__(self, check_every_n_steps: int | None = None) -> None:
@@ -128,7 +114,7 @@ class FiniteLossGuard(L.Callback):
         self._check(trainer, self.check_every_n_steps or trainer.log_every_n_steps)
 
     def _check(self, trainer: L.Trainer, every: int) -> None:
-        """Read the record (a host sync, and under DDP one collective) and stop when any rank saw a bad loss."""
+        """Read the record (a host sync, and under DDP a collective) and stop when any rank saw a bad loss."""
         if self._bad_step is None:
             return
         step, epoch = int(self._bad_step), int(self._bad_epoch)
@@ -163,23 +149,10 @@ def latest_checkpoint(trainer: L.Trainer) -> str | None:
 
 
 class EMA(EMAWeightAveraging):
-    """An exponential moving average of the weights, used for validation, testing and in every checkpoint.
-
-    Lightning's callback updates the average after every optimiser step (the first step copies the weights,
-    then ``ema = decay * ema + (1 - decay) * weights``, for parameters and buffers such as BatchNorm stats),
-    swaps it in for each validation epoch, copies it into the model when training ends, and writes it as the
-    checkpoint's ``state_dict`` (the raw weights go to ``current_model_state``, for resuming). So model
-    selection, ``vit_cifar.checkpoints.loading.load_classifier`` and evaluation all see the averaged weights.
-
-    One change: outside fitting, loading a checkpoint leaves the model with the averaged ``state_dict``. The
-    parent callback, still holding its average after ``fit``, would load ``current_model_state`` instead, so
-    ``trainer.test(ckpt_path=...)`` on the trainer that just fitted would test the raw weights, not the EMA.
-
-    Args:
-        decay: weight of the old average at each step; the average spans about ``1 / (1 - decay)`` steps.
-        update_starting_at_step: first optimiser step (0-based) that updates the average; None from the first.
-        update_every_n_steps: update every n-th step.
-    """
+    """Lightning's EMA of the weights (used for validation, in every checkpoint's ``state_dict`` and so by the
+    test), with two changes: the update waits for no device (see ``on_train_batch_end``), and outside fitting a
+    checkpoint loads its averaged ``state_dict``; Lightning's, still holding its average after ``fit``, would load
+    the raw ``current_model_state``, so ``trainer.test(ckpt_path=...)`` would test the raw weights."""
 
     def __init__(
         self, decay: float = 0.9995, update_starting_at_step: int | None = None, update_every_n_steps: int = 1
@@ -200,9 +173,8 @@ class EMA(EMAWeightAveraging):
             self._started, self._updated_at_step = False, 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
-        """As Lightning's, except for the update: ``AveragedModel.update_parameters`` with an ``avg_fn`` updates
-        tensor by tensor and reads its step count on the host twice (``bool`` of a device tensor), waiting for
-        the GPU at every step; this is one foreach update and no wait."""
+        """As Lightning's, but ``AveragedModel.update_parameters`` reads its step count on the host (a wait for
+        the GPU every step) and updates tensor by tensor: this is one foreach update and no wait."""
         if trainer.global_step > self._updated_at_step and self.should_update(
             step_idx=trainer.global_step - 1
         ):
@@ -220,15 +192,14 @@ class EMA(EMAWeightAveraging):
             )
         )
         floats = [(a, m) for a, m in pairs if a.is_floating_point()]
-        if not self._started:  # the first update copies the weights, as AveragedModel's does
-            for a, m in pairs:
-                a.copy_(m)
-            self._started = True
-        elif floats:
+        if self._started and floats:
             self._ema_update([a for a, _ in floats], [m for _, m in floats], None)
-        for a, m in pairs:  # integer buffers (BatchNorm's num_batches_tracked) are copied, not averaged
-            if not a.is_floating_point():
+        # The first update copies the weights, as AveragedModel's does; integer buffers (BatchNorm's
+        # num_batches_tracked) are always copied, not averaged.
+        for a, m in pairs:
+            if not (self._started and a.is_floating_point()):
                 a.copy_(m)
+        self._started = True
         average.n_averaged += 1  # on the device: no wait
 
     def on_load_checkpoint(
@@ -242,20 +213,10 @@ class EMA(EMAWeightAveraging):
 
 
 class ProgressBar(RichProgressBar):
-    """Lightning's rich progress bar, reading the logged values (loss, accuracy) every
-    ``metrics_every_n_steps`` training steps rather than at every one.
-
-    Lightning 2.6 reads them at the end of every batch, converting each value logged with ``prog_bar=True``
-    to a Python number: on a GPU a wait for the device, every step (the bar's ``refresh_rate`` is redraws per
-    second and does not limit that). So the module logs its step loss without ``prog_bar``, and this bar adds
-    the step values (``train/loss_step`` as ``train/loss``) when it reads. Between reads it shows the values
-    of the last read; the step counter moves at every step, and validation and the epoch's end read as before.
-
-    Args:
-        metrics_every_n_steps: steps between reads; None takes ``trainer.log_every_n_steps`` (the steps at
-            which the loggers read the values anyway).
-        **kwargs: ``RichProgressBar``'s own (``refresh_rate``, ``leave``, ``theme``, ``console_kwargs``).
-    """
+    """Lightning's rich bar, reading the logged values every ``metrics_every_n_steps`` steps (None:
+    ``trainer.log_every_n_steps``): Lightning 2.6 converts every ``prog_bar`` value to a number at every batch,
+    a wait for the GPU each step (``refresh_rate`` does not limit it). The module logs its step loss without
+    ``prog_bar``; this bar adds the step values (``train/loss_step`` as ``train/loss``) when it reads."""
 
     def __init__(self, metrics_every_n_steps: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -285,18 +246,14 @@ class ProgressBar(RichProgressBar):
 
 
 class RunClock(L.Callback):
-    """The run's wall time across resumes (``wall_s`` in metrics.json): the seconds spent up to a checkpoint
-    are saved in it, and a run resumed from it goes on counting from there. The time between that checkpoint
-    and a kill is work redone, so it is not counted twice."""
+    """The run's wall time across resumes (``wall_s`` in metrics.json), counted from ``started`` (taken before
+    the Trainer is built) and saved in each checkpoint: a resumed run goes on from it (the time between that
+    checkpoint and a kill is redone work, not counted twice). Lightning's Timer counts fitting only."""
 
     def __init__(self) -> None:
-        self.started = time.perf_counter()
+        self.started = time.perf_counter()  # train() sets its own start
         self.before_s = 0.0  # the parts of the run before the checkpoint it resumed from
         self.saved_s = 0.0  # the count the last checkpoint loaded holds
-
-    def restart(self, started: float) -> None:
-        """Count this process from ``started`` (a ``time.perf_counter()`` taken before the Trainer was built)."""
-        self.started = started
 
     def elapsed_s(self) -> float:
         return self.before_s + time.perf_counter() - self.started

@@ -27,13 +27,8 @@ from vit_cifar.training.monitoring import budget_timer, epochs_done
 
 
 class ClassifierModule(L.LightningModule):
-    """Trains, validates and tests any classifier network built from a config dict.
-
-    Args:
-        net: the network's config (``_target_`` and arguments), kept in every checkpoint to rebuild it.
-        optimizer, scheduler: the ``optim`` and ``scheduler`` configs, see :func:`build_optimization`.
-        label_smoothing: label smoothing of the cross-entropy, applied on top of MixUp/CutMix targets.
-    """
+    """Trains, validates and tests the classifier network of the ``net`` config (kept in every checkpoint to
+    rebuild it), with the ``optim`` and ``scheduler`` configs (:func:`build_optimization`)."""
 
     def __init__(self, net: dict, optimizer: dict, scheduler: dict, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -48,14 +43,13 @@ class ClassifierModule(L.LightningModule):
         # under DDP each image counts once, whatever share each rank had. No argument validation (its
         # torch.unique on the targets waits for the GPU every step) and no NaN check on the loss (another wait;
         # vit_cifar.training.callbacks.FiniteLossGuard watches the loss): the inputs are ours.
-        self.train_acc, self.val_acc, self.test_acc = (_accuracy(num_classes) for _ in range(3))
+        self.train_acc, self.val_acc, self.test_acc = (
+            MulticlassAccuracy(num_classes, average="micro", validate_args=False) for _ in range(3)
+        )
         self.train_loss, self.val_loss, self.test_loss = (
             MeanMetric(nan_strategy="disable") for _ in range(3)
         )
-        self.val_images, self.test_images = (
-            SumMetric(nan_strategy="disable"),
-            SumMetric(nan_strategy="disable"),
-        )
+        self.val_images, self.test_images = (SumMetric(nan_strategy="disable") for _ in range(2))
         self.run_config: dict | None = None
         # The device the device-dependent choices (fused AdamW) are made for; None: the one the module is on.
         # A test sets a CUDA description to run CUDA's choices on CPU (vit_cifar.devices.DeviceSpec).
@@ -143,17 +137,13 @@ class ClassifierModule(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
-        """Clip the true gradients, in every precision and with fused optimisers too.
-
-        Lightning clips through its precision plugin, whose mixed-precision plugin refuses any optimiser that
-        unscales inside its step (fused AdamW), in bf16-mixed as well as 16-mixed, because under 16-mixed it
-        leaves such an optimiser's gradients scaled. For those this unscales them first (16-mixed:
-        ``GradScaler.unscale_``, which also records whether any is infinite) and clips them here;
-        ``GradScaler.step`` then hands the fused kernel that record and no scale, and the kernel skips an
-        overflowing step on the device: no host synchronisation. Other optimisers go through Lightning."""
+        """Clip the true gradients with fused optimisers too: Lightning's mixed-precision plugin refuses to clip
+        for an optimiser that unscales inside its step. For those this unscales first (``GradScaler.unscale_``
+        also records any inf, which ``GradScaler.step`` hands the fused kernel: it skips an overflowing step on
+        the device, no host sync) and clips here. Other optimisers go through Lightning."""
         if not gradient_clip_val:
             return
-        if not is_fused(optimizer):
+        if not any(group.get("fused") for group in optimizer.param_groups):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -188,15 +178,6 @@ def seed_rank_generators(rank: int) -> None:
         torch.manual_seed(seed)
 
 
-def _accuracy(num_classes: int) -> MulticlassAccuracy:
-    return MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-
-
-def is_fused(optimizer) -> bool:
-    """Whether ``optimizer`` runs a fused kernel (which unscales 16-mixed gradients inside its step)."""
-    return any(group.get("fused") for group in optimizer.param_groups)
-
-
 # ------------------------------------------------------------------------------------------ optimiser and schedule
 
 
@@ -209,19 +190,14 @@ def build_optimization(
     max_epochs: int | None = None,
     clock: Timer | None = None,
 ) -> tuple[torch.optim.Optimizer, LambdaLR, str]:
-    """The optimiser of the ``optim`` config and its per-step learning-rate schedule of the ``scheduler`` config,
-    with a line saying how long the schedule is. The values were checked by ``config.schema`` before any work.
+    """The optimiser of the ``optim`` config, its per-step schedule of the ``scheduler`` config, and a line
+    saying how long the schedule is (the values were checked by ``config.schema``).
 
-    ``optim``: ``_target_`` (the class, through Hydra), ``lr``, ``weight_decay`` (layer weights only:
-    :func:`param_groups`) and the class's other arguments. ``fused: null`` becomes true on CUDA when the class has
-    a fused kernel (PyTorch's default elsewhere): fused AdamW takes the GradScaler's ``found_inf`` on the device, so
-    a 16-mixed step needs no host synchronisation (tests/test_cuda_paths.py counts them), and it is one kernel
-    where foreach is several. ``device``: what that choice is made for (a test passes a CUDA description on CPU).
-
-    ``scheduler``: linear warmup over ``warmup_epochs`` of ``total_steps`` optimiser steps (``max_epochs`` of
-    them), then a cosine down to ``min_lr`` at the last step. With ``by: time`` the same shape follows the
-    training time that ``clock`` (the Timer of ``trainer.max_time``) has counted against its budget, warmup over
-    ``warmup_fraction`` of it, so a run ends on its budget with its schedule complete."""
+    ``fused: null`` becomes true on CUDA when the class has a fused kernel: fused AdamW takes the GradScaler's
+    ``found_inf`` on the device, so a 16-mixed step needs no host sync. ``device``: what that choice is made for.
+    The schedule warms up linearly over ``warmup_epochs``, then a cosine reaches ``min_lr`` at the last step;
+    with ``by: time`` the same shape follows the time ``clock`` (the Timer of ``trainer.max_time``) counts, so
+    a run ends on its budget with its schedule complete."""
     kwargs = {key: value for key, value in optimizer.items() if not key.startswith("_")}
     optimizer_class = hydra.utils.get_class(optimizer["_target_"])
     lr, weight_decay = float(kwargs.pop("lr")), float(kwargs.pop("weight_decay", 0.0))
@@ -253,35 +229,15 @@ def build_optimization(
     return built, LambdaLR(built, lambda step: lr_now(step) / lr), length
 
 
-# Normalisation layers scale and shift activations; decaying their parameters only fights the normalisation.
-NORM_TYPES = (  # the public norm layers (the lazy ones subclass these)
-    *(nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm, nn.SyncBatchNorm),
-    *(
-        nn.BatchNorm1d,
-        nn.BatchNorm2d,
-        nn.BatchNorm3d,
-        nn.InstanceNorm1d,
-        nn.InstanceNorm2d,
-        nn.InstanceNorm3d,
-    ),
-)
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split parameters by role: layer weights decay; biases, norm parameters and the model's
-    ``no_weight_decay()`` names (a ViT's ``cls_token`` and ``pos_embed``) do not."""
+    """Layer weights decay; biases, norm parameters (every 1-D parameter: normalisation layers scale and shift
+    activations, and decaying them only fights the normalisation) and ``no_weight_decay()`` names do not."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
-    for module_name, module in model.named_modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            full_name = f"{module_name}.{name}" if module_name else name
-            if isinstance(module, NORM_TYPES) or name == "bias" or full_name in skip:
-                no_decay.append(param)
-            else:
-                decay.append(param)
-    # Named, so that the learning-rate monitor logs lr-<optimiser>/decay and /no_decay, not pg1 and pg2.
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
+    # Named, so that the learning-rate monitor logs train/lr/decay and /no_decay, not pg1 and pg2.
     return [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
@@ -289,11 +245,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float) -> float:
-    """Learning rate at optimiser step ``step`` (0-based) of ``total_steps``.
-
-    Linear warmup reaching ``peak_lr`` at step ``warmup_steps - 1``, then a cosine from ``peak_lr`` at step
-    ``warmup_steps`` down to exactly ``min_lr`` at the last step, ``total_steps - 1``.
-    """
+    """Learning rate at step ``step`` (0-based): a linear warmup reaching ``peak_lr`` at step ``warmup_steps - 1``,
+    then a cosine from ``peak_lr`` down to exactly ``min_lr`` at the last step, ``total_steps - 1``."""
     if total_steps <= 1:
         return peak_lr
     warmup_steps = min(warmup_steps, total_steps - 1)
@@ -305,11 +258,8 @@ def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: fl
 
 
 def warmup_cosine_at(progress: float, warmup_fraction: float, peak_lr: float, min_lr: float) -> float:
-    """Learning rate at ``progress`` in [0, 1] of a run whose length is not known in steps (a wall-clock budget).
-
-    Linear warmup from ``min_lr`` to ``peak_lr`` over the first ``warmup_fraction`` of the run, then a cosine down
-    to exactly ``min_lr`` at progress 1. Progress past 1 stays at ``min_lr``.
-    """
+    """Learning rate at ``progress`` in [0, 1] of a wall-clock budget: a linear warmup from ``min_lr`` over
+    ``warmup_fraction``, then a cosine down to exactly ``min_lr`` at 1 (and past it)."""
     progress = min(max(progress, 0.0), 1.0)
     if progress < warmup_fraction:
         return min_lr + (peak_lr - min_lr) * progress / warmup_fraction

@@ -38,21 +38,15 @@ def duration(seconds: float) -> str:
 
 
 def epochs_done(trainer: L.Trainer, epoch: int | None = None) -> int:
-    """The one place that decides how epochs are counted for people: from 1, so that after Lightning's epoch 0
-    (``trainer.current_epoch``, or the ``epoch`` a checkpoint holds) one epoch is done. The epoch log's "epoch 3",
-    metrics.json's ``epochs`` and ``checkpoint_after_epoch`` all use it; what Lightning itself writes (its
-    progress bar, checkpoint names, the logs' ``epoch`` column) keeps Lightning's count from 0."""
+    """The one place that counts epochs for people: from 1, so that after Lightning's epoch 0 one is done (what
+    Lightning itself writes, its bar and the logs' ``epoch`` column, keeps its count from 0)."""
     return (trainer.current_epoch if epoch is None else epoch) + 1
 
 
 def epoch_metrics(trainer: L.Trainer) -> dict:
-    """``trainer.callback_metrics``, to be read on EVERY rank by a callback that shows them on rank 0 only.
-
-    At a training epoch's end the first read computes the epoch's metrics, and under DDP each metric's compute is
-    a collective (torchmetrics gathers every rank's state). Lightning computes them only after every
-    ``on_train_epoch_end`` hook; a read on rank 0 alone would pair rank 0's gather with the other ranks' next
-    collective (FiniteLossGuard's, a checkpoint's) and hang the run. Read on every rank at the same hook, the
-    gathers pair up, and later reads use the computed values."""
+    """``trainer.callback_metrics``, to be read on EVERY rank at the same hook by a callback that shows them on
+    rank 0: the first read at an epoch's end computes them, under DDP a collective per metric; read on rank 0
+    alone it would pair with the other ranks' next collective (a checkpoint's) and hang the run."""
     return trainer.callback_metrics
 
 
@@ -63,10 +57,8 @@ class EpochLog(L.Callback):
         epoch 3/100 | train loss 1.532 acc 0.447 | val loss 1.404 acc 0.497 | lr 3.0e-04 | 0:06:12 elapsed,
         ETA 3:20:10 for the run (at 14:31)
 
-    The ETA is for the whole run: the mean epoch time so far times the epochs left, or the time budget left
-    (``trainer.max_time``) when that comes first. On a CPU, a run estimated to take more than three hours says so
-    after its first steps, with the recipes made for a CPU. Rank 0 only; one host read of the metrics per epoch.
-    """
+    The ETA: the mean epoch so far times the epochs left, or the time budget left when that ends the run first.
+    On a CPU, a run estimated to take over three hours says so after its first steps. Rank 0 only."""
 
     def __init__(self) -> None:
         self._start: float | None = None
@@ -101,37 +93,33 @@ class EpochLog(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or self._start is None:
             return
         elapsed = time.monotonic() - self._start
-        parts = [f"epoch {epoch_of_run(trainer)}"]
-        for stage in ("train", "val"):
-            values = [
-                f"{name} {float(metrics[key]):.{digits}f}"
-                for name, key, digits in (
-                    ("loss", f"{stage}/loss_epoch" if stage == "train" else f"{stage}/loss", 3),
-                    ("acc", f"{stage}/acc", 4),
-                )
-                if key in metrics
-            ]
-            if stage == "train" and "train/loss_epoch" not in metrics and "train/loss" in metrics:
-                values.insert(0, f"loss {float(metrics['train/loss']):.3f}")
+        timer, max_epochs = budget_timer(trainer), trainer.max_epochs or 0
+        # "3/100" when the epochs end the run, "3" when a time budget (trainer.max_time) may end it first
+        parts = [f"epoch {epochs_done(trainer)}" + (f"/{max_epochs}" if max_epochs > 0 and not timer else "")]
+        losses = {
+            "train": metrics.get("train/loss_epoch", metrics.get("train/loss")),
+            "val": metrics.get("val/loss"),
+        }
+        for stage, loss in losses.items():
+            values = [f"loss {float(loss):.3f}"] if loss is not None else []
+            if f"{stage}/acc" in metrics:
+                values.append(f"acc {float(metrics[f'{stage}/acc']):.4f}")
             if values:
                 parts.append(f"{stage} {' '.join(values)}")
         if trainer.optimizers:
             parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.1e}")
-        remaining = _remaining(trainer, elapsed, epochs_done(trainer) - self._first_epoch)
+        left = []  # seconds left: by the mean epoch so far, or by the time budget when that ends the run first
+        if max_epochs > 0 and epochs_done(trainer) > self._first_epoch:
+            per_epoch = elapsed / (epochs_done(trainer) - self._first_epoch)
+            left.append(per_epoch * max(max_epochs - epochs_done(trainer), 0))
+        if timer is not None:
+            left.append(max(timer.time_remaining(), 0.0))
         eta = ""
-        if remaining is not None:
-            end = datetime.now() + timedelta(seconds=remaining)
-            eta = f", ETA {duration(remaining)} for the run (at {end:%H:%M})"
+        if left:
+            end = datetime.now() + timedelta(seconds=min(left))
+            eta = f", ETA {duration(min(left))} for the run (at {end:%H:%M})"
         parts.append(f"{duration(elapsed)} elapsed{eta}")
         log.info(" | ".join(parts))
-
-
-def epoch_of_run(trainer: L.Trainer) -> str:
-    """The epoch in progress as a person counts it: "3/100" when the epochs end the run, "3" when a time budget
-    (trainer.max_time) ends it before max_epochs."""
-    epoch = epochs_done(trainer)
-    ends_by_epochs = (trainer.max_epochs or 0) > 0 and budget_timer(trainer) is None
-    return f"{epoch}/{trainer.max_epochs}" if ends_by_epochs else str(epoch)
 
 
 def budget_timer(trainer: L.Trainer) -> Timer | None:
@@ -139,18 +127,6 @@ def budget_timer(trainer: L.Trainer) -> Timer | None:
     return next(
         (c for c in trainer.callbacks if isinstance(c, Timer) and c.time_remaining() is not None), None
     )
-
-
-def _remaining(trainer: L.Trainer, elapsed: float, epochs_done: int) -> float | None:
-    """Seconds left in the run: by the mean epoch so far, or by the time budget when that ends it first."""
-    left = []
-    max_epochs = trainer.max_epochs or 0
-    if max_epochs > 0 and epochs_done > 0:
-        left.append(elapsed / epochs_done * max(max_epochs - trainer.current_epoch - 1, 0))
-    timer = budget_timer(trainer)
-    if timer is not None:
-        left.append(max(timer.time_remaining(), 0.0))
-    return min(left) if left else None
 
 
 if TYPE_CHECKING:  # omegaconf is imported where it is used: the benchmark runs without Hydra
@@ -162,18 +138,10 @@ def tensorboard_of(trainer: L.Trainer) -> TensorBoardLogger | None:
 
 
 class GradNormMonitor(L.Callback):
-    """Logs ``train/grad_norm``, the 2-norm of all gradients together, before clipping, every
-    ``trainer.log_every_n_steps`` optimiser steps (the steps between cost nothing).
-
-    It is the norm that ``trainer.gradient_clip_val`` is compared with: above it, the update was clipped.
-    ``torch.nn.utils.get_total_norm`` is the function clipping itself uses; unlike Lightning's ``grad_norm``
-    it does not copy every parameter's norm to the host. Under DDP the gradients are already averaged over
-    the ranks here, and only rank 0's loggers write.
-
-    Under 16-mixed, Lightning unscales the gradients before this hook, except for a fused optimiser, whose
-    kernel unscales them inside its step (``ClassifierModule.configure_gradient_clipping`` unscales them after
-    this hook, before clipping): then the norm read here is divided by the GradScaler's scale, so that the
-    logged norm is the true one in every precision.
+    """Logs ``train/grad_norm``, the norm ``trainer.gradient_clip_val`` is compared with (before clipping),
+    every ``trainer.log_every_n_steps`` steps. ``get_total_norm`` is what clipping uses; unlike Lightning's
+    ``grad_norm`` it copies one number to the host, not one per parameter. Under 16-mixed a fused optimiser's
+    gradients are still scaled here (they are unscaled in ``configure_gradient_clipping``): divided by the scale.
     """
 
     def on_before_optimizer_step(
@@ -187,21 +155,15 @@ class GradNormMonitor(L.Callback):
         norm = float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
         scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
         if scaler is not None and any(group.get("fused") for group in optimizer.param_groups):
-            norm /= scaler.get_scale()  # still scaled: see the class's docstring
+            norm /= scaler.get_scale()
         for logger in trainer.loggers:
             logger.log_metrics({"train/grad_norm": norm}, step=trainer.global_step)
 
 
 class TensorBoardFigures(L.Callback):
-    """Every ``every_n_epochs`` epochs (and at the last epoch), writes two figures of the validation set to
-    TensorBoard: its confusion matrix (each row normalised: the share of a true class given each prediction)
-    and the first ``num_images`` validation images with their predicted and true classes.
-
-    It reads the logits that ``validation_step`` returns, so nothing is computed twice; other epochs cost one
-    comparison per batch. Under DDP every rank adds its share to the confusion matrix (synchronised by
-    torchmetrics) and only rank 0 draws; its images are the first of its own share of the validation set.
-    Needs the TensorBoard logger; without it the callback does nothing.
-    """
+    """Every ``every_n_epochs`` epochs and at the last, writes the validation confusion matrix (rows normalised)
+    and the first ``num_images`` validation images with their predictions to TensorBoard, from the logits
+    ``validation_step`` returns. Under DDP every rank adds to the matrix and rank 0 draws."""
 
     def __init__(self, every_n_epochs: int = 10, num_images: int = 16) -> None:
         self.every_n_epochs = every_n_epochs
@@ -268,7 +230,8 @@ class TensorBoardFigures(L.Callback):
 
 def confusion_figure(metric: MulticlassConfusionMatrix, matrix: torch.Tensor, classes: list):
     """torchmetrics' plot of ``matrix``, on a figure large enough for ten labelled classes."""
-    fig = _figure(max(5.0, 0.75 * len(classes) + 2), max(5.0, 0.75 * len(classes) + 2))
+    side = max(5.0, 0.75 * len(classes) + 2)
+    fig = _figure(side, side)
     ax = fig.add_subplot()
     metric.plot(val=matrix, ax=ax, labels=[str(c) for c in classes])
     ax.set_title("validation: share of each true class (rows) by prediction")
@@ -284,11 +247,8 @@ def predictions_figure(
 
     if mean is not None and std is not None:  # undo the normalisation for display
         images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
-    (h, w), band, pad = (
-        images.shape[-2:],
-        images.shape[-2] // 2,
-        2,
-    )  # a white band above each image for its label
+    h, w = images.shape[-2:]
+    band, pad = h // 2, 2  # a white band above each image for its label
     cols = min(8, len(images))
     tiles = torch.nn.functional.pad(images.clamp(0, 1), (0, 0, band, 0), value=1.0)
     grid = make_grid(tiles, nrow=cols, padding=pad, pad_value=1.0)  # (3, H, W)
@@ -333,30 +293,21 @@ HPARAMS_KEYS = (
 FINAL_METRICS = ("val_acc_best", "val_acc_last_epoch", "test_acc", "test_loss")
 
 
-def command_line_keys() -> list[str]:
-    """The config keys set on this run's command line (a sweep job's swept values among them), in order."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:  # no Hydra run: nothing was given on a command line
-        return []
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
-    return [k for k in keys if not k.startswith(("hydra.", "paths.", "callbacks.", "logger."))]
-
-
 def flat_hparams(cfg: DictConfig) -> dict[str, str | int | float | bool]:
-    """The run's settings that matter, as ``key`` -> value with its real type (numbers stay numbers, booleans
-    booleans; lists become text; unset values are left out): :data:`HPARAMS_KEYS` and the command line's."""
+    """:data:`HPARAMS_KEYS` and the command line's keys -> their values, numbers and booleans as such, lists as
+    text, unset ones left out."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     try:
         choices = dict(HydraConfig.get().runtime.choices)  # config group -> the option chosen
-    except ValueError:
-        choices = {}
+        overrides = HydraConfig.get().overrides.task  # a sweep job's swept values among them
+    except ValueError:  # no Hydra run: nothing was given on a command line
+        choices, overrides = {}, []
+    given = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    given = [k for k in given if not k.startswith(("hydra.", "paths.", "callbacks.", "logger."))]
     flat: dict[str, str | int | float | bool] = {}
-    for key in dict.fromkeys([*HPARAMS_KEYS, *command_line_keys()]):
+    for key in dict.fromkeys([*HPARAMS_KEYS, *given]):
         if key in ("model", "optim"):
             value = str(OmegaConf.select(cfg, f"{key}._target_", default="")).rsplit(".", 1)[-1] or None
         else:
@@ -371,8 +322,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, str | int | float | bool]:
 
 
 def log_final_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict) -> None:
-    """Write the hparams table (TensorBoard's HPARAMS tab): the run's settings and its final metrics, so the
-    jobs of a sweep can be compared side by side. Once per run, after testing, by rank 0."""
+    """TensorBoard's HPARAMS tab: the run's settings beside its final metrics, so a sweep's jobs compare."""
     logger = tensorboard_of(trainer)
     if logger is None or not trainer.is_global_zero:
         return

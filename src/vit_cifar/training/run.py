@@ -37,9 +37,7 @@ from vit_cifar.training.speed import apply_speed_settings, precision_for_trainer
 
 def instantiate_all(section: DictConfig | None) -> list:
     """Instantiate every entry of a callbacks or logger group, skipping those set to null."""
-    if not section:
-        return []
-    return [hydra.utils.instantiate(entry) for entry in section.values() if entry is not None]
+    return [hydra.utils.instantiate(entry) for entry in (section or {}).values() if entry is not None]
 
 
 def build_datamodule(cfg: DictConfig, device: DeviceSpec = CPU) -> CIFARDataModule:
@@ -81,18 +79,6 @@ def build_trainer(cfg: DictConfig, has_validation: bool, device: DeviceSpec | No
     )
 
 
-def selected_checkpoint(trainer: L.Trainer) -> str | None:
-    """The checkpoint to test: best by validation accuracy, or the last one when there is no validation."""
-    callback = trainer.checkpoint_callback
-    return (callback.best_model_path or None) if callback is not None else None
-
-
-def describe_training_device(trainer: L.Trainer) -> str:
-    """The device as reports name it (evaluation's wording), and how many processes trained."""
-    name = describe_device(trainer.strategy.root_device)
-    return f"{name} x{trainer.world_size}" if trainer.world_size > 1 else name
-
-
 def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
     """Fit, test the selected checkpoint, write ``metrics.json`` in the run folder and return the metrics.
 
@@ -122,7 +108,7 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
     if resume_step is not None:
         keep_logged_history(trainer, resume_step)  # the CSV log keeps the rows before the checkpoint
     if clock := run_clock_of(trainer):
-        clock.restart(start)
+        clock.started = start
     module.device_spec = choices_for
     speed = apply_speed_settings(
         module.net,
@@ -134,7 +120,9 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
     compile_counter = speed.pop("counter", None)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    ckpt_path = selected_checkpoint(trainer)
+    callback = trainer.checkpoint_callback
+    # the checkpoint to test: best by validation accuracy, or the last one when there is no validation
+    ckpt_path = (callback.best_model_path or None) if callback is not None else None
 
     metrics = {
         "params": sum(p.numel() for p in module.net.parameters()),
@@ -150,7 +138,6 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
     if "val/acc" in trainer.callback_metrics:
         metrics["val_acc_last_epoch"] = float(trainer.callback_metrics["val/acc"])
         metrics["val_images"] = int(trainer.callback_metrics["val/images"])  # counted over all ranks
-    callback = trainer.checkpoint_callback
     if callback is not None and callback.monitor == "val/acc" and callback.best_model_score is not None:
         metrics["val_acc_best"] = float(callback.best_model_score)
     if cfg.test:
@@ -171,7 +158,9 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
         metrics.update(compile_counter.report())
     # Named after testing: naming a GPU initialises CUDA in this process, after which the ddp_notebook strategy
     # (DDP inside a notebook, notebooks/train_kaggle_colab.ipynb) could not fork its processes for the test.
-    metrics["device"] = describe_training_device(trainer)
+    metrics["device"] = describe_device(trainer.strategy.root_device)
+    if trainer.world_size > 1:
+        metrics["device"] += f" x{trainer.world_size}"
     clock = run_clock_of(trainer)  # the whole run's, across resumes; without it, this process's
     metrics["wall_s"] = round(clock.elapsed_s() if clock else time.perf_counter() - start, 1)
     log_final_hparams(trainer, cfg, metrics)  # TensorBoard's hparams table: settings beside final metrics
@@ -184,23 +173,13 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
     return metrics
 
 
-# Trainer settings that make a run a check of the pipeline rather than a result.
-LIMITING_KEYS = (
-    "fast_dev_run",
-    "overfit_batches",
-    "limit_train_batches",
-    "limit_val_batches",
-    "limit_test_batches",
-)
-
-
 def pipeline_check(cfg: DictConfig) -> bool:
-    """Whether the trainer only runs part of the data (debug=fdr|limit|overfit, limit_*_batches < all)."""
+    """Whether the trainer only runs part of the data (debug=fdr|limit|overfit, limit_*_batches < all): a check
+    of the pipeline rather than a result."""
     trainer = cfg.trainer
-    return (
-        bool(trainer.get("fast_dev_run"))
-        or bool(trainer.get("overfit_batches"))
-        or any(trainer.get(key) not in (None, 1.0) for key in LIMITING_KEYS[2:])
+    limits = [trainer.get(f"limit_{split}_batches") for split in ("train", "val", "test")]
+    return bool(trainer.get("fast_dev_run") or trainer.get("overfit_batches")) or any(
+        limit not in (None, 1.0) for limit in limits
     )
 
 
@@ -217,9 +196,8 @@ def check_train_command(cfg: DictConfig, multirun: bool) -> None:
     if cfg.get("ckpt_path"):
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = os.path.abspath(cfg.hydra.run.dir)
-        HydraConfig.instance().set_config(
-            cfg
-        )  # so ${hydra:runtime.output_dir} resolves, as it will in the job
+        # so that ${hydra:runtime.output_dir} resolves, as it will in the job
+        HydraConfig.instance().set_config(cfg)
         resolve_ckpt_path(cfg, error=ConfigError)
 
 

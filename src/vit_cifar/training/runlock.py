@@ -1,11 +1,6 @@
-"""One training per run folder: a lock file that a second training into the same folder meets and stops at.
-
-Two trainings in one folder (the same ``hydra.run.dir``, or ``ckpt_path=last`` started twice) would overwrite
-each other's checkpoints, logs and ``metrics.json``. The first holds an exclusive ``flock`` on
-``<run>/.run.lock`` while it trains (the system releases it when the process ends, even by a kill, so a
-crashed run never leaves the folder locked); a second is refused in one line before Hydra writes anything
-into the folder.
-"""
+"""One training per run folder: two in one folder would overwrite each other's checkpoints and logs. The first
+holds an exclusive ``flock`` on ``<run>/.run.lock`` (released when the process ends, even by a kill); a second
+is refused in one line before Hydra writes anything."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
 """Speed switches applied to a training run: ``torch.compile``, TF32 matmuls and Lightning's precision plugin
-(fused AdamW is chosen where the optimiser is built, ``training.module.build_optimization``).
-
-Each is a config value (see ``configs/train.yaml``, ``configs/optim/adamw.yaml`` and docs/performance.md);
-what each value means on which device is decided in :mod:`vit_cifar.devices`, and applied here.
-"""
+(docs/performance.md); what each value means on which device is decided in :mod:`vit_cifar.devices`."""
 
 from __future__ import annotations
 
@@ -14,15 +10,11 @@ from vit_cifar.devices import DeviceSpec, resolve_compile
 
 
 class CompileCounter:
-    """Tells whether a compiled network's training forward calls really ran compiled, and counts those that did
-    not (evaluation runs eagerly by design).
+    """Whether a compiled network's training forward calls really ran compiled, and how many did not.
 
-    Forward pre-hooks on the network's direct children read ``torch.compiler.is_compiling()``. The hooks sit on
-    the children because Dynamo compiles ``nn.Module.__call__`` and the network's ``forward`` as two frames, and
-    only the second, where the children run, falls back to eager execution when its recompile limit is reached.
-    Inside a compiled frame the hook only sets a flag (a write, never a read, so Dynamo adds no guard and never
-    recompiles for it); where Dynamo gave up on the frame and ran it eagerly, without saying so in the results,
-    the hook counts the call. Nothing touches a tensor, so nothing waits for the device."""
+    Forward pre-hooks on the network's children read ``torch.compiler.is_compiling()``: on the children because
+    only the ``forward`` frame, where they run, falls back to eager silently at the recompile limit. Inside a
+    compiled frame the hook only writes a flag (no read, so Dynamo adds no guard); no tensor is touched."""
 
     def __init__(self) -> None:
         self.ran_compiled = False
@@ -37,7 +29,6 @@ class CompileCounter:
             self.eager += 1
 
     def report(self) -> dict:
-        """``compile`` is true only when forward calls ran compiled and none ran eagerly."""
         return {"compile": self.ran_compiled and self.eager == 0, "eager_calls": self.eager}
 
 
@@ -48,17 +39,12 @@ def apply_speed_settings(
     matmul_precision: str = "high",
     backend: str = "inductor",
 ) -> dict:
-    """Set the float32 matmul precision for the process and compile ``net`` in place when chosen.
+    """Set the float32 matmul precision and compile ``net`` in place when chosen; returns what was applied, for
+    the metrics, with a :class:`CompileCounter` as ``"counter"`` when compiled.
 
-    Compiling: static shapes (``dynamic=False``): the training batch has one shape (the last, shorter batch is
-    dropped) and is compiled once, never turned dynamic; evaluation runs eagerly (``ClassifierModule._step``).
-    ``torch.compiler.reset()`` first, so that every run (each job of a ``-m`` sweep runs in the same process)
-    starts from a clean cache and never meets the recompile limit left by the jobs before it.
-
-    ``nn.Module.compile`` keeps the module and its parameter names, so checkpoints are the same as eager ones.
-    Returns what was applied, for the run's metrics; ``"counter"`` (a :class:`CompileCounter`, when compiled)
-    tells afterwards how many forward calls really ran compiled.
-    """
+    Static shapes: the training batch has one shape (the last, shorter batch is dropped). ``reset()`` first, so
+    each job of a ``-m`` sweep (one process) starts clear of the recompile limit the jobs before it left.
+    ``nn.Module.compile`` keeps the parameter names, so checkpoints are the same as eager ones."""
     torch.set_float32_matmul_precision(matmul_precision)
     compiled = resolve_compile(compile, device)
     applied: dict = {"compile": compiled, "matmul_precision": matmul_precision}
@@ -73,10 +59,8 @@ def apply_speed_settings(
 
 
 def precision_for_trainer(precision: str, device_type: str) -> tuple[str | None, list]:
-    """Lightning's ``Trainer(precision=..., plugins=...)`` for a resolved precision on ``device_type``.
-
-    16-mixed gets the plugin Lightning builds for it on CUDA (float16 autocast and a GradScaler), built here so
-    that it is the same on CPU, where Lightning would silently train in bf16-mixed instead."""
+    """Lightning's ``Trainer(precision=..., plugins=...)`` for a resolved precision: 16-mixed gets the plugin
+    Lightning builds for CUDA (float16 and a GradScaler) on CPU too, where Lightning would train in bf16-mixed."""
     if precision == "16-mixed":
         from lightning.pytorch.plugins.precision import MixedPrecision
 
