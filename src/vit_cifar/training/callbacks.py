@@ -1,6 +1,5 @@
-"""Training callbacks of our own, each for a behaviour Lightning's do not have: exact resume (random states and
-the run's wall time), a finite-loss guard, an EMA of the weights without host waits, and a progress bar that reads
-the device every few steps."""
+"""Training callbacks for what Lightning's do not do: exact resume (random states, the run's wall time), a
+finite-loss guard, an EMA and a progress bar that do not wait for the device every step."""
 
 from __future__ import annotations
 
@@ -87,36 +86,32 @@ class FiniteLossGuard(L.Callback):
         self._bad_step = self._bad_epoch = self._bad_loss = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._bad_step = self._bad_epoch = self._bad_loss = None
+        self._bad_step = torch.tensor(-1, device=pl_module.device)
+        self._bad_epoch = torch.tensor(-1, device=pl_module.device)
+        self._bad_loss = torch.tensor(0.0, device=pl_module.device)
 
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
     ) -> None:
         loss = loss.detach().float()
-        if self._bad_step is None:
-            self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-            self._bad_epoch = torch.full((), -1, dtype=torch.long, device=loss.device)
-            self._bad_loss = torch.zeros((), device=loss.device)
         # All on the device, no host sync; Python numbers enter as kernel arguments, not as copies.
         first = ~torch.isfinite(loss) & (self._bad_step < 0)
         self._bad_step = torch.where(first, trainer.global_step, self._bad_step)
         self._bad_epoch = torch.where(first, trainer.current_epoch, self._bad_epoch)
         self._bad_loss = torch.where(first, loss, self._bad_loss)
-        every = self.check_every_n_steps or trainer.log_every_n_steps
-        if trainer.global_step % every == 0:
-            self._check(trainer, every)
+        if trainer.global_step % (self.check_every_n_steps or trainer.log_every_n_steps) == 0:
+            self._check(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            self._check(trainer, self.check_every_n_steps or trainer.log_every_n_steps)
+            self._check(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._check(trainer, self.check_every_n_steps or trainer.log_every_n_steps)
+        self._check(trainer)
 
-    def _check(self, trainer: L.Trainer, every: int) -> None:
+    def _check(self, trainer: L.Trainer) -> None:
         """Read the record (a host sync, and under DDP a collective) and stop when any rank saw a bad loss."""
-        if self._bad_step is None:
-            return
+        every = self.check_every_n_steps or trainer.log_every_n_steps
         step, epoch = int(self._bad_step), int(self._bad_epoch)
         bad = step >= 0
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):

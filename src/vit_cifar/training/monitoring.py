@@ -1,14 +1,5 @@
-"""TensorBoard monitoring beyond the scalars the module logs: the gradient norm, a confusion matrix and a grid
-of validation predictions every few epochs, and the hparams table with the run's final metrics.
-
-What is where (``tensorboard --logdir outputs/``; docs/sweeps.md):
-  train/loss_step, train/lr/decay and /no_decay (LearningRateMonitor), train/grad_norm   every log_every_n_steps
-  train/loss_epoch, train/acc, val/loss, val/acc                           every epoch
-  val/confusion_matrix, val/predictions (IMAGES)          every callbacks.tensorboard_figures.every_n_epochs
-  test/acc, test/loss, test/images                                          once, after training
-  HPARAMS: the run's settings beside whole_run/val_acc_best, whole_run/test_acc, ...      once, when the run ends
-  (whole_run/ sorts after train/ and val/ in TensorBoard's alphabetical list of groups: the curves come first)
-"""
+"""What a person watches during training: the epoch log line, and TensorBoard beyond the module's scalars (the
+gradient norm, validation figures, the hparams table). docs/sweeps.md has the table of what is where."""
 
 from __future__ import annotations
 
@@ -21,7 +12,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 log = logging.getLogger("vit_cifar.train")
@@ -190,13 +180,7 @@ class TensorBoardFigures(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._active:
-            return
-        if not isinstance(outputs, torch.Tensor):
-            rank_zero_warn(
-                "callbacks.tensorboard_figures needs validation_step to return the logits: no figures"
-            )
-            self._active = False
+        if not self._active:  # outputs: the logits validation_step returns
             return
         x, target = batch
         if self._confmat is None:  # (N, C) logits: C classes
