@@ -324,8 +324,11 @@ def test_bad_checkpoints_stop_with_one_line_and_write_nothing(kind, message, tmp
     [
         ("head_fusion=avg", "head_fusion='avg' is unknown"),
         ("discard_ratio=1.0", "discard_ratio=1.0 is out of range: use a number in [0, 1)"),
-        ("layers=[0,2]", "not a block of this 2-block model: use indices 0..1"),
-        ("grad_rollout_class=zebra", "grad_rollout_class=zebra is not a class of this checkpoint"),
+        (
+            "layers=[0,2]",
+            "layers=2 is out of range: use an integer in [-2, 1] (a block of this 2-block model)",
+        ),
+        ("grad_rollout_class=zebra", "grad_rollout_class='zebra' is unknown: use one of predicted, "),
         ("num_images=-1", "num_images=-1 is out of range: use an integer >= 0"),
         ("inputs=/no/such/image.png", "inputs: /no/such/image.png: no such file or folder"),
         (f"inputs={__file__}", "test_attention.py is not a .bmp/.jpeg/.jpg/.png/.webp image"),

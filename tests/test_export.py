@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from conftest import compose_config, run_module, write_image_folder
-from vit_cifar.analysis.evaluation import EvalOptions, evaluate, evaluate_checkpoint
+from vit_cifar.analysis.evaluation import evaluate, evaluate_checkpoint
 from vit_cifar.checkpoints.loading import load_classifier
 from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError
 from vit_cifar.inference.engine import predict_probs
 from vit_cifar.inference.export import export_checkpoint
 from vit_cifar.inference.interop import timm_model_args
 from vit_cifar.inference.predict import predict_files
-from vit_cifar.inference.runtime import load_for_inference, load_onnx, load_safetensors
+from vit_cifar.inference.runtime import check_runtime_options, load_for_inference, load_onnx, load_safetensors
 from vit_cifar.models import ResNet18
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
@@ -83,7 +83,7 @@ def test_onnx_export_is_checked_on_real_test_images(jpeg_archive, ckpt, tmp_path
 
 
 def test_evaluate_and_predict_with_runtime_onnx_give_pytorch_top1(onnx_file, ckpt, tmp_path):
-    torch_metrics = evaluate_checkpoint(ckpt, DATA, tmp_path / "torch", EvalOptions())
+    torch_metrics = evaluate_checkpoint(ckpt, DATA, tmp_path / "torch")
     cfg = compose_config(
         [f"ckpt_path={onnx_file}", "runtime=onnx", f"output_dir={tmp_path / 'onnx'}", *EVAL_DATA],
         tmp_path / "onnx",
@@ -109,7 +109,7 @@ def test_runtime_mismatches_are_refused_in_one_line(onnx_file, ckpt):
     with pytest.raises(ConfigError, match="export it first"):
         load_for_inference(ckpt, "onnx")
     with pytest.raises(ConfigError, match="runtime=onnx runs on the CPU"):
-        EvalOptions(runtime="onnx", device="cuda").check()
+        check_runtime_options("onnx", "cuda")
     with pytest.raises(ConfigError, match="unknown"):
         load_for_inference(ckpt, "tensorrt")
     damaged = onnx_file.with_name("damaged.onnx")
@@ -134,7 +134,7 @@ def test_safetensors_loads_back_without_the_lightning_checkpoint(ckpt, tmp_path)
         x = torch.randn(5, 3, 32, 32)
         assert torch.equal(loaded.net(x), reference.net(x))
         # and evaluate runs it like a checkpoint
-        metrics = evaluate_checkpoint(out, DATA, tmp_path / "eval", EvalOptions())
+        metrics = evaluate_checkpoint(out, DATA, tmp_path / "eval")
         assert metrics["test_images"] == 100
     finally:
         ckpt.with_suffix(".moved").rename(ckpt)

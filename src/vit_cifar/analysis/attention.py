@@ -227,11 +227,8 @@ def draw_group(group: Group, explained: tuple, classes: list[str], grad_class, f
         verdict = f"{predicted} (p {prob:.2f})"
         verdict = f"{true} -> {verdict}" if true is not None else f"predicted {verdict}"
         grad = grad_rollout[i] if grad_rollout is not None else None
-        grad_title = (
-            f"toward {classes[preds[i] if grad_class == 'predicted' else grad_class]}"
-            if grad is not None
-            else ""
-        )
+        toward = preds[i] if grad_class == "predicted" else grad_class
+        grad_title = f"toward {classes[toward]}" if grad is not None else ""
         layer_maps = {layer: maps[i] for layer, maps in head_maps.items()}
         fig = attention_figure(
             group.images[i], layer_maps, rollout[i], f"{source}: {verdict}", grad, grad_title

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,23 +36,11 @@ FIGURES = (
 OWN_FILES = ("metrics.json", "report.md", *(f"{name}.png" for name in FIGURES))  # an evaluation's outputs
 
 
-@dataclass
-class EvalOptions:
-    """How to run an evaluation (``configs/eval.yaml`` documents each)."""
-
-    device: str = "cpu"
-    batch_size: int = 64
-    num_workers: int = 0
-    tta: bool = False
-    threads: int | None = None
-    history: str | None = None
-    precision: str = "32"
-    runtime: str = "torch"  # torch | onnx (an .onnx file from python -m vit_cifar.export, run by onnxruntime)
-
-    def check(self) -> None:
-        check_runtime_options(self.runtime, self.device, self.precision)
-        check("batch_size", self.batch_size, POSITIVE_INT)
-        check("num_workers", self.num_workers, Number(low=0, integer=True, hint="0 loads in this process"))
+# configs/eval.yaml's own values, checked once by evaluate before any work (the train config checks its own).
+RULES = {
+    "batch_size": POSITIVE_INT,
+    "num_workers": Number(low=0, integer=True, hint="0 loads in this process"),
+}
 
 
 # Columns of the CSV log -> series names; epoch-level values are keyed by epoch, the learning rate by step.
@@ -103,24 +90,29 @@ def read_history(path: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def evaluate_checkpoint(
-    ckpt_path: str | Path, data_cfg: dict, output_dir: str | Path, options: EvalOptions
+    ckpt_path: str | Path,
+    data_cfg: dict,
+    output_dir: str | Path,
+    device: str = "cpu",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    tta: bool = False,
+    threads: int | None = None,
+    history: str | None = None,
+    precision: str = "32",
+    runtime: str = "torch",  # torch | onnx (an .onnx file from python -m vit_cifar.export, run by onnxruntime)
 ) -> dict:
-    """Evaluate ``ckpt_path`` on the test split of the DataModule ``data_cfg`` describes; write everything to
-    ``output_dir`` (all or nothing) and return the metrics written to ``metrics.json``."""
+    """Evaluate ``ckpt_path`` on the test split of the DataModule ``data_cfg`` describes (the options are
+    configs/eval.yaml's); write everything to ``output_dir`` (all or nothing) and return ``metrics.json``."""
     start = time.perf_counter()
-    options.check()
-    engine.set_threads(options.threads)
-    device = engine.resolve_device(options.device)
-    loaded = load_for_inference(ckpt_path, options.runtime, options.threads)
-    history_csv, history, history_note = find_history(ckpt_path, options.history)
-    datamodule, classes = evaluation_data(data_cfg, loaded, options.batch_size, options.num_workers)
+    engine.set_threads(threads)
+    device = engine.resolve_device(device)
+    loaded = load_for_inference(ckpt_path, runtime, threads)
+    history_csv, history, history_note = find_history(ckpt_path, history)
+    datamodule, classes = evaluation_data(data_cfg, loaded, batch_size, num_workers)
     tic = time.perf_counter()
     probs, targets = engine.predict_probs(
-        loaded.net,
-        datamodule.test_dataloader(),
-        device,
-        tta=options.tta,
-        dtype=engine.inference_dtype(options.precision),
+        loaded.net, datamodule.test_dataloader(), device, tta=tta, dtype=engine.inference_dtype(precision)
     )
     eval_s = time.perf_counter() - tic
     metrics = {
@@ -130,12 +122,12 @@ def evaluate_checkpoint(
         "train_seed": loaded.run_config.get("seed"),
         "model": type(loaded.net).__name__,
         "params": count_params(loaded),
-        "runtime": str(options.runtime),
+        "runtime": str(runtime),
         "data": datamodule.description,
         "device": engine.describe_device(device),
-        "tta": bool(options.tta),
-        "precision": str(options.precision),
-        "batch_size": int(options.batch_size),
+        "tta": bool(tta),
+        "precision": str(precision),
+        "batch_size": int(batch_size),
         "eval_s": round(eval_s, 2),
         "images_per_s": round(len(targets) / eval_s, 1),
         "sample_seed": SAMPLE_SEED,
@@ -210,16 +202,22 @@ def draw_figures(
 def evaluate(cfg: DictConfig) -> dict:
     """The ``python -m vit_cifar.evaluate`` job: ``configs/eval.yaml`` -> :func:`evaluate_checkpoint`."""
     ckpt_path = required_ckpt_path(cfg)
-    options = EvalOptions(**{f.name: cfg[f.name] for f in fields(EvalOptions)})  # configs/eval.yaml's keys
+    for key, rule in RULES.items():
+        check(key, cfg[key], rule)
+    check_runtime_options(cfg.runtime, cfg.device, cfg.precision)
     output_dir = check_output_place(
         cfg.output_dir or beside_run(ckpt_path, "evaluation"), "output_dir", folder=True
     )
-    return evaluate_checkpoint(ckpt_path, OmegaConf.to_container(cfg.data, resolve=True), output_dir, options)
+    keys = ("device", "batch_size", "num_workers", "tta", "threads", "history", "precision", "runtime")
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    return evaluate_checkpoint(ckpt_path, data_cfg, output_dir, **{key: cfg[key] for key in keys})
 
 
 def evaluate_from_train_config(cfg: DictConfig, ckpt_path: str | Path) -> dict:
     """``python -m vit_cifar.train train=false ckpt_path=<file>``: the same evaluation, into the run folder,
     with the train config's data, trainer device and evaluation batch size."""
-    options = EvalOptions(cfg.trainer.accelerator, cfg.data.eval_batch_size, cfg.data.num_workers or 0)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    return evaluate_checkpoint(ckpt_path, data_cfg, cfg.paths.output_dir, options)
+    workers = cfg.data.num_workers or 0
+    return evaluate_checkpoint(
+        ckpt_path, data_cfg, cfg.paths.output_dir, cfg.trainer.accelerator, cfg.data.eval_batch_size, workers
+    )

@@ -25,6 +25,7 @@ from vit_cifar.errors import (
     Choice,
     ConfigError,
     DataError,
+    Number,
     SkippedInputsError,
     check,
     first_line,
@@ -48,36 +49,25 @@ def resolve_layers(layers, depth: int) -> list[int]:
     if layers is None:
         return sorted({0, (depth - 1) // 2, depth - 1})
     raw = list(layers) if isinstance(layers, ListConfig | list | tuple) else [layers]
-    for layer in raw:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -depth <= layer < depth:
-            raise ConfigError(
-                f"layers={raw} has {layer!r}, not a block of this {depth}-block model: "
-                f"use indices 0..{depth - 1} (negative counts from the end), e.g. layers=[0,-1]"
-            )
     if not raw:
         raise ConfigError("layers=[] names no block: leave it out for first, middle and last, or list some")
-    return sorted({layer % depth for layer in raw})
+    block = Number(low=-depth, high=depth - 1, integer=True, hint=f"a block of this {depth}-block model")
+    for layer in raw:
+        check("layers", layer, block)
+    return sorted({int(layer) % depth for layer in raw})
 
 
 def resolve_class(choice, classes: list[str]) -> int | str | None:
     """grad_rollout_class -> None (off), "predicted", or a class index."""
-    if choice is None or choice == "predicted":
-        return choice
-    if isinstance(choice, int) and not isinstance(choice, bool) and 0 <= choice < len(classes):
-        return choice
-    if isinstance(choice, str) and choice in classes:
-        return classes.index(choice)
-    raise ConfigError(
-        f"grad_rollout_class={choice} is not a class of this checkpoint: use predicted, an index "
-        f"0..{len(classes) - 1} or a name ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"
-    )
+    names = Choice(("predicted", *classes, *range(len(classes))), optional=True, hint="a class name or index")
+    check("grad_rollout_class", choice, names)
+    return classes.index(choice) if choice in classes else choice
 
 
 def pick_inputs(inputs, limit: int, image_size: int) -> tuple[Group, list[tuple[str, str]]]:
     """The first ``limit`` images of ``inputs`` (files, folders searched recursively), decoded and resized to
     the model's input size, and the (path, why) of those that could not be read."""
-    raw = OmegaConf.to_container(inputs) if isinstance(inputs, ListConfig) else inputs
-    files, problems = collect_image_files(raw)
+    files, problems = collect_image_files(inputs)
     if problems:  # what to explain is chosen by the user, so a wrong name is a setting to fix
         name, why = problems[0]
         raise ConfigError(f"inputs: {name}: {why}: pass image files or folders of them")
@@ -107,23 +97,16 @@ def pick_inputs(inputs, limit: int, image_size: int) -> tuple[Group, list[tuple[
     ]
     sources = [str(f) for f in readable]
     return Group(
-        "Your images", note, "rollout_inputs.png", images, names, sources, [None] * len(sources)
+        "Your images", note, "rollout_inputs.png", images, names, sources, [None] * len(readable)
     ), skipped
 
 
-def pick_test_images(
-    cfg: DictConfig, loaded: LoadedClassifier, image_size: int, normalise, device
-) -> tuple[list[Group], str]:
+def pick_test_images(cfg: DictConfig, loaded: LoadedClassifier, normalise, device) -> tuple[list[Group], str]:
     """The seeded sample of test images and the misclassified ones, by section, and a line on the data."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     eval_batch = int(cfg.data.get("eval_batch_size", 512))
     datamodule, _ = evaluation_data(data_cfg, loaded, eval_batch)
-    images, labels = datamodule.test_set.images, datamodule.test_set.labels
-    if tuple(images.shape[-2:]) != (image_size, image_size):
-        raise DataError(
-            f"the test images are {images.shape[-1]}x{images.shape[-2]} but the checkpoint's model takes "
-            f"{image_size}x{image_size}: use data of that size"
-        )
+    images, labels = datamodule.test_set.images, datamodule.test_set.labels  # at the model's input size
 
     def group(title: str, note: str, overview: str, indices: list[int], prefix: str) -> Group:
         names = [f"{prefix}_{k + 1:02d}_test{i}" for k, i in enumerate(indices)]
@@ -191,7 +174,7 @@ def visualize(cfg: DictConfig) -> dict:
         group, skipped = pick_inputs(cfg.inputs, cfg.num_images, image_size)
         groups, data_note = [group], group.note
     else:
-        groups, data_note = pick_test_images(cfg, loaded, image_size, normalise, device)
+        groups, data_note = pick_test_images(cfg, loaded, normalise, device)
         skipped = []
 
     after = f" (after epoch {loaded.epoch})" if loaded.epoch else ""

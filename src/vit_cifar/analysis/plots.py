@@ -44,11 +44,10 @@ def per_class_accuracy(
     # a value; a bar too short to hold its value gets it just above.
     ax.axhline(100 * overall, color="black", linestyle="--", linewidth=1, zorder=0)
     bars = ax.bar(classes, values, color=colours, edgecolor="black", linewidth=0.5, zorder=1)
-    inside = [f"{v:.1f}" if v >= 12 else "" for v in values]
-    ax.bar_label(bars, inside, padding=-12, fontsize=8, color="white")
     ax.bar_label(
-        bars, [f"{v:.1f}" if not label else "" for v, label in zip(values, inside, strict=True)], fontsize=8
+        bars, [f"{v:.1f}" if v >= 12 else "" for v in values], padding=-12, fontsize=8, color="white"
     )
+    ax.bar_label(bars, [f"{v:.1f}" if v < 12 else "" for v in values], fontsize=8)
     ax.set(ylim=(0, 100), ylabel="accuracy (%)", title="Per-class test accuracy")
     ax.tick_params(axis="x", labelrotation=45 if len(classes) > 6 else 0)
     points = round(100 * NEAR_OVERALL)
@@ -128,15 +127,10 @@ def training_history(history: dict[str, list[tuple[float, float]]], path: Path) 
 
 
 def reliability_diagram(
-    calibration: dict,
-    per_class: dict[str, dict],
-    confidence: np.ndarray,
-    correct: np.ndarray,
-    path: Path,
+    calibration: dict, per_class: dict[str, dict], confidence: np.ndarray, correct: np.ndarray, path: Path
 ) -> None:
     """Accuracy against confidence per bin (the gap to the diagonal is miscalibration), the confidence of
-    right and wrong predictions, and per class: accuracy beside the mean confidence of right and wrong
-    ones."""
+    right and wrong predictions, and per class: accuracy beside the mean confidence of right and wrong ones."""
     fig = Figure(figsize=(17, 5), layout="constrained")
     ax_rel, ax_hist, ax_cls = fig.subplots(1, 3, width_ratios=[1, 1, 1.5])
     bins = calibration["bins"]
@@ -147,17 +141,9 @@ def reliability_diagram(
     ax_rel.bar(lefts, accuracy, color=BLUE, edgecolor="black", linewidth=0.5, label="accuracy", **bar)
     # The gap spans accuracy to mean confidence: above the bar when over-confident, inside it when under.
     gap = [abs(b["confidence"] - b["accuracy"]) for b in filled]
-    bottom = [min(b["confidence"], b["accuracy"]) for b in filled]
-    ax_rel.bar(
-        lefts,
-        gap,
-        bottom=bottom,
-        fill=False,
-        hatch="//",
-        edgecolor=RED,
-        label="gap to mean confidence",
-        **bar,
-    )
+    low = [min(b["confidence"], b["accuracy"]) for b in filled]
+    hatched = {"fill": False, "hatch": "//", "edgecolor": RED}
+    ax_rel.bar(lefts, gap, bottom=low, label="gap to mean confidence", **hatched, **bar)
     ax_rel.plot([0, 1], [0, 1], linestyle="--", color=GREY, label="perfect calibration")
     title = f"Reliability ({len(bins)} bins)"
     ax_rel.set(
@@ -177,12 +163,8 @@ def reliability_diagram(
     ax_hist.hist(
         [confidence[correct], confidence[~correct]], edges, color=[GREEN, RED], label=["right", "wrong"]
     )
-    ax_hist.set(
-        xlim=(0, 1),
-        xlabel="confidence",
-        ylabel="images",
-        title="Confidence: right and wrong predictions (counts)",
-    )
+    ax_hist.set(xlim=(0, 1), xlabel="confidence", ylabel="images")
+    ax_hist.set_title("Confidence: right and wrong predictions (counts)")
     ax_hist.legend()
 
     names = list(per_class)

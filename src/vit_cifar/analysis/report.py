@@ -9,13 +9,9 @@ SAMPLES = 16  # the seed's sample and misclassified grids draw 16 images each (w
 
 def weakest_classes(per_class: dict[str, dict], k: int = WEAKEST) -> set[str]:
     """The ``k`` classes with the lowest accuracy, and any class tied with the k-th."""
-    accuracies = sorted(row["accuracy"] for row in per_class.values() if row["accuracy"] is not None)
-    threshold = accuracies[min(k, len(accuracies)) - 1] if accuracies else -1
-    return {
-        name
-        for name, row in per_class.items()
-        if row["accuracy"] is not None and row["accuracy"] <= threshold
-    }
+    measured = {name: row["accuracy"] for name, row in per_class.items() if row["accuracy"] is not None}
+    threshold = sorted(measured.values())[:k][-1] if measured else -1
+    return {name for name, accuracy in measured.items() if accuracy <= threshold}
 
 
 def summary_line(m: dict) -> str:
@@ -47,14 +43,8 @@ def render_report(m: dict, history_note: str | None = None) -> str:
     ``history_note`` says why it is not."""
     weak = weakest_classes(m["per_class"])
     cal = m["calibration"]
-    epoch = (
-        f"after epoch {m['checkpoint_after_epoch']}" if m.get("checkpoint_after_epoch") else "epoch unknown"
-    )
-    seed = m["train_seed"] if m.get("train_seed") is not None else "unknown"
-    trained = f"checkpoint {epoch}, training seed {seed}"
-    timing = (
-        f"{m['eval_s']:.1f} s of inference ({m['images_per_s']:.0f} images/s), {m['wall_s']:.1f} s in all"
-    )
+    epoch = m.get("checkpoint_after_epoch")
+    seed = m.get("train_seed")
     precision = "float32" if str(m["precision"]) == "32" else f"{m['precision']} autocast"
     tally = f"{m['correct']:,} / {m['test_images']:,}"
     bold = lambda name, text: f"**{text}**" if name in weak else text
@@ -72,9 +62,6 @@ def render_report(m: dict, history_note: str | None = None) -> str:
     if history_note:
         history = f"*Training History: not drawn ({history_note}).*"
     return f"""# Evaluation of `{m["checkpoint_name"]}`
-
-{m["model"]} ({m["params"]:,} parameters), {trained}, evaluated on {m["data"]} ({m["test_images"]:,} images) \
-on {m["device"]}: {timing}. Test-time augmentation: {"horizontal flip (softmax averaged)" if m["tta"] else "none"}.
 
 ## Results
 
@@ -146,12 +133,13 @@ right, red titles wrong; the confidence is the softmax probability of the predic
 | | |
 |---|---|
 | Checkpoint | `{m["checkpoint"]}` |
-| Training | {trained} |
+| Training | checkpoint {f"after epoch {epoch}" if epoch else "epoch unknown"}, training seed \
+{"unknown" if seed is None else seed} |
 | Data | {m["data"]}, {m["test_images"]:,} test images |
 | Device | {m["device"]} |
-| Evaluation time | {timing.replace(" of inference", " inference")} |
+| Evaluation time | {m["eval_s"]:.1f} s inference ({m["images_per_s"]:.0f} images/s), {m["wall_s"]:.1f} s in all |
 | Batch size, precision | {m["batch_size"]}, {precision} |
-| Test-time augmentation | {"horizontal flip" if m["tta"] else "none"} |
+| Test-time augmentation | {"horizontal flip (softmax averaged)" if m["tta"] else "none"} |
 | Evaluated | {m["evaluated_at"]} |
 """
 
