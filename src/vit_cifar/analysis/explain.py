@@ -92,9 +92,8 @@ def pick_inputs(inputs, limit: int, image_size: int) -> tuple[Group, list[tuple[
     if skipped:
         note += f" Skipped as unreadable: {', '.join(path for path, _ in skipped)}."
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (K, 3, S, S)
-    names = [
-        f"input_{i + 1:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', f.stem)[:40]}" for i, f in enumerate(readable)
-    ]
+    stem = lambda f: re.sub(r"[^A-Za-z0-9_.-]", "_", f.stem)[:40]  # a name any file system takes
+    names = [f"input_{i + 1:02d}_{stem(f)}" for i, f in enumerate(readable)]
     sources = [str(f) for f in readable]
     return Group(
         "Your images", note, "rollout_inputs.png", images, names, sources, [None] * len(readable)
