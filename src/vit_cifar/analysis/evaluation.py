@@ -22,7 +22,7 @@ from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, required
 from vit_cifar.config.entry import check_output_place
 from vit_cifar.errors import POSITIVE_INT, CheckpointError, ConfigError, Number, check
 from vit_cifar.inference import engine
-from vit_cifar.inference.runtime import check_runtime_options, count_params, load_for_inference
+from vit_cifar.inference.runtime import check_runtime_options, count_params, open_for_inference
 
 SAMPLE_SEED = 42  # the seed's sample and misclassified grids draw their images with seed 42
 FIGURES = (
@@ -105,14 +105,12 @@ def evaluate_checkpoint(
     """Evaluate ``ckpt_path`` on the test split of the DataModule ``data_cfg`` describes (the options are
     configs/eval.yaml's); write everything to ``output_dir`` (all or nothing) and return ``metrics.json``."""
     start = time.perf_counter()
-    engine.set_threads(threads)
-    device = engine.resolve_device(device)
-    loaded = load_for_inference(ckpt_path, runtime, threads)
+    loaded, device, dtype = open_for_inference(ckpt_path, runtime, device, threads, precision)
     history_csv, history, history_note = find_history(ckpt_path, history)
     datamodule, classes = evaluation_data(data_cfg, loaded, batch_size, num_workers)
     tic = time.perf_counter()
     probs, targets = engine.predict_probs(
-        loaded.net, datamodule.test_dataloader(), device, tta=tta, dtype=engine.inference_dtype(precision)
+        loaded.net, datamodule.test_dataloader(), device, tta=tta, dtype=dtype
     )
     eval_s = time.perf_counter() - tic
     metrics = {
