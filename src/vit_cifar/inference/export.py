@@ -1,7 +1,7 @@
 """Take a trained model out of the project: ``python -m vit_cifar.export ckpt_path=<file> format=<format>``, as
 ``onnx`` (the model card in its metadata), ``safetensors`` (the card in ``<name>.json``) or ``timm`` (a folder timm
-loads: :mod:`vit_cifar.inference.interop`). Each export is written into a scratch folder beside ``output``, loaded
-back by the other side and checked against PyTorch (docs/deploy.md), then renamed into place.
+loads: :mod:`vit_cifar.inference.interop`). Each export is loaded back by the other side and checked against
+PyTorch (docs/deploy.md) before a file is written.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from vit_cifar.checkpoints.atomic import write_atomic
-from vit_cifar.checkpoints.loading import load_classifier, required_ckpt_path
+from vit_cifar.checkpoints.loading import build_with_weights, load_classifier, required_ckpt_path
 from vit_cifar.config.entry import check_output_place
 from vit_cifar.errors import (
     POSITIVE_INT,
@@ -31,8 +31,8 @@ from vit_cifar.errors import (
     first_line,
 )
 from vit_cifar.inference.engine import InputSpec, evaluation_datamodule, input_spec, predict_probs
-from vit_cifar.inference.interop import load_timm_export, timm_config, timm_model_args
-from vit_cifar.inference.runtime import ONNX_METADATA_KEY, load_onnx, load_safetensors, model_card, require
+from vit_cifar.inference.interop import timm_config, timm_model_args, timm_network
+from vit_cifar.inference.runtime import ONNX_METADATA_KEY, OnnxNet, model_card, onnx_session, require
 
 # What each format writes beside ``<name>.ckpt`` when not told: ``<name>.onnx``, ``<name>.safetensors`` (and
 # ``<name>.json``), the folder ``<name>-timm/``.
@@ -66,20 +66,28 @@ def onnx_model(net: torch.nn.Module, card: dict, opset: int):
     return model
 
 
-def write_files(fmt: str, staged: Path, card: dict, payload) -> None:
-    """The export into ``staged`` with ``card``: ``payload`` is the ONNX ``ModelProto`` (the card in its
-    metadata) or the state dict (safetensors, the card in ``<name>.json`` or, for timm, its ``config.json``)."""
+def load_back(fmt: str, card: dict, weights) -> torch.nn.Module:
+    """The export as the other side loads it (onnxruntime, safetensors, timm), from the very bytes then written:
+    ``weights`` is the ONNX ``ModelProto`` or the safetensors bytes."""
     if fmt == "onnx":
-        require("onnx", "onnx").helper.set_model_props(payload, {ONNX_METADATA_KEY: json.dumps(card)})
-        write_atomic(staged, payload.SerializeToString())
-        return
-    weights = staged / "model.safetensors" if fmt == "timm" else staged
-    write_atomic(
-        weights, require("safetensors.torch", "safetensors").save(payload, metadata={"format": "pt"})
-    )
-    if fmt == "safetensors":
+        return OnnxNet(onnx_session(weights.SerializeToString()))
+    state = require("safetensors.torch", "safetensors").load(weights)
+    if fmt == "timm":
+        return timm_network(timm_model_args(card["network"]), state)
+    return build_with_weights(card["network"], state, "the safetensors export")
+
+
+def write_files(fmt: str, staged: Path, card: dict, weights) -> None:
+    """The checked export into ``staged``, its card last: in the ONNX metadata, ``<name>.json`` beside the
+    safetensors file, or timm's ``config.json`` beside ``model.safetensors``."""
+    if fmt == "onnx":
+        require("onnx", "onnx").helper.set_model_props(weights, {ONNX_METADATA_KEY: json.dumps(card)})
+        write_atomic(staged, weights.SerializeToString())
+    elif fmt == "safetensors":
+        write_atomic(staged, weights)
         write_atomic(staged.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
-    else:
+    else:  # a folder; write_atomic makes it
+        write_atomic(staged / "model.safetensors", weights)
         write_atomic(staged / "config.json", json.dumps(timm_config(card), indent=2) + "\n")
 
 
@@ -140,31 +148,25 @@ def export_checkpoint(
         require("timm", "timm", extra="bench")
     x, source = check_images(data_cfg, input_spec(loaded), int(images))
 
+    if fmt == "onnx":
+        weights = onnx_model(loaded.net, card, opset)
+    else:  # timm's names are ours
+        state = {k: v.detach().contiguous() for k, v in loaded.net.state_dict().items()}
+        weights = require("safetensors.torch", "safetensors").save(state, metadata={"format": "pt"})
+    measured = compare(loaded.net, load_back(fmt, card, weights), x)
+    card["check"] = measured | {"images": source, "tolerance": float(tolerance)}
+    if not measured["max_abs_diff_probs"] <= tolerance:
+        raise VitCifarError(
+            f"the {fmt} export differs from PyTorch by {measured['max_abs_diff_probs']:.2e} in a probability "
+            f"(tolerance {tolerance:g}) on {source}: nothing was written"
+        )
+    # Staged in a scratch folder beside output, then renamed into place: the card (.json) last.
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as scratch:
-        staged = Path(scratch) / output.name
-        if fmt == "onnx":
-            payload = onnx_model(loaded.net, card, opset)
-        else:  # timm's names are ours
-            payload = {k: v.detach().contiguous() for k, v in loaded.net.state_dict().items()}
-        if fmt == "timm":
-            staged.mkdir()  # timm's export is a folder
-        write_files(fmt, staged, card, payload)
-        if fmt == "timm":
-            exported = load_timm_export(staged)
-        else:
-            exported = (load_onnx if fmt == "onnx" else load_safetensors)(staged).net
-        measured = compare(loaded.net, exported, x)
-        card["check"] = measured | {"images": source, "tolerance": float(tolerance)}
-        if not measured["max_abs_diff_probs"] <= tolerance:
-            raise VitCifarError(
-                f"the {fmt} export differs from PyTorch by {measured['max_abs_diff_probs']:.2e} in a probability "
-                f"(tolerance {tolerance:g}) on {source}: nothing was written"
-            )
-        write_files(fmt, staged, card, payload)  # again, the card now with the check
+        write_files(fmt, Path(scratch) / output.name, card, weights)
         if output.is_dir():  # an earlier timm export
             shutil.rmtree(output)
-        for done in sorted(Path(scratch).iterdir(), key=lambda p: p.suffix == ".json"):  # the card last
+        for done in sorted(Path(scratch).iterdir(), key=lambda p: p.suffix == ".json"):
             os.replace(done, output.parent / done.name)
     files = [output, output.with_suffix(".json")] if fmt == "safetensors" else [output]
     print(

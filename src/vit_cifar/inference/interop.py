@@ -13,9 +13,7 @@ rounding, without them its probabilities differ by up to about 1e-4 (more where 
 from __future__ import annotations
 
 import inspect
-import json
 from functools import partial
-from pathlib import Path
 
 from torch import nn
 
@@ -58,15 +56,19 @@ def exact_norm_args() -> dict:
     return {"norm_layer": norm, "embed_norm_layer": norm}
 
 
-def to_timm(net: nn.Module, net_config: dict) -> nn.Module:
-    """timm's ``VisionTransformer`` holding ``net``'s weights (the same names: strict loading checks them)."""
+def timm_network(model_args: dict, state: dict) -> nn.Module:
+    """timm's ``VisionTransformer`` as a timm user builds it from the export's ``config.json`` (``model_args``,
+    with our LayerNorm epsilon), holding ``state``: a strict ``load_state_dict`` checks every name and shape."""
     import timm
 
-    theirs = timm.create_model(
-        TIMM_ARCH, pretrained=False, **(timm_model_args(net_config) | exact_norm_args())
-    )
-    theirs.load_state_dict(net.state_dict())
+    theirs = timm.create_model(TIMM_ARCH, pretrained=False, **(model_args | exact_norm_args()))
+    theirs.load_state_dict(state)
     return theirs.eval()
+
+
+def to_timm(net: nn.Module, net_config: dict) -> nn.Module:
+    """timm's ``VisionTransformer`` holding ``net``'s weights (the same names)."""
+    return timm_network(timm_model_args(net_config), net.state_dict())
 
 
 def timm_config(card: dict) -> dict:
@@ -99,16 +101,3 @@ def timm_config(card: dict) -> dict:
             **card,
         },
     }
-
-
-def load_timm_export(folder: Path) -> nn.Module:
-    """A ``format=timm`` folder as a timm user loads it: ``timm.create_model`` with the stated arguments (our
-    LayerNorm epsilon included) and a strict ``load_state_dict`` (every tensor, no other)."""
-    import timm
-    from safetensors.torch import load_file
-
-    config = json.loads((folder / "config.json").read_text())
-    args = config["model_args"] | exact_norm_args()
-    theirs = timm.create_model(config["architecture"], num_classes=config["num_classes"], **args)
-    theirs.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return theirs.eval()
