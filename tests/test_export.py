@@ -16,9 +16,9 @@ from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError
 from vit_cifar.inference.engine import predict_probs
 from vit_cifar.inference.export import export_checkpoint
 from vit_cifar.inference.interop import timm_model_args
-from vit_cifar.inference.predict import predict_files
 from vit_cifar.inference.runtime import check_runtime_options, load_for_inference, load_onnx, load_safetensors
 from vit_cifar.models import ResNet18
+from vit_cifar.predict import predict_files
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

@@ -82,7 +82,7 @@ def test_a_training_into_a_run_folder_that_is_a_file_stops_in_the_preflight(tmp_
 def test_evaluate_visualize_and_predict_check_their_output_before_loading_anything(tmp_path) -> None:
     from vit_cifar.analysis.evaluation import evaluate
     from vit_cifar.analysis.explain import visualize
-    from vit_cifar.inference.predict import predict
+    from vit_cifar.predict import predict
 
     missing_ckpt = tmp_path / "not-read.ckpt"
     missing_ckpt.write_bytes(b"never opened: the output place is refused first")

@@ -17,7 +17,7 @@ from vit_cifar.checkpoints.loading import load_classifier
 from vit_cifar.config.entry import CONFIG_DIR
 from vit_cifar.errors import ConfigError
 from vit_cifar.inference.engine import evaluation_datamodule, input_spec, predict_probs
-from vit_cifar.inference.predict import load_image, predict, predict_files, write_predictions
+from vit_cifar.predict import load_image, predict, predict_files, write_predictions
 
 pytestmark = pytest.mark.e2e  # trains or runs the commands: not in the unit tier (make test-unit)
 

@@ -1,2 +1,2 @@
 """Running a trained network: devices and input specs, the torch / ONNX / safetensors runtimes, timm interop,
-export formats, prediction."""
+export formats (prediction is the command vit_cifar.predict)."""
