@@ -293,10 +293,11 @@ def test_a_second_training_into_a_busy_run_folder_is_refused_before_writing(tmp_
 
 
 def test_temporary_files_of_atomic_writes_are_per_process(tmp_path: Path) -> None:
-    from vit_cifar.checkpoints.atomic import partial_path, write_atomic
+    from vit_cifar.checkpoints.atomic import write_atomic
 
-    target = tmp_path / "metrics.json"
-    assert partial_path(target).name == f".metrics.json.{os.getpid()}.partial"
+    target, written_to = tmp_path / "metrics.json", []
+    write_atomic(target, lambda f: written_to.append(Path(f.name).name))
+    assert written_to == [f".metrics.json.{os.getpid()}.partial"]
     write_atomic(target, "{}\n")
     assert target.read_text() == "{}\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 

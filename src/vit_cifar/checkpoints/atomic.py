@@ -11,20 +11,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def partial_path(path: Path) -> Path:
-    """The hidden temporary file beside ``path`` that one process writes before the rename: named with the
-    process id, so that two writers of the same file never share (or delete) each other's."""
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
-
-
 def write_atomic(path: str | Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
     """Write a file so that readers, and a process killed halfway, only ever see the old file or the new one.
     ``data`` is text (UTF-8), bytes, or a function that writes into the open file (``torch.save``). The bytes go
-    to :func:`partial_path` beside ``path`` (same filesystem, so the rename is atomic), are fsynced, then replace
-    ``path`` in one ``os.replace``; the folder is fsynced so the rename survives a crash."""
+    to a hidden file beside ``path`` (same filesystem, so the rename is atomic), are fsynced, then replace ``path``
+    in one ``os.replace``; the folder is fsynced so the rename survives a crash. The hidden file is named with the
+    process id, so that two writers of the same file never share (or delete) each other's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with open(partial, "wb") as f:
             if callable(data):
