@@ -152,12 +152,12 @@ def load_for_inference(
     or an exported ``.safetensors``; ``onnx`` for an exported ``.onnx``."""
     check("runtime", runtime, Choice(("torch", "onnx")))
     suffix = Path(path).suffix.lower()
-    if runtime == "onnx" and suffix != ".onnx":
-        raise ConfigError(
-            f"runtime=onnx runs an .onnx file, and {path} is not one: export it first with "
-            f"python -m vit_cifar.export ckpt_path={path} format=onnx"
-        )
     if runtime == "onnx":
+        if suffix != ".onnx":
+            raise ConfigError(
+                f"runtime=onnx runs an .onnx file, and {path} is not one: export it first with "
+                f"python -m vit_cifar.export ckpt_path={path} format=onnx"
+            )
         return load_onnx(path, threads)
     if suffix == ".onnx":
         raise ConfigError(f"{path} is an ONNX model: add runtime=onnx to run it with onnxruntime")

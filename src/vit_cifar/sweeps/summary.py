@@ -171,7 +171,6 @@ def over_seeds(jobs: list[Job], keys: list[str]) -> list[dict]:
 
 
 def to_csv(rows: list[dict]) -> str:
-    """The rows (dicts with the same keys) as CSV under a header; a missing value is an empty cell."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
