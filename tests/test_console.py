@@ -185,7 +185,7 @@ def test_evaluate_writes_into_the_checkpoints_run_and_says_where(tiny_run):
 )
 def test_a_data_root_that_is_not_there_says_so(tmp_path, make, message):
     with pytest.raises(DataError, match=re.escape(message)):
-        resolve_source("auto", make(tmp_path), "cifar10")
+        resolve_source("auto", make(tmp_path))
 
 
 def test_per_class_colours_follow_the_models_own_accuracy_and_the_legend_lists_only_those_drawn(tmp_path):

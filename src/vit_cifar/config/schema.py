@@ -32,8 +32,6 @@ from vit_cifar.models import resnet, vit
 from vit_cifar.models.registry import build_network
 
 _ABSENT = object()
-# The one wording of a clock-driven schedule without a budget (the config check and the module both raise it).
-NO_TIME_BUDGET = "scheduler.by=time needs a time budget: set trainer.max_time (e.g. 00:00:55:00, DD:HH:MM:SS)"
 
 
 # Key -> allowed values. Keys absent from a config (another model, a switched-off group) are not checked; a
@@ -114,8 +112,7 @@ CROSS_RULES = [
 def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -> None:
     """Raise :class:`ConfigError` for the first value outside its allowed range, or broken cross-key rule, or a
     combination that cannot train on ``device`` (default: the device ``trainer.accelerator`` selects here)."""
-    values = {key: _select(cfg, key) for key in RULES}
-    values = {key: value for key, value in values.items() if value is not _ABSENT}
+    values = {key: value for key in RULES if (value := _select(cfg, key)) is not _ABSENT}
     for key, value in values.items():
         check(key, value, RULES[key])
     _check_other_numbers(OmegaConf.to_container(cfg, resolve=False))
@@ -130,20 +127,26 @@ def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -
             raise ConfigError(message.format(*pair))
     _check_data_choices(cfg, values)
     max_time = _select(cfg, "trainer.max_time")
-    if values.get("scheduler.by") == "time" and max_time in (None, _ABSENT):
-        raise ConfigError(NO_TIME_BUDGET)
     if isinstance(max_time, str) and not re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", max_time.strip()):
         raise ConfigError(
             f"trainer.max_time={show(max_time)} is not a duration: use DD:HH:MM:SS, e.g. 00:00:55:00"
         )
     accelerator = str(values.get("trainer.accelerator", "auto")).lower()
     processes = _processes(cfg, accelerator)
-    if values.get("scheduler.by") == "time" and (processes or 1) > 1:
+    if values.get("scheduler.by") == "time":
+        if max_time in (None, _ABSENT):
+            raise ConfigError(
+                "scheduler.by=time needs a time budget: set trainer.max_time (DD:HH:MM:SS, e.g. 00:00:55:00)"
+            )
+        if (processes or 1) > 1:
+            raise ConfigError(
+                "scheduler.by=time follows one process's clock: use scheduler.by=steps with several processes"
+            )
+    if processes and values.get("data.batch_size", 0) % processes:  # the global batch, shared out
         raise ConfigError(
-            "scheduler.by=time follows one process's clock: use scheduler.by=steps with several processes"
+            f"data.batch_size={values['data.batch_size']} (the global batch) does not divide among {processes} "
+            f"processes: set it to a multiple of {processes}"
         )
-    if "data.batch_size" in values and processes:
-        datamodule.rank_batch_size(values["data.batch_size"], processes)  # the global batch, shared out
     # the device the choices are made for, read once (on a GPU machine a query of the driver)
     if device is None:
         device = devices.local_device(accelerator)
@@ -261,7 +264,7 @@ def _check_image_size(cfg: DictConfig, values: dict) -> None:
     dataset = OmegaConf.select(cfg, "data.dataset", default="cifar10")
     try:
         root = Path(os.path.expanduser(str(OmegaConf.select(cfg, "data.root"))))
-        source = sources.resolve_source(source, root, dataset)
+        source = sources.resolve_source(source, root)
     except (VitCifarError, OmegaConfBaseException):
         return  # the run says what is wrong with the data
     if source == "torchvision":

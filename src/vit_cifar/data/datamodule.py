@@ -98,8 +98,9 @@ class LazyStartDataLoader(DataLoader):
 class CIFARDataModule(L.LightningDataModule):
     """CIFAR-10 (or any image-folder dataset) for training, validation and test. Each argument is a key of
     the ``data`` config group, described in ``configs/data/cifar10.yaml``. ``batch_size`` is the global batch:
-    under DDP each process takes ``batch_size / world size`` (:func:`rank_batch_size`), so a recipe trains the
-    same on any number of GPUs. ``device_aug``: the GPU data path (:mod:`vit_cifar.data.gpu_aug`), ``auto``
+    under DDP each process takes ``batch_size / world size`` (config.schema checks that it divides), so a recipe
+    trains the same on any number of GPUs: its learning rate, warmup and schedule were tuned for that many images
+    per step. ``device_aug``: the GPU data path (:mod:`vit_cifar.data.gpu_aug`), ``auto``
     resolved for the device by ``training.run.build_datamodule`` (left unresolved it means the workers).
     """
 
@@ -132,7 +133,7 @@ class CIFARDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.root = Path(os.path.expanduser(str(root)))
-        self.source = source if source == "synthetic" else sources.resolve_source(source, self.root, dataset)
+        self.source = sources.resolve_source(source, self.root)
         self.dataset, self.num_classes, self.download = dataset, num_classes, download
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.image_size, self.val_size, self.split_seed = image_size, val_size, split_seed
@@ -254,7 +255,7 @@ class CIFARDataModule(L.LightningDataModule):
         of its augmentation: the same draws with any number of workers, or resumed. With ``device_aug``, the
         training images moved once to this process's device and batched there."""
         world, rank = self._world_and_rank()
-        batch_size = rank_batch_size(self.batch_size, world)
+        batch_size = self.batch_size // world
         if self.device_augment is not None:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
@@ -285,17 +286,6 @@ class CIFARDataModule(L.LightningDataModule):
             if self.mix is not None:
                 batch = self.mix(*batch)
         return batch
-
-
-def rank_batch_size(batch_size: int, world_size: int) -> int:
-    """Each process's share of ``data.batch_size``, the global batch. Kept global, as in a recipe's numbers:
-    the learning rate, warmup and schedule were tuned for that many images per step, whatever the GPUs."""
-    if batch_size % world_size:
-        raise ConfigError(
-            f"data.batch_size={batch_size} (the global batch) does not divide among {world_size} processes: "
-            f"set it to a multiple of {world_size}"
-        )
-    return batch_size // world_size
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

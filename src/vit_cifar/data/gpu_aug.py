@@ -202,12 +202,10 @@ def random_erasing(images: torch.Tensor, p: float, generator: torch.Generator | 
 class DeviceAugment:
     """The ``aug`` recipe on a uint8 (B, 3, H, W) batch where it lies, in the order and with the distributions
     of ``transforms.train_transform`` then ``transforms.batch_mix``: crop, flip and TrivialAugmentWide on uint8,
-    scaling and normalisation, RandomErasing (filling 0, the mean), MixUp/CutMix."""
+    scaling and normalisation, RandomErasing (filling 0, the mean), MixUp/CutMix. ``aug.policy`` is one of
+    :data:`BATCHED_POLICIES` (config.schema refuses the others before any work)."""
 
     def __init__(self, aug: dict, mean: Sequence[float], std: Sequence[float], num_classes: int) -> None:
-        policy = aug.get("policy") or "none"
-        if policy not in BATCHED_POLICIES:  # config.schema refuses it in one line before any work
-            raise ValueError(f"aug.policy={policy} has no batched version")
         self.aug, self.mean, self.std = aug, tuple(mean), tuple(std)
         self.mix = batch_mix(aug, num_classes)
 
@@ -232,7 +230,6 @@ class DeviceAugment:
 
 @lru_cache
 def _normalisation(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std as (1, C, 1, 1) tensors on ``device``, built once."""
     return tuple(torch.tensor(values, device=device).view(1, -1, 1, 1) for values in (mean, std))
 
 

@@ -51,7 +51,7 @@ def is_image_folder(path: Path) -> bool:
     return path.is_dir() and all((path / split).is_dir() for split in SPLITS)
 
 
-def resolve_source(source: str, root: Path, dataset: str) -> str:
+def resolve_source(source: str, root: Path) -> str:
     """Pick ``folder`` or ``torchvision`` from what ``root`` holds when ``source`` is ``auto``."""
     if source != "auto":
         return source
@@ -94,15 +94,11 @@ def torchvision_split(root: Path, dataset: str, train: bool, download: bool = Fa
 
 
 def load_torchvision(root: Path, dataset: str) -> ImageArrays:
+    def arrays(split) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(split.data, dtype=np.uint8), np.asarray(split.targets, dtype=np.int64)
+
     train, test = torchvision_split(root, dataset, train=True), torchvision_split(root, dataset, train=False)
-    return ImageArrays(
-        np.asarray(train.data, dtype=np.uint8),
-        np.asarray(train.targets, dtype=np.int64),
-        np.asarray(test.data, dtype=np.uint8),
-        np.asarray(test.targets, dtype=np.int64),
-        list(train.classes),
-        f"torchvision {dataset} ({root})",
-    )
+    return ImageArrays(*arrays(train), *arrays(test), list(train.classes), f"torchvision {dataset} ({root})")
 
 
 def _split_class_of(relative: str) -> tuple[str, str] | None:
@@ -161,9 +157,7 @@ def decode_image(data: bytes, size: int, where: str) -> np.ndarray:
             img = img.convert("RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
-            return np.array(
-                img, dtype=np.uint8
-            )  # a writable copy: torch.from_numpy warns on read-only arrays
+            return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only ones
     except Exception as err:
         raise DataError(
             f"cannot decode image {where} ({type(err).__name__}: {err}): remove or replace the file"
