@@ -11,14 +11,12 @@ from typing import Any
 
 def first_line(err: BaseException) -> str:
     """The first non-empty line of an exception's message (its type's name when it has none)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 def one_line(err: BaseException | str) -> str:
     """All of a message's non-empty lines joined into one (a library's multi-line message, in one error line)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return " ".join(lines) or "(no message)"
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or "(no message)"
 
 
 class VitCifarError(Exception):
@@ -82,9 +80,9 @@ class Number:
     def describe(self) -> str:
         left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
         if self.high is not None:
-            bounds = f" in {left}{_number(self.low)}, {_number(self.high)}{right}"
+            bounds = f" in {left}{show(self.low)}, {show(self.high)}{right}"
         elif self.low is not None:
-            bounds = f" {'>' if self.low_open else '>='} {_number(self.low)}"
+            bounds = f" {'>' if self.low_open else '>='} {show(self.low)}"
         else:
             bounds = ""
         kind = f"{'null or ' if self.optional else ''}{'an integer' if self.integer else 'a number'}{bounds}"
@@ -137,7 +135,6 @@ class Hex:
         return f"null or {self.digits} hexadecimal digits"
 
 
-Rule = Number | Numbers | Choice | Hex
 Flag = functools.partial(Choice, (True, False))  # True == 1 in Python: Choice refuses 1 for a flag
 
 POSITIVE_INT = Number(low=1, integer=True)
@@ -146,7 +143,7 @@ PROBABILITY = Number(low=0, high=1)
 OPEN_PROBABILITY = Number(low=0, high=1, high_open=True)  # 1 would drop or smooth away everything
 
 
-def check(key: str, value: Any, rule: Rule) -> None:
+def check(key: str, value: Any, rule: Number | Numbers | Choice | Hex) -> None:
     """:class:`ConfigError` naming ``key``, its value and what it takes, when ``value`` breaks ``rule``."""
     problem = rule.problem(value)
     if problem:
@@ -160,7 +157,3 @@ def show(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return repr(value) if isinstance(value, str) else str(value)
-
-
-def _number(x: float) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)

@@ -1,18 +1,16 @@
 """The one place a train config's values are checked, before any work (train's pre-flight, or the start of
 ``train()`` for a config composed in-process): every key's allowed values, the rules that tie keys together, and
-what the device cannot do. The model, data and aug groups declare their rules beside their code; a network's own
-arithmetic (heads that divide the width) its constructor checks, built here on the meta device to ask it."""
+what the device cannot do. The model, data and aug groups declare their rules beside their code."""
 
-import operator
 import os
 import re
+from operator import gt, ne
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from vit_cifar import devices
 from vit_cifar.data import datamodule, gpu_aug, sources, transforms
@@ -84,28 +82,24 @@ RULES = {
 
 
 # Rules over two keys, checked once each key has passed its own rule (the ViT's own: its constructor's):
-# (keys, broken(first, second), the message formatted with the two values).
+# (first key, broken(first, second), second key, what is wrong, how to fix it).
 CROSS_RULES = [
     (
-        ("scheduler.warmup_epochs", "trainer.max_epochs"),
-        operator.gt,
-        "scheduler.warmup_epochs={} is longer than trainer.max_epochs={}: shorten the warmup or train longer",
+        "scheduler.warmup_epochs",
+        gt,
+        "trainer.max_epochs",
+        "is longer than",
+        "shorten the warmup or train longer",
     ),
+    ("scheduler.min_lr", gt, "optim.lr", "is above", "the schedule decays from optim.lr down to min_lr"),
     (
-        ("scheduler.min_lr", "optim.lr"),
-        operator.gt,
-        "scheduler.min_lr={} is above optim.lr={}: the schedule decays from optim.lr down to min_lr",
+        "model.num_classes",
+        ne,
+        "data.num_classes",
+        "differs from",
+        "set data.num_classes (the model follows it)",
     ),
-    (
-        ("model.num_classes", "data.num_classes"),
-        operator.ne,
-        "model.num_classes={} differs from data.num_classes={}: set data.num_classes (the model follows it)",
-    ),
-    (
-        ("model.img_size", "data.image_size"),
-        operator.ne,
-        "model.img_size={} differs from data.image_size={}: set data.image_size (the model follows it)",
-    ),
+    ("model.img_size", ne, "data.image_size", "differs from", "set data.image_size (the model follows it)"),
 ]
 
 
@@ -116,16 +110,29 @@ def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -
     for key, value in values.items():
         check(key, value, RULES[key])
     _check_other_numbers(OmegaConf.to_container(cfg, resolve=False))
-    optimizer = _optimizer_class(_select(cfg, "optim._target_"))
+    target = _select(cfg, "optim._target_")
+    optimizer = _optimizer_class(target) if target is not _ABSENT else None
     if values.get("optim.fused") is True and optimizer and not devices.has_fused_kernel(optimizer):
         raise ConfigError(
             f"optim.fused=true but {cfg.optim._target_} has no fused kernel: set optim.fused=null or false"
         )
-    for keys, broken, message in CROSS_RULES:
-        pair = [values.get(k) for k in keys]
-        if None not in pair and broken(*pair):
-            raise ConfigError(message.format(*pair))
-    _check_data_choices(cfg, values)
+    for first, broken, second, what, fix in CROSS_RULES:
+        x, y = values.get(first), values.get(second)
+        if None not in (x, y) and broken(x, y):
+            raise ConfigError(f"{first}={x} {what} {second}={y}: {fix}")
+    # what the GPU data path cannot do: it has no batched version of every policy or of repeated augmentation
+    if values.get("data.device_aug") is True:
+        if values.get("data.repeated_aug", 1) != 1:
+            raise ConfigError(
+                f"data.repeated_aug={values['data.repeated_aug']} has no GPU data path: "
+                "set data.repeated_aug=1 or data.device_aug=false"
+            )
+        policy = values.get("aug.policy") or "none"
+        if policy not in gpu_aug.BATCHED_POLICIES:
+            raise ConfigError(
+                f"aug.policy={policy} has no batched version for data.device_aug=true: "
+                "use aug.policy=trivialaugment or none, or data.device_aug=false"
+            )
     max_time = _select(cfg, "trainer.max_time")
     if isinstance(max_time, str) and not re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", max_time.strip()):
         raise ConfigError(
@@ -157,37 +164,12 @@ def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -
             )
     _check_device_choices(cfg, values, device)
     _check_network(cfg, values, device)
-    _check_image_size(cfg, values)
+    _check_data_root(cfg, values)
 
 
-def _check_data_choices(cfg: DictConfig, values: dict) -> None:
-    """What the data group's values cannot do together: the GPU data path has no batched version of every
-    policy or of repeated augmentation, and only an archive file has a checksum."""
-    if values.get("data.device_aug") is True:
-        if values.get("data.repeated_aug", 1) != 1:
-            raise ConfigError(
-                f"data.repeated_aug={values['data.repeated_aug']} has no GPU data path: "
-                "set data.repeated_aug=1 or data.device_aug=false"
-            )
-        policy = values.get("aug.policy") or "none"
-        if policy not in gpu_aug.BATCHED_POLICIES:
-            raise ConfigError(
-                f"aug.policy={policy} has no batched version for data.device_aug=true: "
-                "use aug.policy=trivialaugment or none, or data.device_aug=false"
-            )
-    root = Path(os.path.expanduser(str(OmegaConf.select(cfg, "data.root", default=""))))
-    if values.get("data.sha256") and not sources.is_archive(root):
-        raise ConfigError(
-            f"data.sha256 checks an image-folder archive, but data.root={root} is not an archive file: "
-            "point data.root at the .tar/.tar.gz, or set data.sha256=null"
-        )
-
-
-def _optimizer_class(target: Any) -> type | None:
+def _optimizer_class(target: Any) -> type:
     """The torch.optim class ``optim._target_`` names: Hydra would instantiate whatever it names, so a typo or a
     non-optimiser is refused before any work."""
-    if target is _ABSENT:
-        return None
     if not (isinstance(target, str) and target.startswith("torch.optim.")):
         raise ConfigError(
             f"optim._target_={show(target)} is not allowed: name an optimiser class in torch.optim "
@@ -256,18 +238,24 @@ def _check_other_numbers(node: Any, key: str = "") -> None:
         check(key, node, Number())
 
 
-def _check_image_size(cfg: DictConfig, values: dict) -> None:
-    """torchvision's CIFAR is 32x32 and is not resized (image folders and archives are, on decode)."""
+def _check_data_root(cfg: DictConfig, values: dict) -> None:
+    """What ``data.root`` holds against the keys that depend on it: only an archive file has a checksum, and
+    torchvision's CIFAR is 32x32 and is not resized (image folders and archives are, on decode)."""
+    root = Path(os.path.expanduser(str(OmegaConf.select(cfg, "data.root", default=""))))
+    if values.get("data.sha256") and not sources.is_archive(root):
+        raise ConfigError(
+            f"data.sha256 checks an image-folder archive, but data.root={root} is not an archive file: "
+            "point data.root at the .tar/.tar.gz, or set data.sha256=null"
+        )
     size, source = values.get("data.image_size"), values.get("data.source")
     if size in (None, 32) or source not in ("auto", "torchvision"):
         return
-    dataset = OmegaConf.select(cfg, "data.dataset", default="cifar10")
     try:
-        root = Path(os.path.expanduser(str(OmegaConf.select(cfg, "data.root"))))
         source = sources.resolve_source(source, root)
-    except (VitCifarError, OmegaConfBaseException):
+    except VitCifarError:
         return  # the run says what is wrong with the data
     if source == "torchvision":
+        dataset = OmegaConf.select(cfg, "data.dataset", default="cifar10")
         raise ConfigError(
             f"data.image_size={size} but torchvision's {dataset} images are 32x32 and are not resized: use "
             "data.image_size=32, or an image folder or archive (data.root=...), which is resized on decode"
