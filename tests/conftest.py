@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig
 
+from vit_cifar import devices
 from vit_cifar.config import entry
+from vit_cifar.devices import DeviceSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 # The JPEG copy of CIFAR-10 for the tests that use real data (they skip without it): $VIT_CIFAR_DATA when it is
@@ -34,6 +36,19 @@ SYNTHETIC_SMALL = [
     "data.val_size=100",
     "data.batch_size=32",
 ]
+
+
+# The seed's Kaggle GPU, as the pre-flight of a GPU trainer sees it on a machine that has one (NVML's answer).
+T4 = DeviceSpec.cuda(7, 5, memory=15 * 2**30)
+
+
+def as_on_a_t4(monkeypatch) -> None:
+    """Pre-flight a ``trainer=gpu`` config as a machine with a T4 would: what is checked is the config, while this
+    machine (no GPU) would refuse any GPU trainer in one line."""
+    here = devices.local_device
+    monkeypatch.setattr(
+        devices, "local_device", lambda acc="auto": T4 if acc in ("gpu", "cuda") else here(acc)
+    )
 
 
 @pytest.fixture(autouse=True)

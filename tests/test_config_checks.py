@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import as_on_a_t4
 from faults_support import train_cli
 from vit_cifar.config.entry import preflight
 from vit_cifar.training.run import check_train_command
@@ -97,6 +98,7 @@ def test_preflight_names_the_key_and_the_allowed_range(capsys, overrides: list[s
         ["-m", "optim.lr=1e-3,5e-4", "aug=seed,light"],
     ],
 )
-def test_shipped_configs_pass(capsys, overrides: list[str]) -> None:
+def test_shipped_configs_pass(capsys, monkeypatch, overrides: list[str]) -> None:
+    as_on_a_t4(monkeypatch)  # trainer=gpu: the config is checked as on the seed's GPU
     preflight("train", overrides, check_train_command)
     assert capsys.readouterr().err == ""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, as_on_a_t4
 from vit_cifar.config.entry import preflight
 from vit_cifar.training.run import check_train_command
 
@@ -96,6 +96,9 @@ def test_a_documented_command_runs_as_written(where, command, arguments, tmp_pat
     if plugin and importlib.util.find_spec("hydra_plugins") is not None:
         plugin = None  # the plugin is installed: the command must compose
     check = check_train_command if command == "train" else None
+    as_on_a_t4(
+        monkeypatch
+    )  # a documented GPU command is checked as on the seed's GPU, not refused for this CPU
     try:
         preflight(HYDRA_COMMANDS[command], argv, check)
     except SystemExit as refused:
