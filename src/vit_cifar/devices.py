@@ -17,10 +17,7 @@ import torch
 from vit_cifar.errors import Choice
 
 COMPILE = Choice(("auto", True, False))  # compile=auto compiles where it pays: see resolve_compile
-DEVICE_AUG = Choice(
-    ("auto", True, False),
-    hint="auto: on CUDA where the aug recipe has a batched version; true or false forces it",
-)
+DEVICE_AUG = Choice(("auto", True, False), hint="auto: on CUDA where the aug recipe has a batched version")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 # Lightning's precision values (not transformer-engine: it needs NVIDIA's package, which this project does not install)
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
@@ -62,13 +59,11 @@ def local_device(accelerator: str = "auto") -> DeviceSpec:
 
 
 def cuda_description(index: int = 0) -> tuple[str, tuple[int, int], int]:
-    """The name, compute capability and memory (bytes) of visible CUDA device ``index``.
-
-    Lightning's ``ddp_notebook`` forks one process per GPU from the notebook's kernel and refuses to once CUDA
-    is initialised in it, which ``torch.cuda.get_device_properties`` does. So, until CUDA is running, the driver's
-    management library (NVML, which torch and Lightning already use to count GPUs without starting CUDA)
-    answers, and where it cannot be loaded (a container without the driver's utilities), a child process asks
-    torch: the kernel's CUDA stays untouched either way."""
+    """The name, compute capability and memory (bytes) of visible CUDA device ``index``, without initialising CUDA
+    here: Lightning's ``ddp_notebook`` forks one process per GPU from the notebook's kernel and refuses to once CUDA
+    is initialised in it, which ``torch.cuda.get_device_properties`` does. So, until CUDA runs, the driver's
+    management library (NVML, which torch and Lightning use to count GPUs without starting CUDA) answers, and
+    where it cannot be loaded (a container without the driver's utilities), a child process asks torch."""
     if torch.cuda.is_initialized():
         props = torch.cuda.get_device_properties(index)
         return props.name, (props.major, props.minor), props.total_memory
@@ -80,11 +75,9 @@ def cuda_description(index: int = 0) -> tuple[str, tuple[int, int], int]:
 
 @functools.cache  # a child importing torch takes seconds; the answer does not change
 def _child_process_description(index: int) -> tuple[str, tuple[int, int], int]:
-    ask = (
-        "import sys, torch; p = torch.cuda.get_device_properties(int(sys.argv[1])); "
-        "print(p.major, p.minor, p.total_memory, p.name)"
-    )
-    out = subprocess.run([sys.executable, "-c", ask, str(index)], capture_output=True, text=True, check=True)
+    ask = f"import torch; p = torch.cuda.get_device_properties({index}); "
+    ask += "print(p.major, p.minor, p.total_memory, p.name)"
+    out = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True, check=True)
     major, minor, memory, name = out.stdout.strip().split(" ", 3)
     return name, (int(major), int(minor)), int(memory)
 
@@ -94,14 +87,13 @@ def _nvml_description(index: int) -> tuple[str, tuple[int, int], int]:
     if index < len(visible) and visible[index].strip().isdigit():  # NVML numbers every GPU, visible or not
         index = int(visible[index])
     nvml = ctypes.CDLL("libnvidia-ml.so.1")
-    if nvml.nvmlInit_v2() != 0:
-        raise OSError("NVML did not start")
-    try:
+    try:  # each call returns 0 or an error code (NVML's shutdown, uninitialised, returns one too: harmless)
         handle, name = ctypes.c_void_p(), ctypes.create_string_buffer(96)
         major, minor = ctypes.c_int(), ctypes.c_int()
         memory = (ctypes.c_ulonglong * 3)()  # nvmlMemory_t: total, free, used
         failed = (
-            nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle))
+            nvml.nvmlInit_v2()
+            or nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle))
             or nvml.nvmlDeviceGetName(handle, name, len(name))
             or nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major), ctypes.byref(minor))
             or nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory))
@@ -114,13 +106,12 @@ def _nvml_description(index: int) -> tuple[str, tuple[int, int], int]:
 
 
 def resolve_precision(precision: str, device: DeviceSpec) -> str:
-    """``auto``: bf16-mixed on GPUs with native bf16, 16-mixed on older CUDA GPUs (never emulated bf16), 32-true
-    elsewhere. Other values in Lightning's full name."""
+    """``auto``: bf16-mixed where bf16 is native (never emulated), 16-mixed on older CUDA GPUs, else 32-true."""
     if str(precision) != "auto":
         return canonical_precision(precision)
-    if device.type != "cuda":
-        return "32-true"
-    return "bf16-mixed" if tuple(device.capability) >= NATIVE_BF16_CAPABILITY else "16-mixed"
+    if device.type == "cuda":
+        return "bf16-mixed" if tuple(device.capability) >= NATIVE_BF16_CAPABILITY else "16-mixed"
+    return "32-true"
 
 
 def resolve_compile(value: str | bool, device: DeviceSpec) -> bool:
@@ -132,9 +123,8 @@ def resolve_compile(value: str | bool, device: DeviceSpec) -> bool:
     epochs. ``python -m vit_cifar.benchmark --compile`` measures both on any device. Below 8.0, auto takes the
     path known to work: float16 Inductor there has never been run (docs/performance.md); ``compile=true`` asks.
     """
-    if value == "auto":
-        return device.type == "cuda" and device.triton and tuple(device.capability) >= NATIVE_BF16_CAPABILITY
-    return bool(value)
+    auto = device.type == "cuda" and device.triton and tuple(device.capability) >= NATIVE_BF16_CAPABILITY
+    return auto if value == "auto" else bool(value)
 
 
 def resolve_device_aug(value: str | bool, device: DeviceSpec, batched: bool) -> bool:
@@ -150,12 +140,8 @@ def resolve_device_aug(value: str | bool, device: DeviceSpec, batched: bool) -> 
 
 AUTOCAST_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 # What the layers compute in: autocast's dtype under the mixed precisions, the weights' own under the -true ones.
-COMPUTE_DTYPES = {
-    **AUTOCAST_DTYPES,
-    "16-true": torch.float16,
-    "bf16-true": torch.bfloat16,
-    "64-true": torch.float64,
-}
+COMPUTE_DTYPES = AUTOCAST_DTYPES | {"16-true": torch.float16, "bf16-true": torch.bfloat16}
+COMPUTE_DTYPES["64-true"] = torch.float64
 
 
 def canonical_precision(precision: str | int) -> str:
