@@ -13,6 +13,7 @@ from typing import Any
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -123,7 +124,14 @@ def preflight(config_name: str, argv: list[str], check: Check | None = None) -> 
     if only_prints or args.experimental_rerun or args.config_path or args.config_dir:
         return
     try:
-        for overrides in _jobs(args.overrides, args.multirun):
+        jobs = [args.overrides]  # one job, or each combination of a -m sweep's values
+        if args.multirun:  # interval sweeps (Optuna & co.) make no grid: their fixed overrides are checked
+            parsed = OverridesParser.create().parse_overrides(args.overrides)
+            try:
+                jobs = sweep_jobs(parsed)
+            except hydra.errors.HydraException:
+                jobs = [[o.input_line for o in parsed if not o.is_sweep_override()]]
+        for overrides in jobs:
             with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
                 cfg = compose(args.config_name or config_name, overrides=overrides, return_hydra_config=True)
             if check is not None:
@@ -133,28 +141,13 @@ def preflight(config_name: str, argv: list[str], check: Check | None = None) -> 
         sys.exit(ConfigError.exit_code)
 
 
-def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """The override list of every job: one, or each combination of a ``-m`` sweep's values."""
-    if not multirun:
-        return [overrides]
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    try:
-        return sweep_jobs(parsed)
-    except hydra.errors.HydraException:  # interval sweeps (Optuna & co.): check the fixed overrides only
-        return [[o.input_line for o in parsed if not o.is_sweep_override()]]
-
-
 def _one_line(err: BaseException) -> str:
     """Hydra's message on one line; an unknown key gets its own wording."""
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
         key = getattr(cause, "full_key", None) or "?"
-        return (
-            f"unknown key {key}: check its spelling (--cfg job prints every key), "
-            f"or add a new key with +{key}=<value>"
-        )
+        hint = f"check its spelling (--cfg job prints every key), or add a new key with +{key}=<value>"
+        return f"unknown key {key}: {hint}"
     message = str(err).split("Config search path:")[0]  # Hydra's list of folders says nothing to the user
     parts = [one_line(message)]
     if isinstance(cause, OmegaConfBaseException):
@@ -181,8 +174,6 @@ def check_output_place(path: str | Path, key: str, folder: bool) -> Path:
     try:  # the permission bits do not tell (root, ACLs, a read-only mount): try to create a file there
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise ConfigError(
-            f"{key}={path} cannot be written ({reason}: {existing}): choose a writable place"
-        ) from None
+        why = f"{err.strerror or type(err).__name__}: {existing}"
+        raise ConfigError(f"{key}={path} cannot be written ({why}): choose a writable place") from None
     return path
