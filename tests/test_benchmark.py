@@ -107,7 +107,7 @@ def test_on_a_gpu_the_windows_synchronise_at_their_edges_only_and_the_gpu_is_nam
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
     clock = training.Clock(torch.device("cuda"), warmup=2, steps=3)  # the start
     for step in range(1, 9):
-        clock.done(step)
+        clock.mark(after_step=step)
     assert len(synced) == 4 and len(clock.marks) == 4  # the start, after step 2, 5 and 8: nothing inside
     props = SimpleNamespace(name="NVIDIA H200", total_memory=141 * 2**30, major=9, minor=0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)

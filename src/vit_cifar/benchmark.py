@@ -1,14 +1,13 @@
 """How fast vit-cifar trains, loads and infers on this machine (``vit-cifar-benchmark``; docs/performance.md).
 
-Training is timed through training's own job beside one plain PyTorch loop (:mod:`vit_cifar.bench.training`), on
-synthetic images unless ``--data`` (they cost the same to augment and train on). Each run writes its results file
-in ``benchmarks/results/`` (environment, settings, every window); docs/performance.md sums them up.
-"""
+Training's own job is timed beside one plain PyTorch loop (:mod:`vit_cifar.bench.training`), on synthetic images
+unless ``--data`` (as costly to augment and train on); each run writes its results file in ``benchmarks/results/``."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -36,6 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: benchmarks/ sits her
 # --tiny: a model that trains in milliseconds, on small batches made in the training process
 TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2"]
 TINY += ["data.batch_size=16", "data.num_workers=0"]
+# every measurement: all images trained on, none tested, no checkpoints (written at epoch ends, after the windows)
+FIXED = ["test=false", "++data.val_size=0", "++data.download=false", "++trainer.enable_checkpointing=false"]
+FIXED += ["++callbacks.model_checkpoint=null", "++callbacks.last_checkpoint=null"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,17 +90,14 @@ def environment(device: torch.device) -> dict:
 
 
 def result_path(out: Path, device: dict, mode: str) -> Path:
-    """``<date>-<device><mode>.json``, e.g. ``2026-11-27-cpu-2threads.json``, ``2026-11-28-cuda-nvidia-h100-80gb-hbm3
-    .json``; a later run of the same day and device gets -2, -3, ... rather than replacing it."""
+    """``<date>-<device><mode>.json`` (``2026-11-27-cpu-2threads.json``); a later run of the same day and device
+    gets -2, -3, ... rather than replacing it."""
     slug = f"cpu-{device['threads']}thread{'' if device['threads'] == 1 else 's'}"
     if device["type"] == "cuda":
         slug = "cuda-" + re.sub(r"[^a-z0-9]+", "-", device["name"].lower()).strip("-")
     stem = f"{dt.date.today().isoformat()}-{slug}{mode}"
-    path, n = out / f"{stem}.json", 1
-    while path.exists():
-        n += 1
-        path = out / f"{stem}-{n}.json"
-    return path
+    names = (f"{stem}{f'-{n}' if n > 1 else ''}.json" for n in itertools.count(1))
+    return next(out / name for name in names if not (out / name).exists())
 
 
 def table(report: dict) -> str:
@@ -110,10 +109,8 @@ def table(report: dict) -> str:
 
     lines = [f"device: {report['device']['name']} ({report['device']['threads']} threads); images/s"]
     for variant, t in report.get("training", {}).items():
-        lines += [
-            row(f"train, {variant}, Lightning", t["lightning"]),
-            row(f"train, {variant}, plain loop", t["plain"]),
-        ]
+        lines.append(row(f"train, {variant}, Lightning", t["lightning"]))
+        lines.append(row(f"train, {variant}, plain loop", t["plain"]))
         lines.append(f"{'  Lightning overhead':<36}{100 * t['lightning_overhead']:>11.1f}%")
     if "compile_s" in report:
         lines.append(f"{'compile time (s), beside eager':<36}{report['compile_s']:>12.1f}")
@@ -128,9 +125,9 @@ def run(argv: list[str] | None = None) -> dict:
     """Measure what the flags ask for, print the table, write the results file; returns the report."""
     args = parse_args(argv)
     check_output_place(args.out, "--out", folder=True)  # before minutes of measuring
-    overrides = [f"experiment={args.experiment}", *(TINY if args.tiny else []), *args.overrides]
+    overrides = [f"experiment={args.experiment}", *(TINY if args.tiny else []), *args.overrides, *FIXED]
     preflight("train", overrides)  # a bad override: one line, exit 2
-    log, load_before = partial(print, flush=True), os.getloadavg()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         cfg = compose_config(overrides, scratch)
         cuda = local_device(cfg.trainer.accelerator).type == "cuda"
@@ -138,11 +135,7 @@ def run(argv: list[str] | None = None) -> dict:
         steps, warmup, repeats = (2, 1, 2) if args.tiny else (steps, warmup, repeats)
         warmup = max(warmup, 3) if args.compile else warmup  # recompiles for new shapes: not in a window
         steps, warmup, repeats = args.steps or steps, args.warmup or warmup, args.repeats or repeats
-        # all images trained on, none tested, no checkpoints (written at epoch ends, after the windows)
         with open_dict(cfg):
-            cfg.test, cfg.data.val_size, cfg.data.download = False, 0, False
-            cfg.callbacks.model_checkpoint = cfg.callbacks.last_checkpoint = None
-            cfg.trainer.enable_checkpointing = False  # nor Lightning's own
             if args.data:
                 cfg.data.root = args.data
             else:  # synthetic images, enough for all the batches in one epoch
@@ -156,29 +149,28 @@ def run(argv: list[str] | None = None) -> dict:
             "config": {"steps": steps, "warmup": warmup, "repeats": repeats},
         }
         report["config"]["recipe"] = OmegaConf.to_container(cfg, resolve=True)
-        log(f"benchmark on {report['device']['name']}, {torch.get_num_threads()} threads")
+        print(f"benchmark on {report['device']['name']}, {torch.get_num_threads()} threads")
         if args.loader:
             workers = args.workers or ([1] if args.tiny else [0, 1, 2, 3, 7])
             report["loader"] = measure_loader(cfg, workers, steps, warmup, repeats)
         elif args.inference:
-            report["inference"] = measure_inference(args, cfg, log)
+            report["inference"] = measure_inference(args, cfg)
         else:
-            report["training"] = training = {
-                "eager": measure_training(cfg, steps, warmup, repeats, False, log)
-            }
+            report["training"] = training = {"eager": measure_training(cfg, steps, warmup, repeats, False)}
             if args.compile:
-                training["compiled"] = measure_training(cfg, steps, warmup, repeats, True, log)
+                training["compiled"] = measure_training(cfg, steps, warmup, repeats, True)
                 first = [training[v]["lightning"]["first_steps_s"] for v in ("compiled", "eager")]
                 report["compile_s"] = first[0] - first[1]
     report["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
     mode = "-loader" if args.loader else "-inference" if args.inference else ""
     out = result_path(Path(args.out), report["device"], mode + ("-tiny" if args.tiny else ""))
     write_atomic(out, json.dumps(report, indent=2) + "\n")
-    log(f"{table(report)}\nwritten: {out}")
+    print(f"{table(report)}\nwritten: {out}")
     return report | {"path": str(out)}
 
 
 def main(argv: list[str] | None = None) -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows as it comes, in a log file too
     run_cli(run, argv)  # a user error: one line on stderr, its exit code
 
 

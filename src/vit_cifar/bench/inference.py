@@ -1,8 +1,7 @@
-"""CPU inference side by side (``python -m vit_cifar.benchmark --inference``): every variant classifies the same
-images through the evaluation's own loop (:func:`vit_cifar.inference.engine.predict_probs`), in one process with
-the same threads, the variants taking turns 1,000 images at a time (the order rotating) so that all meet the
-same load on a shared machine; then at batch 1, each image timed. Building and warming up (compiling) are
-reported, not counted. A variant whose library is missing is skipped with the reason."""
+"""CPU inference side by side (``--inference``): every variant classifies the same images through the evaluation's
+own loop (:func:`vit_cifar.inference.engine.predict_probs`) in one process, taking turns 1,000 images at a time (the
+order rotating) so that all meet the same load on a shared machine; then at batch 1, each image timed. Building
+and warming up (compiling) are reported, not counted; a variant whose library is missing is skipped, with why."""
 
 from __future__ import annotations
 
@@ -20,6 +19,9 @@ from vit_cifar.checkpoints.loading import LoadedClassifier, load_classifier
 from vit_cifar.config.entry import compose_config
 from vit_cifar.errors import VitCifarError, first_line
 from vit_cifar.inference.engine import evaluation_datamodule, input_spec, predict_probs
+from vit_cifar.inference.export import onnx_model
+from vit_cifar.inference.interop import to_timm
+from vit_cifar.inference.runtime import OnnxNet, model_card, onnx_session
 from vit_cifar.models.registry import build_network
 
 VARIANTS = {
@@ -35,10 +37,6 @@ REFERENCE, BASELINE, CHUNK = "ours_eager", "timm_eager", 1000
 
 def build(name: str, loaded, scratch: Path):
     """The variant as a function of a tensor of images -> class probabilities."""
-    from vit_cifar.inference.export import onnx_model
-    from vit_cifar.inference.interop import to_timm
-    from vit_cifar.inference.runtime import OnnxNet, model_card, onnx_session
-
     net, dtype = loaded.net.eval(), None
     if name == BASELINE:
         net = to_timm(net, loaded.net_config)
@@ -66,7 +64,7 @@ def timed(predict, x: torch.Tensor, size: int) -> tuple[float, float, torch.Tens
     return time.perf_counter() - wall, time.process_time() - cpu, probs
 
 
-def measure_inference(args, cfg: DictConfig, log) -> dict:
+def measure_inference(args, cfg: DictConfig) -> dict:
     """``--inference``: the checkpoint's network (or the recipe's, randomly initialised) on ``--data``'s test
     images (or random ones: speed only), at the evaluation's batch size (configs/eval.yaml)."""
     if args.ckpt:
@@ -78,16 +76,15 @@ def measure_inference(args, cfg: DictConfig, log) -> dict:
         loaded = LoadedClassifier(net=net, classes=[str(i) for i in range(net.num_classes)], net_config=model)
     batch = 8 if args.tiny else compose_config([], cfg.paths.output_dir, config_name="eval").batch_size
     if args.data:
-        datamodule = evaluation_datamodule(
-            OmegaConf.to_container(cfg.data, resolve=True), input_spec(loaded), 1000
-        )
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        datamodule = evaluation_datamodule(data, input_spec(loaded), 1000)
         datamodule.setup("test")
         x, labels = (torch.cat(t)[: args.images] for t in zip(*datamodule.test_dataloader(), strict=True))
     else:
         size, count = input_spec(loaded).image_size, args.images or (64 if args.tiny else 2000)
         x, labels = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0)), None
     singles = args.latency_images if args.latency_images is not None else (4 if args.tiny else 100)
-    log(f"inference: {len(x):,} images, batch {batch} and 1, {torch.get_num_threads()} threads")
+    print(f"inference: {len(x):,} images, batch {batch} and 1, {torch.get_num_threads()} threads")
     built, skipped = {}, {}  # name: (predict, seconds to build and warm up); name: why not
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.variants or list(VARIANTS):
@@ -98,7 +95,7 @@ def measure_inference(args, cfg: DictConfig, log) -> dict:
                     timed(predict, x[:size], size)
             except Exception as err:  # a variant that cannot run is reported; the others still are
                 skipped[name] = f"{type(err).__name__}: {first_line(err)[:300]}"
-                log(f"  {name}: skipped ({skipped[name]})")
+                print(f"  {name}: skipped ({skipped[name]})")
                 continue
             built[name] = predict, round(time.perf_counter() - tic, 2)
         if REFERENCE not in built:

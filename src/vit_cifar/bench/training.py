@@ -26,20 +26,18 @@ class Clock(L.Callback):
 
     fits: list[Clock] = []  # where train() hands its fit to the benchmark: Hydra builds the callback
 
-    def __init__(self, device: torch.device | None, warmup: int, steps: int) -> None:
+    def __init__(self, device: torch.device | None = None, *, warmup: int, steps: int) -> None:
         self.device, self.warmup, self.steps, self.marks = device, warmup, steps, []
         if device is not None:
             self.mark()
 
-    def mark(self) -> None:
+    def mark(self, after_step: int | None = None) -> None:
+        """A mark now, or after step ``after_step`` (1-based) where a window ends."""
+        if after_step is not None and (after_step < self.warmup or (after_step - self.warmup) % self.steps):
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.marks.append((time.perf_counter(), time.process_time()))
-
-    def done(self, step: int) -> None:
-        """After step ``step`` (1-based): a mark when a window ends there."""
-        if step >= self.warmup and (step - self.warmup) % self.steps == 0:
-            self.mark()
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.trainer, self.module, self.device = trainer, pl_module, pl_module.device
@@ -47,7 +45,7 @@ class Clock(L.Callback):
         Clock.fits.append(self)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.done(trainer.global_step)
+        self.mark(after_step=trainer.global_step)
 
     def rates(self, images: int) -> dict:
         """images/s of each window of ``images`` images (on CPU also per second of process CPU time)."""
@@ -69,14 +67,13 @@ def plain_loop(fit: Clock) -> Clock:
     trainer, module, device = fit.trainer, fit.module, fit.device
     datamodule, optimizer = trainer.datamodule, trainer.optimizers[0]
     net, schedule = module.to(device).net, trainer.lr_scheduler_configs[0].scheduler
-    for state in optimizer.state.values():
-        state.update({k: v.to(device) for k, v in state.items() if isinstance(v, torch.Tensor)})
+    optimizer.load_state_dict(optimizer.state_dict())  # which moves the state to its parameters' device
     precision, clip = trainer.precision_plugin, trainer.gradient_clip_val
     # 16-mixed's scaler; a disabled one passes everything through (scale, unscale_, step, update)
     scaler = getattr(precision, "scaler", None) or torch.amp.GradScaler(device.type, enabled=False)
     trainer.training = True  # the DataModule augments (device_aug) and mixes training batches only
-    clock = Clock(device, fit.warmup, fit.steps)
-    for step, (x, y) in enumerate(datamodule.train_dataloader(), start=1):
+    clock = Clock(device, warmup=fit.warmup, steps=fit.steps)
+    for step, (x, y) in enumerate(islice(datamodule.train_dataloader(), trainer.global_step), start=1):
         x, y = datamodule.on_after_batch_transfer((x.to(device), y.to(device)), 0)
         with precision.forward_context():
             loss = module.loss_fn(net(x), y).mean()
@@ -87,32 +84,25 @@ def plain_loop(fit: Clock) -> Clock:
         scaler.step(optimizer)
         scaler.update()
         schedule.step()
-        clock.done(step)
-        if step == trainer.global_step:
-            return clock
-    raise RuntimeError(f"the training data gave fewer than {trainer.global_step} batches")
+        clock.mark(after_step=step)
+    return clock
 
 
-def measure_training(cfg: DictConfig, steps: int, warmup: int, repeats: int, compiled: bool, log) -> dict:
-    """Images/s of ``train(cfg)`` over ``repeats`` windows of ``steps`` steps after ``warmup`` steps, then of
-    the plain loop; ``first_steps_s``: the untimed first steps (DataLoader workers starting, compiling)."""
+def measure_training(cfg: DictConfig, steps: int, warmup: int, repeats: int, compiled: bool) -> dict:
+    """Images/s of ``train(cfg)``, then of the plain loop; ``first_steps_s``: the untimed first steps (DataLoader
+    workers starting, compiling)."""
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.compile, cfg.trainer.max_steps = compiled, warmup + steps * repeats
         cfg.paths.output_dir = f"{cfg.paths.output_dir}/{'compiled' if compiled else 'eager'}"  # logs
-        timer = {"_target_": f"{__name__}.Clock", "device": None, "warmup": warmup, "steps": steps}
-        cfg.callbacks.step_timer = timer
+        cfg.callbacks.step_timer = {"_target_": f"{__name__}.Clock", "warmup": warmup, "steps": steps}
     metrics = train(cfg)
     fit, images = Clock.fits.pop(), cfg.data.batch_size * steps
     lightning, plain = fit.rates(images), plain_loop(fit).rates(images)
-    log(f"  compile={compiled}: Lightning {lightning['mean']:,.1f}, plain {plain['mean']:,.1f} images/s")
-    return {
-        "lightning": lightning,
-        "plain": plain,
-        "lightning_overhead": plain["mean"] / lightning["mean"] - 1.0,  # extra time per image
-        "compiled": metrics["compile"],  # what ran, as metrics.json says
-        "precision": metrics["precision"],
-    }
+    print(f"  compile={compiled}: Lightning {lightning['mean']:,.1f}, plain {plain['mean']:,.1f} images/s")
+    overhead = plain["mean"] / lightning["mean"] - 1.0  # extra time per image
+    ran = {"compiled": metrics["compile"], "precision": metrics["precision"]}  # as metrics.json says
+    return {"lightning": lightning, "plain": plain, "lightning_overhead": overhead} | ran
 
 
 def measure_loader(cfg: DictConfig, workers: list[int], steps: int, warmup: int, repeats: int) -> dict:
@@ -121,9 +111,8 @@ def measure_loader(cfg: DictConfig, workers: list[int], steps: int, warmup: int,
     device = torch.device(local_device(cfg.trainer.accelerator).type)
     augs = sorted(p.stem for p in (Path(CONFIG_DIR) / "aug").glob("*.yaml"))
     result, threads = {}, torch.get_num_threads()
-    torch.set_num_threads(
-        1
-    )  # with 0 workers this process does a worker's work, on one thread as a worker does
+    # with 0 workers this process does a worker's work, on one thread as a worker does
+    torch.set_num_threads(1)
     try:
         for aug, n in product(augs, workers):
             with open_dict(cfg):
@@ -132,15 +121,18 @@ def measure_loader(cfg: DictConfig, workers: list[int], steps: int, warmup: int,
                 cfg.data.pin_memory = device.type == "cuda"
             datamodule = build_datamodule(cfg)
             datamodule.setup("fit")
-            loader, clock = datamodule.train_dataloader(), Clock(device, max(warmup, 2 * n), steps)
+            loader, clock = (
+                datamodule.train_dataloader(),
+                Clock(device, warmup=max(warmup, 2 * n), steps=steps),
+            )
             for step, (x, y) in enumerate(islice(loader, clock.warmup + steps * repeats), start=1):
                 x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                clock.done(step)
+                clock.mark(after_step=step)
             rate = clock.rates(cfg.data.batch_size * steps)
             if n:  # the workers' CPU time is not this process's
                 rate.pop("per_cpu_second")
-            sampler = type(loader.sampler).__name__
-            result[f"{aug}, {n} workers"] = rate | {"aug": aug, "workers": n, "sampler": sampler}
+            rate |= {"aug": aug, "workers": n, "sampler": type(loader.sampler).__name__}
+            result[f"{aug}, {n} workers"] = rate
     finally:
         torch.set_num_threads(threads)
     return result
