@@ -58,7 +58,7 @@ def test_reading_a_checkpoint_that_names_no_network_class_is_one_line_naming_it(
         load_classifier(path)
     cfg = compose_config([*SYNTHETIC_SMALL, *TINY_MODEL], tmp_path / "run")
     with pytest.raises(CheckpointError, match=expected):
-        check_fits(path, cfg, resume=True)
+        check_fits(path, cfg)
 
 
 @pytest.mark.e2e

@@ -9,8 +9,7 @@ from vit_cifar.devices import DeviceSpec, resolve_compile
 from vit_cifar.errors import ConfigError
 from vit_cifar.models import VisionTransformer
 from vit_cifar.training.module import build_optimization
-from vit_cifar.training.run import train
-from vit_cifar.training.speed import apply_speed_settings
+from vit_cifar.training.run import apply_speed_settings, train
 
 CPU, CUDA = DeviceSpec("cpu"), DeviceSpec.cuda(9, 0)
 
@@ -46,8 +45,7 @@ def test_compile_auto_compiles_on_cuda_only():
 def test_speed_settings_compile_in_place_and_set_the_matmul_precision():
     net = VisionTransformer(embed_dim=32, depth=1, num_heads=2)
     names = [n for n, _ in net.named_parameters()]
-    applied = apply_speed_settings(net, CPU, compile=True, matmul_precision="medium")
-    counter = applied.pop("counter")
+    applied, counter = apply_speed_settings(net, CPU, compile=True, matmul_precision="medium")
     assert applied == {"compile": True, "matmul_precision": "medium", "compile_backend": "inductor"}
     assert counter.report() == {"compile": False, "eager_calls": 0}  # nothing has run yet
     assert torch.get_float32_matmul_precision() == "medium"

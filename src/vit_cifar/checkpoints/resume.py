@@ -23,19 +23,14 @@ from vit_cifar.errors import CheckpointError, VitCifarError
 from vit_cifar.models.registry import build_network
 
 
-def checkpoint_dir(cfg: DictConfig) -> Path:
-    """The folder the run's last.ckpt is written to (by the ``last_checkpoint`` callback)."""
-    dirpath = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath", default=None)
-    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
-
-
 def resolve_ckpt_path(cfg: DictConfig, error: type[VitCifarError] = CheckpointError) -> Path | None:
     """The file ``ckpt_path`` names (None when unset); ``error`` when it does not exist."""
     ckpt_path = cfg.get("ckpt_path")
     if not ckpt_path:
         return None
-    if ckpt_path == "last":
-        path = checkpoint_dir(cfg) / "last.ckpt"
+    if ckpt_path == "last":  # written by the last_checkpoint callback
+        folder = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath", default=None)
+        path = Path(folder or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
         if not path.is_file():
             raise error(
                 f"ckpt_path=last but {path} does not exist: resume a run with hydra.run.dir=<its folder> "
@@ -48,11 +43,11 @@ def resolve_ckpt_path(cfg: DictConfig, error: type[VitCifarError] = CheckpointEr
     return path
 
 
-def check_fits(path: Path, cfg: DictConfig, resume: bool) -> dict:
-    """Read ``path`` safely and check that this run's model can load it (and, to resume, that it holds the
-    training state); one :class:`CheckpointError` naming the difference otherwise. Returns the checkpoint."""
+def check_fits(path: Path, cfg: DictConfig) -> int:
+    """Read ``path`` safely and check that this run's model can load it and that it holds the training state;
+    one :class:`CheckpointError` naming the difference otherwise. Returns the optimiser steps it has done."""
     checkpoint, saved, state = read_training_checkpoint(path)
-    if resume and not checkpoint.get("optimizer_states"):
+    if not checkpoint.get("optimizer_states"):
         raise CheckpointError(
             f"checkpoint {path} holds weights only, not the training state: it cannot be resumed"
         )
@@ -69,11 +64,9 @@ def check_fits(path: Path, cfg: DictConfig, resume: bool) -> dict:
             f"checkpoint {path} is of another model ({detail}): use the checkpoint's model settings "
             "(model.num_classes follows data.num_classes), or another checkpoint"
         )
-    if resume:
-        rank_zero_info(
-            f"resuming from {path}: {checkpoint['epoch'] + 1} epochs, {checkpoint['global_step']} steps done"
-        )
-    return checkpoint
+    steps = int(checkpoint.get("global_step", 0))
+    rank_zero_info(f"resuming from {path}: {checkpoint['epoch'] + 1} epochs, {steps} steps done")
+    return steps
 
 
 def _mismatch(net_config: dict, state: dict) -> str | None:

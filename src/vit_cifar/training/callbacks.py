@@ -18,7 +18,6 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from vit_cifar.compat import averaged_model
 from vit_cifar.errors import TrainingError
-from vit_cifar.training.monitoring import epoch_metrics
 
 
 def capture_rng_states() -> dict:
@@ -116,7 +115,11 @@ class FiniteLossGuard(L.Callback):
         bad = step >= 0
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):
             return
-        kept = latest_checkpoint(trainer) or "none written yet"
+        # the newest file a ModelCheckpoint callback has written (the best one or last.ckpt)
+        paths = {
+            p for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path) if p
+        }
+        kept = max(filter(os.path.isfile, paths), key=os.path.getmtime, default="none written yet")
         if not bad:
             where = (
                 f"non-finite on another rank by step {trainer.global_step} (epoch {trainer.current_epoch})"
@@ -136,28 +139,14 @@ class FiniteLossGuard(L.Callback):
         )
 
 
-def latest_checkpoint(trainer: L.Trainer) -> str | None:
-    """The newest file any of the trainer's ModelCheckpoint callbacks has written (the best one or last.ckpt)."""
-    paths = {p for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path) if p}
-    existing = [p for p in paths if os.path.isfile(p)]
-    return max(existing, key=os.path.getmtime) if existing else None
-
-
 class EMA(EMAWeightAveraging):
     """Lightning's EMA of the weights (used for validation, in every checkpoint's ``state_dict`` and so by the
     test), with two changes: the update waits for no device (see ``on_train_batch_end``), and outside fitting a
     checkpoint loads its averaged ``state_dict``; Lightning's, still holding its average after ``fit``, would load
     the raw ``current_model_state``, so ``trainer.test(ckpt_path=...)`` would test the raw weights."""
 
-    def __init__(
-        self, decay: float = 0.9995, update_starting_at_step: int | None = None, update_every_n_steps: int = 1
-    ) -> None:
-        super().__init__(
-            decay=decay,
-            update_starting_at_step=update_starting_at_step,
-            update_every_n_steps=update_every_n_steps,
-        )
-        self.decay = decay
+    def __init__(self, decay: float = 0.9995, **kwargs: Any) -> None:  # kwargs: when to update (Lightning's)
+        super().__init__(decay=decay, **kwargs)
         self._ema_update = get_ema_multi_avg_fn(decay)  # torch's own: one foreach lerp over all tensors
         self._started = False  # whether the average holds weights yet (else the first update copies them)
         self._updated_at_step = 0  # the optimiser step of the last update (once per step under accumulation)
@@ -232,7 +221,9 @@ class ProgressBar(RichProgressBar):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._shown = None  # the epoch's values are read at its end
-        epoch_metrics(trainer)  # on every rank: the bar reads them on rank 0 only (see epoch_metrics)
+        _ = (
+            trainer.callback_metrics
+        )  # computed on every rank: the bar reads them on rank 0 only (see EpochLog's)
         super().on_train_epoch_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

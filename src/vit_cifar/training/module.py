@@ -56,15 +56,20 @@ class ClassifierModule(L.LightningModule):
         self.device_spec = None
 
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            seed_rank_generators(self.trainer.global_rank)
+        # Lightning seeds every DDP rank alike (seed_everything, and again as the processes start), so all ranks
+        # would draw the same dropout masks and MixUp/CutMix parameters. Ranks above 0 reseed Python's, NumPy's
+        # and torch's generators from (seed, rank); rank 0 keeps the run's seed, so one process draws as it did.
+        if stage == "fit" and (rank := self.trainer.global_rank) > 0:
+            seed = int(np.random.SeedSequence([run_seed(), rank]).generate_state(1)[0])
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss and the logits of a batch; logs the stage's loss and accuracy (and, for validation and
-        test, how many images were counted)."""
+        """The loss and the logits of a batch, its metrics logged."""
         x, target = batch
         # Evaluation runs eagerly: compiled, every evaluation batch shape (the last batch of each split and rank)
         # and grad mode (validation's no_grad, test's inference_mode) would compile a graph of its own, minutes
@@ -80,11 +85,10 @@ class ClassifierModule(L.LightningModule):
         # Every image's loss, so that the epoch loss is a mean over images, not over batches of unequal sizes. Not
         # the batch mean with a weight: nan_strategy="disable" replaces weights by ones. The image count as ones
         # made on the device (a Python number would be copied from the host, a wait for the GPU).
-        if stage == "train":  # the step's own values for the step logs, the epoch's mean at its end
-            accuracy(logits, hard)
+        accuracy.update(logits, hard)  # an epoch value only
+        if stage == "train":  # forward: the step's own value too, for the step log
             mean_loss(losses.detach())
-        else:  # epoch values only
-            accuracy.update(logits, hard)
+        else:
             mean_loss.update(losses.detach())
             getattr(self, f"{stage}_images").update(torch.ones_like(losses))
             self.log(f"{stage}/images", getattr(self, f"{stage}_images"), on_step=False, on_epoch=True)
@@ -113,15 +117,14 @@ class ClassifierModule(L.LightningModule):
         self.log("epochs", float(epochs_done(self.trainer)), logger=False)
 
     def configure_optimizers(self):
-        trainer = self.trainer
         optimizer, scheduler, length = build_optimization(
             self.net,
             self.hparams.optimizer,
             self.hparams.scheduler,
             device=self.device_spec or self.device,
-            total_steps=int(trainer.estimated_stepping_batches),
-            max_epochs=trainer.max_epochs,
-            clock=budget_timer(trainer),
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            max_epochs=self.trainer.max_epochs,
+            clock=budget_timer(self.trainer),
         )
         decay, plain = (sum(p.numel() for p in group["params"]) for group in optimizer.param_groups)
         self.print(
@@ -157,25 +160,13 @@ class ClassifierModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What evaluation needs beside the weights: class names and the whole run configuration.
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if datamodule is not None and hasattr(datamodule, "classes"):
-            checkpoint["classes"] = list(datamodule.classes)
+        if hasattr(self.trainer.datamodule, "classes"):  # None when fitting plain DataLoaders
+            checkpoint["classes"] = list(self.trainer.datamodule.classes)
         if self.run_config is not None:
             checkpoint["config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.run_config = checkpoint.get("config")
-
-
-def seed_rank_generators(rank: int) -> None:
-    """Lightning seeds every DDP rank alike (``seed_everything``, and again as the processes start), so all
-    ranks would draw the same dropout masks and MixUp/CutMix parameters. Ranks above 0 reseed Python's, NumPy's
-    and torch's generators from (seed, rank); rank 0 keeps the run's seed, so one process draws as it did."""
-    if rank > 0:
-        seed = int(np.random.SeedSequence([run_seed(), rank]).generate_state(1)[0])
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
 
 
 # ------------------------------------------------------------------------------------------ optimiser and schedule

@@ -33,13 +33,6 @@ def epochs_done(trainer: L.Trainer, epoch: int | None = None) -> int:
     return (trainer.current_epoch if epoch is None else epoch) + 1
 
 
-def epoch_metrics(trainer: L.Trainer) -> dict:
-    """``trainer.callback_metrics``, to be read on EVERY rank at the same hook by a callback that shows them on
-    rank 0: the first read at an epoch's end computes them, under DDP a collective per metric; read on rank 0
-    alone it would pair with the other ranks' next collective (a checkpoint's) and hang the run."""
-    return trainer.callback_metrics
-
-
 class EpochLog(L.Callback):
     """One line per epoch through Python logging, so it reaches ``train.log``, a redirected stdout, nohup and
     SLURM logs, where the progress bar does not::
@@ -50,22 +43,16 @@ class EpochLog(L.Callback):
     The ETA: the mean epoch so far times the epochs left, or the time budget left when that ends the run first.
     On a CPU, a run estimated to take over three hours says so after its first steps. Rank 0 only."""
 
-    def __init__(self) -> None:
-        self._start: float | None = None
-        self._first_epoch = 0
-        self._timed: list[float] = []
-
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start, self._first_epoch, self._timed = time.monotonic(), trainer.current_epoch, []
+        self._start, self._first_epoch = time.monotonic(), trainer.current_epoch
+        self._timed: list[float] = []  # the first steps' end times, for the CPU estimate
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or len(self._timed) > TIMED_STEPS:
             return
         self._timed.append(time.monotonic())
-        if len(self._timed) == TIMED_STEPS + 1 and trainer.strategy.root_device.type == "cpu":
-            self._warn_if_long(trainer)
-
-    def _warn_if_long(self, trainer: L.Trainer) -> None:
+        if len(self._timed) <= TIMED_STEPS or trainer.strategy.root_device.type != "cpu":
+            return
         per_step = (self._timed[-1] - self._timed[WARMUP_STEPS]) / (TIMED_STEPS - WARMUP_STEPS)
         total = per_step * float(trainer.estimated_stepping_batches)
         timer = budget_timer(trainer)
@@ -79,19 +66,18 @@ class EpochLog(L.Callback):
             )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = epoch_metrics(trainer)  # on every rank, before the rank-0 check: see epoch_metrics
-        if trainer.sanity_checking or not trainer.is_global_zero or self._start is None:
+        # Read on EVERY rank, before the rank-0 check: the first read at an epoch's end computes the metrics,
+        # under DDP a collective per metric; read on rank 0 alone it would pair with the other ranks' next
+        # collective (a checkpoint's) and hang the run.
+        metrics = trainer.callback_metrics
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         elapsed = time.monotonic() - self._start
         timer, max_epochs = budget_timer(trainer), trainer.max_epochs or 0
         # "3/100" when the epochs end the run, "3" when a time budget (trainer.max_time) may end it first
         parts = [f"epoch {epochs_done(trainer)}" + (f"/{max_epochs}" if max_epochs > 0 and not timer else "")]
-        losses = {
-            "train": metrics.get("train/loss_epoch", metrics.get("train/loss")),
-            "val": metrics.get("val/loss"),
-        }
-        for stage, loss in losses.items():
-            values = [f"loss {float(loss):.3f}"] if loss is not None else []
+        for stage, loss in (("train", "train/loss_epoch"), ("val", "val/loss")):
+            values = [f"loss {float(metrics[loss]):.3f}"] if loss in metrics else []
             if f"{stage}/acc" in metrics:
                 values.append(f"acc {float(metrics[f'{stage}/acc']):.4f}")
             if values:
@@ -162,24 +148,14 @@ class TensorBoardFigures(L.Callback):
         self._confmat: MulticlassConfusionMatrix | None = None
         self._samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (images, preds, targets)
 
-    def _due(self, trainer: L.Trainer) -> bool:
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = epochs_done(trainer)
         last = (trainer.max_epochs or 0) > 0 and epoch >= trainer.max_epochs  # -1: no last epoch
-        return not trainer.sanity_checking and (epoch % self.every_n_epochs == 0 or last)
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._active = self._due(trainer) and tensorboard_of(trainer) is not None
+        due = not trainer.sanity_checking and (epoch % self.every_n_epochs == 0 or last)
+        self._active = due and tensorboard_of(trainer) is not None
         self._confmat, self._samples = None, []
 
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs,
-        batch,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
         if not self._active:  # outputs: the logits validation_step returns
             return
         x, target = batch
@@ -202,7 +178,10 @@ class TensorBoardFigures(L.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         classes = list(getattr(datamodule, "classes", None) or range(matrix.shape[0]))
         step = trainer.global_step
-        figure = confusion_figure(self._confmat, matrix, classes)
+        side = max(5.0, 0.75 * len(classes) + 2)  # large enough for ten labelled classes
+        figure = _figure(side, side)
+        self._confmat.plot(val=matrix, ax=figure.add_subplot(), labels=[str(c) for c in classes])
+        figure.axes[0].set_title("validation: share of each true class (rows) by prediction")
         logger.experiment.add_figure("val/confusion_matrix", figure, step)
         if self._samples:
             images, preds, targets = (torch.cat(parts) for parts in zip(*self._samples, strict=True))
@@ -210,16 +189,6 @@ class TensorBoardFigures(L.Callback):
             figure = predictions_figure(images, preds, targets, classes, mean, std)
             logger.experiment.add_figure("val/predictions", figure, step)
         self._samples = []
-
-
-def confusion_figure(metric: MulticlassConfusionMatrix, matrix: torch.Tensor, classes: list):
-    """torchmetrics' plot of ``matrix``, on a figure large enough for ten labelled classes."""
-    side = max(5.0, 0.75 * len(classes) + 2)
-    fig = _figure(side, side)
-    ax = fig.add_subplot()
-    metric.plot(val=matrix, ax=ax, labels=[str(c) for c in classes])
-    ax.set_title("validation: share of each true class (rows) by prediction")
-    return fig
 
 
 def predictions_figure(
@@ -281,7 +250,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, str | int | float | bool]:
     """:data:`HPARAMS_KEYS` and the command line's keys -> their values, numbers and booleans as such, lists as
     text, unset ones left out."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     try:
         choices = dict(HydraConfig.get().runtime.choices)  # config group -> the option chosen
@@ -295,12 +264,10 @@ def flat_hparams(cfg: DictConfig) -> dict[str, str | int | float | bool]:
         if key in ("model", "optim"):
             value = str(OmegaConf.select(cfg, f"{key}._target_", default="")).rsplit(".", 1)[-1] or None
         else:
-            value = OmegaConf.select(cfg, key, default=None) if key != "experiment" else None
+            value = OmegaConf.select(cfg, key, default=None)
             if value is None or isinstance(value, DictConfig):  # a config group: the option chosen
                 value = choices.get(key)
-        if isinstance(value, ListConfig):
-            value = str(OmegaConf.to_container(value, resolve=True))
-        if value is not None:
+        if value is not None:  # a list as text
             flat[key] = value if isinstance(value, bool | int | float | str) else str(value)
     return flat
 

@@ -14,7 +14,9 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
 from vit_cifar.analysis.evaluation import evaluate_from_train_config
 from vit_cifar.analysis.report import summary_line
@@ -25,19 +27,20 @@ from vit_cifar.config.entry import check_output_place
 from vit_cifar.config.schema import validate_config
 from vit_cifar.data import CIFARDataModule
 from vit_cifar.data.gpu_aug import BATCHED_POLICIES
-from vit_cifar.devices import CPU, DeviceSpec, local_device, resolve_device_aug, resolve_precision
+from vit_cifar.devices import (
+    CPU,
+    DeviceSpec,
+    local_device,
+    resolve_compile,
+    resolve_device_aug,
+    resolve_precision,
+)
 from vit_cifar.errors import ConfigError
 from vit_cifar.inference.engine import describe_device
 from vit_cifar.training.callbacks import run_clock_of
 from vit_cifar.training.module import ClassifierModule
 from vit_cifar.training.monitoring import epochs_done, log_final_hparams
 from vit_cifar.training.runlock import check_run_folder_free, run_folder_lock
-from vit_cifar.training.speed import apply_speed_settings, precision_for_trainer
-
-
-def instantiate_all(section: DictConfig | None) -> list:
-    """Instantiate every entry of a callbacks or logger group, skipping those set to null."""
-    return [hydra.utils.instantiate(entry) for entry in (section or {}).values() if entry is not None]
 
 
 def build_datamodule(cfg: DictConfig, device: DeviceSpec = CPU) -> CIFARDataModule:
@@ -48,28 +51,25 @@ def build_datamodule(cfg: DictConfig, device: DeviceSpec = CPU) -> CIFARDataModu
     return hydra.utils.instantiate(cfg.data, aug=aug, device_aug=device_aug, _convert_="all")
 
 
-def build_module(cfg: DictConfig) -> ClassifierModule:
-    module = ClassifierModule(
-        net=OmegaConf.to_container(cfg.model, resolve=True),
-        optimizer=OmegaConf.to_container(cfg.optim, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-        label_smoothing=float(cfg.aug.label_smoothing),
-    )
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    return module
-
-
-def build_trainer(cfg: DictConfig, has_validation: bool, device: DeviceSpec | None = None) -> L.Trainer:
+def build_trainer(cfg: DictConfig, device: DeviceSpec | None = None) -> L.Trainer:
     """The Trainer of ``cfg.trainer``, its precision resolved for ``device`` (default: the device
     ``trainer.accelerator`` selects here; a test passes a CUDA description to run CUDA's choice on CPU)."""
     callbacks_cfg = cfg.get("callbacks") or {}
     ckpt_cfg = callbacks_cfg.get("model_checkpoint")
-    if ckpt_cfg is not None and not has_validation:
+    if ckpt_cfg is not None and cfg.data.val_size == 0:
         ckpt_cfg.monitor = None  # no validation split to select on: keep the last epoch (the seed's protocol)
     runs_on = local_device(cfg.trainer.accelerator)
     precision = resolve_precision(cfg.trainer.precision, device or runs_on)
-    precision, precision_plugins = precision_for_trainer(precision, runs_on.type)
-    plugins = [SafeCheckpointIO(), *precision_plugins]  # atomic checkpoint writes, weights_only loads
+    plugins = [SafeCheckpointIO()]  # atomic checkpoint writes, weights_only loads
+    if precision == "16-mixed":
+        # the plugin Lightning builds for CUDA (float16 and a GradScaler) on CPU too, where Lightning's
+        # precision="16-mixed" would train in bf16-mixed
+        precision = None
+        plugins.append(MixedPrecision("16-mixed", device="cuda" if runs_on.type == "cuda" else "cpu"))
+
+    def instantiate_all(section: DictConfig | None) -> list:  # skipping the entries set to null
+        return [hydra.utils.instantiate(entry) for entry in (section or {}).values() if entry is not None]
+
     return hydra.utils.instantiate(
         cfg.trainer,
         callbacks=instantiate_all(callbacks_cfg),
@@ -77,6 +77,51 @@ def build_trainer(cfg: DictConfig, has_validation: bool, device: DeviceSpec | No
         precision=precision,
         plugins=plugins,
     )
+
+
+class CompileCounter:
+    """Whether a compiled network's training forward calls really ran compiled, and how many did not.
+
+    Forward pre-hooks on the network's children read ``torch.compiler.is_compiling()``: on the children because
+    only the ``forward`` frame, where they run, falls back to eager silently at the recompile limit. Inside a
+    compiled frame the hook only writes a flag (no read, so Dynamo adds no guard); no tensor is touched."""
+
+    def __init__(self) -> None:
+        self.ran_compiled = False
+        self.eager = 0
+
+    def hook(self, module: nn.Module, args) -> None:
+        if not module.training:
+            return
+        if torch.compiler.is_compiling():
+            self.ran_compiled = True
+        else:
+            self.eager += 1
+
+    def report(self) -> dict:
+        return {"compile": self.ran_compiled and self.eager == 0, "eager_calls": self.eager}
+
+
+def apply_speed_settings(
+    net: nn.Module, device: DeviceSpec, compile: str | bool, matmul_precision: str, backend: str = "inductor"
+) -> tuple[dict, CompileCounter | None]:
+    """Set the float32 matmul precision and compile ``net`` in place when chosen (docs/performance.md); returns
+    what was applied, for the metrics, and a :class:`CompileCounter` when compiled.
+
+    Static shapes: the training batch has one shape (the last, shorter batch is dropped). ``reset()`` first, so
+    each job of a ``-m`` sweep (one process) starts clear of the recompile limit the jobs before it left.
+    ``nn.Module.compile`` keeps the parameter names, so checkpoints are the same as eager ones."""
+    torch.set_float32_matmul_precision(matmul_precision)
+    compiled = resolve_compile(compile, device)
+    applied: dict = {"compile": compiled, "matmul_precision": matmul_precision}
+    if not compiled:
+        return applied, None
+    torch.compiler.reset()
+    counter = CompileCounter()
+    for child in list(net.children()) or [net]:
+        child.register_forward_pre_hook(counter.hook)
+    net.compile(backend=backend, dynamic=False)  # compiles lazily, at the first forward
+    return applied | {"compile_backend": backend}, counter
 
 
 def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
@@ -95,7 +140,7 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
         return evaluate_from_train_config(cfg, ckpt_path)
     resume_step = None
     if ckpt_path is not None:
-        resume_step = int(check_fits(ckpt_path, cfg, resume=True).get("global_step", 0))  # before any work
+        resume_step = check_fits(ckpt_path, cfg)  # before any work
         ckpt_path = str(ckpt_path)
         if OmegaConf.select(cfg, "logger.tensorboard") is not None:
             with open_dict(cfg):  # TensorBoard hides what the stopped run logged from the resumed step on
@@ -103,21 +148,22 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     choices_for = device or local_device(cfg.trainer.accelerator)
     datamodule = build_datamodule(cfg, choices_for)
-    module = build_module(cfg)
-    trainer = build_trainer(cfg, has_validation=cfg.data.val_size > 0, device=device)
+    module = ClassifierModule(
+        net=OmegaConf.to_container(cfg.model, resolve=True),
+        optimizer=OmegaConf.to_container(cfg.optim, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        label_smoothing=float(cfg.aug.label_smoothing),
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    trainer = build_trainer(cfg, device)
     if resume_step is not None:
         keep_logged_history(trainer, resume_step)  # the CSV log keeps the rows before the checkpoint
     if clock := run_clock_of(trainer):
         clock.started = start
     module.device_spec = choices_for
-    speed = apply_speed_settings(
-        module.net,
-        choices_for,
-        cfg.get("compile", "auto"),
-        cfg.get("matmul_precision", "high"),
-        backend=cfg.get("compile_backend", "inductor"),
+    speed, compile_counter = apply_speed_settings(
+        module.net, choices_for, cfg.compile, cfg.matmul_precision, cfg.compile_backend
     )
-    compile_counter = speed.pop("counter", None)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     callback = trainer.checkpoint_callback

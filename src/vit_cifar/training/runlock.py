@@ -29,11 +29,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_in_child)
 
 
-def _is_launcher() -> bool:
-    """Whether this process is rank 0 (or alone): the other ranks of a DDP run share its folder and lock."""
+def _locks() -> bool:
+    """On POSIX (flock), as rank 0 or alone: the other ranks of a DDP run share its folder and lock."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    return getattr(rank_zero_only, "rank", 0) == 0
+    return os.name == "posix" and getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _busy(folder: Path, pid: str) -> ConfigError:
@@ -46,7 +46,7 @@ def _busy(folder: Path, pid: str) -> ConfigError:
 
 def check_run_folder_free(folder: str | Path) -> None:
     """Raise unless no live process holds ``folder``'s lock (a pre-flight check: takes nothing)."""
-    if os.name != "posix" or not _is_launcher():
+    if not _locks():
         return
     import fcntl
 
@@ -65,7 +65,7 @@ def check_run_folder_free(folder: str | Path) -> None:
 @contextmanager
 def run_folder_lock(folder: str | Path) -> Iterator[None]:
     """Hold ``folder``'s lock while the block runs, or raise naming the process that holds it."""
-    if os.name != "posix" or not _is_launcher():
+    if not _locks():
         yield
         return
     import fcntl
