@@ -21,8 +21,8 @@ from PIL import Image
 
 from conftest import compose_config
 from faults_support import FAST_RUN, STEPS_PER_EPOCH, error_lines, start, train_cli
-from vit_cifar.checkpoints.io import SafeCheckpointIO
 from vit_cifar.checkpoints.loading import read_checkpoint
+from vit_cifar.checkpoints.resume import SafeCheckpointIO
 from vit_cifar.config.entry import run_cli
 from vit_cifar.errors import CheckpointError, ConfigError
 from vit_cifar.training.run import train

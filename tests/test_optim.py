@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vit_cifar.models import VisionTransformer
-from vit_cifar.training.module import param_groups, warmup_cosine_at, warmup_cosine_lr, warmup_steps_for
+from vit_cifar.training.module import build_optimization, param_groups, warmup_cosine_at, warmup_cosine_lr
 
 
 def _names(model: nn.Module, params: list) -> set[str]:
@@ -70,8 +70,16 @@ def test_schedule_edge_cases():
     assert warmup_cosine_lr(0, 1, 0, 1e-3, 1e-5) == 1e-3  # a one-step run (fast_dev_run)
     assert warmup_cosine_lr(4, 5, 10, 1.0, 0.0) == 0.0  # warmup clamped to the run: still ends at the floor
     assert warmup_cosine_lr(0, 10, 0, 1.0, 0.0) == 1.0  # no warmup: starts at the peak
-    assert warmup_steps_for(total_steps=39_000, max_epochs=100, warmup_epochs=10) == 3_900
-    assert warmup_steps_for(total_steps=4, max_epochs=1, warmup_epochs=10) == 3  # clamped to the run
+
+    def warmup_steps(total_steps: int, max_epochs: int, warmup_epochs: float) -> str:  # from the length line
+        optim = {"_target_": "torch.optim.SGD", "lr": 0.1}
+        schedule = {"warmup_epochs": warmup_epochs}
+        return build_optimization(
+            nn.Linear(2, 2), optim, schedule, torch.device("cpu"), total_steps, max_epochs
+        )[2]
+
+    assert warmup_steps(total_steps=39_000, max_epochs=100, warmup_epochs=10) == "39000 steps, 3900 of warmup"
+    assert warmup_steps(total_steps=4, max_epochs=1, warmup_epochs=10) == "4 steps, 3 of warmup"  # clamped
 
 
 def test_module_schedule_is_sized_from_the_trainers_real_steps(tmp_path):

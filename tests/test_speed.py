@@ -7,9 +7,8 @@ from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config
 from vit_cifar.config.schema import validate_config
 from vit_cifar.devices import DeviceSpec, resolve_compile
 from vit_cifar.errors import ConfigError
-from vit_cifar.models import VisionTransformer
 from vit_cifar.training.module import build_optimization
-from vit_cifar.training.run import apply_speed_settings, train
+from vit_cifar.training.run import train
 
 CPU, CUDA = DeviceSpec("cpu"), DeviceSpec.cuda(9, 0)
 
@@ -42,17 +41,6 @@ def test_compile_auto_compiles_on_cuda_only():
     assert resolve_compile(True, CPU) is True and resolve_compile(False, CUDA) is False
 
 
-def test_speed_settings_compile_in_place_and_set_the_matmul_precision():
-    net = VisionTransformer(embed_dim=32, depth=1, num_heads=2)
-    names = [n for n, _ in net.named_parameters()]
-    applied, counter = apply_speed_settings(net, CPU, compile=True, matmul_precision="medium")
-    assert applied == {"compile": True, "matmul_precision": "medium", "compile_backend": "inductor"}
-    assert counter.report() == {"compile": False, "eager_calls": 0}  # nothing has run yet
-    assert torch.get_float32_matmul_precision() == "medium"
-    assert net._compiled_call_impl is not None  # compiled lazily: nothing is built before the first forward
-    assert [n for n, _ in net.named_parameters()] == names  # checkpoints keep the eager names
-
-
 class RecordingAdamW(torch.optim.AdamW):
     """AdamW that records the ``fused`` the optimiser builder gave it (and builds without it, on CPU)."""
 
@@ -77,12 +65,14 @@ def test_fused_adamw_defaults_to_the_fused_kernel_on_cuda_only():
 
 
 def test_compile_and_fused_reach_training(tmp_path, monkeypatch):
-    compiled, fused = [], []
+    compiled, fused, names = [], [], []
     real_compile = torch.nn.Module.compile
 
     def spy_compile(self, *args, **kwargs):
         compiled.append((type(self).__name__, kwargs))
+        names.append([n for n, _ in self.named_parameters()])
         real_compile(self, *args, **kwargs)
+        names.append([n for n, _ in self.named_parameters()])
 
     monkeypatch.setattr(torch.nn.Module, "compile", spy_compile)
 
@@ -102,16 +92,19 @@ def test_compile_and_fused_reach_training(tmp_path, monkeypatch):
             "compile=true",
             "compile_backend=eager",  # Dynamo's capture without code generation: seconds on CPU
             "optim.fused=true",
+            "matmul_precision=medium",
         ],
         tmp_path,
     )
     metrics = train(cfg)
+    assert names[0] == names[1]  # compiled in place: checkpoints keep the eager names
     # static shapes, so that a shorter batch gets a graph of its own instead of making the training graph dynamic
     assert compiled == [("VisionTransformer", {"backend": "eager", "dynamic": False})]
     assert fused == [True]  # fused AdamW runs on CPU too (torch >= 2.4)
     # what ran, not what was asked: every forward call (train, validation, test) ran compiled
     assert metrics["compile"] is True and metrics["eager_calls"] == 0
-    assert metrics["matmul_precision"] == "high"
+    assert metrics["matmul_precision"] == "medium" and torch.get_float32_matmul_precision() == "medium"
+    assert metrics["compile_backend"] == "eager"
 
 
 def test_the_config_check_knows_the_switches(tmp_path):

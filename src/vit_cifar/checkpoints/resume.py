@@ -1,5 +1,5 @@
-"""Which checkpoint ``ckpt_path`` names, whether it fits the run that wants to resume from it or test it, and
-the logged history a resumed run keeps.
+"""A training's checkpoints: how they are written (:class:`SafeCheckpointIO`), which one ``ckpt_path`` names,
+whether it fits the run that wants to resume from it, and the logged history a resumed run keeps.
 
 ``ckpt_path=last`` means the ``last.ckpt`` of *this run's* checkpoint folder,
 ``callbacks.last_checkpoint.dirpath`` (by default ``<run folder>/checkpoints``). The run folder is
@@ -12,19 +12,41 @@ from __future__ import annotations
 import csv
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from vit_cifar.checkpoints.loading import describe_mismatch, read_training_checkpoint
-from vit_cifar.errors import CheckpointError, VitCifarError
+from vit_cifar.checkpoints.atomic import write_atomic
+from vit_cifar.checkpoints.loading import describe_mismatch, read_checkpoint, read_training_checkpoint
+from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError
 from vit_cifar.models.registry import build_network
 
 
-def resolve_ckpt_path(cfg: DictConfig, error: type[VitCifarError] = CheckpointError) -> Path | None:
-    """The file ``ckpt_path`` names (None when unset); ``error`` when it does not exist."""
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with atomic writes and ``weights_only=True`` loads, always.
+
+    Why not the default: it writes through an fsspec transaction whose temporary file lives in the system
+    temp folder, so when that is another filesystem (a local /tmp, checkpoints on a network disk) the final
+    move is a copy into the target, and nothing is fsynced: a kill or a crash can leave a truncated
+    ``last.ckpt``. The run folder is a local path (``config.entry.check_output_place``).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        write_atomic(path, lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        # weights_only whatever the caller asked: a checkpoint file must never be able to run code. On the CPU;
+        # Lightning moves the weights and optimiser state to the device.
+        return read_checkpoint(path)
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> Path | None:
+    """The file ``ckpt_path`` names (None when unset); a :class:`ConfigError` when it does not exist."""
     ckpt_path = cfg.get("ckpt_path")
     if not ckpt_path:
         return None
@@ -32,14 +54,16 @@ def resolve_ckpt_path(cfg: DictConfig, error: type[VitCifarError] = CheckpointEr
         folder = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath", default=None)
         path = Path(folder or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
         if not path.is_file():
-            raise error(
+            raise ConfigError(
                 f"ckpt_path=last but {path} does not exist: resume a run with hydra.run.dir=<its folder> "
                 "ckpt_path=last, or give ckpt_path=<checkpoint file>"
             )
         return path
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
-        raise error(f"ckpt_path={ckpt_path} does not exist: give the path of a .ckpt file, or ckpt_path=last")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} does not exist: give the path of a .ckpt file, or ckpt_path=last"
+        )
     return path
 
 

@@ -81,12 +81,11 @@ class FiniteLossGuard(L.Callback):
 
     def __init__(self, check_every_n_steps: int | None = None) -> None:
         self.check_every_n_steps = check_every_n_steps
-        # On the device: the step (-1: none yet), epoch and value of the first non-finite loss.
-        self._bad_step = self._bad_epoch = self._bad_loss = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # On the device: the step (-1: none yet) and value of the first non-finite loss. Its epoch is the one
+        # that checks it: every epoch's end is checked.
         self._bad_step = torch.tensor(-1, device=pl_module.device)
-        self._bad_epoch = torch.tensor(-1, device=pl_module.device)
         self._bad_loss = torch.tensor(0.0, device=pl_module.device)
 
     def on_before_backward(
@@ -96,7 +95,6 @@ class FiniteLossGuard(L.Callback):
         # All on the device, no host sync; Python numbers enter as kernel arguments, not as copies.
         first = ~torch.isfinite(loss) & (self._bad_step < 0)
         self._bad_step = torch.where(first, trainer.global_step, self._bad_step)
-        self._bad_epoch = torch.where(first, trainer.current_epoch, self._bad_epoch)
         self._bad_loss = torch.where(first, loss, self._bad_loss)
         if trainer.global_step % (self.check_every_n_steps or trainer.log_every_n_steps) == 0:
             self._check(trainer)
@@ -110,8 +108,7 @@ class FiniteLossGuard(L.Callback):
 
     def _check(self, trainer: L.Trainer) -> None:
         """Read the record (a host sync, and under DDP a collective) and stop when any rank saw a bad loss."""
-        every = self.check_every_n_steps or trainer.log_every_n_steps
-        step, epoch = int(self._bad_step), int(self._bad_epoch)
+        step = int(self._bad_step)
         bad = step >= 0
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):
             return
@@ -120,22 +117,19 @@ class FiniteLossGuard(L.Callback):
             p for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path) if p
         }
         kept = max(filter(os.path.isfile, paths), key=os.path.getmtime, default="none written yet")
+        every = self.check_every_n_steps or trainer.log_every_n_steps
+        stopped = f"stopped at step {trainer.global_step} (the loss is read every {every} steps, "
+        stopped += "callbacks.finite_loss.check_every_n_steps)"
         if not bad:
-            where = (
-                f"non-finite on another rank by step {trainer.global_step} (epoch {trainer.current_epoch})"
-            )
-            stopped = "stopped"
+            where, stopped = f"non-finite on another rank by step {trainer.global_step}", "stopped"
         else:
-            where = f"{float(self._bad_loss)} at step {step} (epoch {epoch})"
-            stopped = (
-                "stopped before that step's update"
-                if step == trainer.global_step and trainer.training
-                else f"stopped at step {trainer.global_step} (the loss is read every {every} steps, "
-                "callbacks.finite_loss.check_every_n_steps)"
-            )
+            where = f"{float(self._bad_loss)} at step {step}"
+            if step == trainer.global_step and trainer.training:
+                stopped = "stopped before that step's update"
         raise TrainingError(
-            f"the training loss is {where}: {stopped}; last good checkpoint: {kept}; lower optim.lr, keep "
-            "trainer.gradient_clip_val, or train in trainer.precision=32-true or bf16-mixed"
+            f"the training loss is {where} (epoch {trainer.current_epoch}): {stopped}; last good checkpoint: "
+            f"{kept}; lower optim.lr, keep trainer.gradient_clip_val, or train in trainer.precision=32-true or "
+            "bf16-mixed"
         )
 
 
@@ -150,11 +144,6 @@ class EMA(EMAWeightAveraging):
         self._ema_update = get_ema_multi_avg_fn(decay)  # torch's own: one foreach lerp over all tensors
         self._started = False  # whether the average holds weights yet (else the first update copies them)
         self._updated_at_step = 0  # the optimiser step of the last update (once per step under accumulation)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self._started, self._updated_at_step = False, 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         """As Lightning's, but ``AveragedModel.update_parameters`` reads its step count on the host (a wait for

@@ -210,9 +210,9 @@ def build_optimization(
 
         length = f"{budget_s / 60:.1f} minutes of training by the clock, {warmup_fraction:.0%} of warmup"
     else:
-        warmup = warmup_steps_for(
-            total_steps, max(1, max_epochs or 1), float(scheduler.get("warmup_epochs", 0))
-        )
+        # warmup_epochs of the trainer's real steps per epoch, never past the run
+        warmup_epochs = float(scheduler.get("warmup_epochs", 0))
+        warmup = min(round(total_steps * warmup_epochs / max(1, max_epochs or 1)), max(total_steps - 1, 0))
         lr_now = partial(
             warmup_cosine_lr, total_steps=total_steps, warmup_steps=warmup, peak_lr=lr, min_lr=min_lr
         )
@@ -257,8 +257,3 @@ def warmup_cosine_at(progress: float, warmup_fraction: float, peak_lr: float, mi
     rest = 1.0 - warmup_fraction
     decayed = (progress - warmup_fraction) / rest if rest > 0 else 1.0
     return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * decayed))
-
-
-def warmup_steps_for(total_steps: int, max_epochs: int, warmup_epochs: float) -> int:
-    """Warmup length in steps: ``warmup_epochs`` of the trainer's real steps per epoch, never past the run."""
-    return min(round(total_steps * warmup_epochs / max_epochs), max(total_steps - 1, 0))

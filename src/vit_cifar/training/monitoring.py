@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 log = logging.getLogger("vit_cifar.train")
@@ -73,9 +74,9 @@ class EpochLog(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         elapsed = time.monotonic() - self._start
-        timer, max_epochs = budget_timer(trainer), trainer.max_epochs or 0
+        done, timer, max_epochs = epochs_done(trainer), budget_timer(trainer), trainer.max_epochs or 0
         # "3/100" when the epochs end the run, "3" when a time budget (trainer.max_time) may end it first
-        parts = [f"epoch {epochs_done(trainer)}" + (f"/{max_epochs}" if max_epochs > 0 and not timer else "")]
+        parts = [f"epoch {done}" + (f"/{max_epochs}" if max_epochs > 0 and not timer else "")]
         for stage, loss in (("train", "train/loss_epoch"), ("val", "val/loss")):
             values = [f"loss {float(metrics[loss]):.3f}"] if loss in metrics else []
             if f"{stage}/acc" in metrics:
@@ -84,12 +85,10 @@ class EpochLog(L.Callback):
                 parts.append(f"{stage} {' '.join(values)}")
         if trainer.optimizers:
             parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.1e}")
-        left = []  # seconds left: by the mean epoch so far, or by the time budget when that ends the run first
-        if max_epochs > 0 and epochs_done(trainer) > self._first_epoch:
-            per_epoch = elapsed / (epochs_done(trainer) - self._first_epoch)
-            left.append(per_epoch * max(max_epochs - epochs_done(trainer), 0))
-        if timer is not None:
-            left.append(max(timer.time_remaining(), 0.0))
+        # seconds left: by the time budget, or by the mean epoch so far when the epochs end the run first
+        left = [max(timer.time_remaining(), 0.0)] if timer else []
+        if max_epochs > 0:
+            left.append(elapsed / (done - self._first_epoch) * max(max_epochs - done, 0))
         eta = ""
         if left:
             end = datetime.now() + timedelta(seconds=min(left))
@@ -103,10 +102,6 @@ def budget_timer(trainer: L.Trainer) -> Timer | None:
     return next(
         (c for c in trainer.callbacks if isinstance(c, Timer) and c.time_remaining() is not None), None
     )
-
-
-if TYPE_CHECKING:  # omegaconf is imported where it is used: the benchmark runs without Hydra
-    from omegaconf import DictConfig
 
 
 def tensorboard_of(trainer: L.Trainer) -> TensorBoardLogger | None:
@@ -144,16 +139,14 @@ class TensorBoardFigures(L.Callback):
     def __init__(self, every_n_epochs: int = 10, num_images: int = 16) -> None:
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
-        self._active = False
-        self._confmat: MulticlassConfusionMatrix | None = None
-        self._samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (images, preds, targets)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = epochs_done(trainer)
         last = (trainer.max_epochs or 0) > 0 and epoch >= trainer.max_epochs  # -1: no last epoch
         due = not trainer.sanity_checking and (epoch % self.every_n_epochs == 0 or last)
         self._active = due and tensorboard_of(trainer) is not None
-        self._confmat, self._samples = None, []
+        self._confmat: MulticlassConfusionMatrix | None = None
+        self._samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (images, preds, targets)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
         if not self._active:  # outputs: the logits validation_step returns
@@ -213,15 +206,8 @@ def predictions_figure(
         row, col = divmod(i, cols)
         right = pred == true
         label = str(classes[pred]) if right else f"{classes[pred]}\n(true: {classes[true]})"
-        ax.text(
-            pad + col * (w + pad) + w / 2,
-            pad + row * (h + band + pad) + band - 0.5,
-            label,
-            ha="center",
-            va="bottom",
-            fontsize=8,
-            color="green" if right else "red",
-        )
+        x, y = pad + col * (w + pad) + w / 2, pad + row * (h + band + pad) + band - 0.5  # above the image
+        ax.text(x, y, label, ha="center", va="bottom", fontsize=8, color="green" if right else "red")
     return fig
 
 
@@ -249,9 +235,6 @@ FINAL_METRICS = ("val_acc_best", "val_acc_last_epoch", "test_acc", "test_loss")
 def flat_hparams(cfg: DictConfig) -> dict[str, str | int | float | bool]:
     """:data:`HPARAMS_KEYS` and the command line's keys -> their values, numbers and booleans as such, lists as
     text, unset ones left out."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import DictConfig, OmegaConf
-
     try:
         choices = dict(HydraConfig.get().runtime.choices)  # config group -> the option chosen
         overrides = HydraConfig.get().overrides.task  # a sweep job's swept values among them

@@ -21,8 +21,7 @@ from torch import nn
 from vit_cifar.analysis.evaluation import evaluate_from_train_config
 from vit_cifar.analysis.report import summary_line
 from vit_cifar.checkpoints.atomic import write_atomic
-from vit_cifar.checkpoints.io import SafeCheckpointIO
-from vit_cifar.checkpoints.resume import check_fits, keep_logged_history, resolve_ckpt_path
+from vit_cifar.checkpoints.resume import SafeCheckpointIO, check_fits, keep_logged_history, resolve_ckpt_path
 from vit_cifar.config.entry import check_output_place
 from vit_cifar.config.schema import validate_config
 from vit_cifar.data import CIFARDataModule
@@ -86,9 +85,11 @@ class CompileCounter:
     only the ``forward`` frame, where they run, falls back to eager silently at the recompile limit. Inside a
     compiled frame the hook only writes a flag (no read, so Dynamo adds no guard); no tensor is touched."""
 
-    def __init__(self) -> None:
+    def __init__(self, net: nn.Module) -> None:
         self.ran_compiled = False
         self.eager = 0
+        for child in list(net.children()) or [net]:
+            child.register_forward_pre_hook(self.hook)
 
     def hook(self, module: nn.Module, args) -> None:
         if not module.training:
@@ -100,28 +101,6 @@ class CompileCounter:
 
     def report(self) -> dict:
         return {"compile": self.ran_compiled and self.eager == 0, "eager_calls": self.eager}
-
-
-def apply_speed_settings(
-    net: nn.Module, device: DeviceSpec, compile: str | bool, matmul_precision: str, backend: str = "inductor"
-) -> tuple[dict, CompileCounter | None]:
-    """Set the float32 matmul precision and compile ``net`` in place when chosen (docs/performance.md); returns
-    what was applied, for the metrics, and a :class:`CompileCounter` when compiled.
-
-    Static shapes: the training batch has one shape (the last, shorter batch is dropped). ``reset()`` first, so
-    each job of a ``-m`` sweep (one process) starts clear of the recompile limit the jobs before it left.
-    ``nn.Module.compile`` keeps the parameter names, so checkpoints are the same as eager ones."""
-    torch.set_float32_matmul_precision(matmul_precision)
-    compiled = resolve_compile(compile, device)
-    applied: dict = {"compile": compiled, "matmul_precision": matmul_precision}
-    if not compiled:
-        return applied, None
-    torch.compiler.reset()
-    counter = CompileCounter()
-    for child in list(net.children()) or [net]:
-        child.register_forward_pre_hook(counter.hook)
-    net.compile(backend=backend, dynamic=False)  # compiles lazily, at the first forward
-    return applied | {"compile_backend": backend}, counter
 
 
 def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
@@ -161,9 +140,14 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
     if clock := run_clock_of(trainer):
         clock.started = start
     module.device_spec = choices_for
-    speed, compile_counter = apply_speed_settings(
-        module.net, choices_for, cfg.compile, cfg.matmul_precision, cfg.compile_backend
-    )
+    torch.set_float32_matmul_precision(cfg.matmul_precision)  # the speed switches: docs/performance.md
+    compile_counter = None
+    if resolve_compile(cfg.compile, choices_for):
+        torch.compiler.reset()  # each job of a -m sweep (one process) starts clear of the last one's recompiles
+        compile_counter = CompileCounter(module.net)
+        # Lazily, at the first forward. Static shapes: the training batch has one shape (the last, shorter batch
+        # is dropped). nn.Module.compile keeps the parameter names, so checkpoints are the same as eager ones.
+        module.net.compile(backend=cfg.compile_backend, dynamic=False)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     callback = trainer.checkpoint_callback
@@ -177,7 +161,8 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
         "data": datamodule.description,
         "skipped_files": len(datamodule.skipped_files),  # unreadable images left out with data.skip_bad=true
         "precision": str(trainer.precision),
-        **speed,
+        "compile": False,
+        "matmul_precision": cfg.matmul_precision,
         "pipeline_check": pipeline_check(cfg),
         "run_folder": str(Path(cfg.paths.output_dir).resolve()),
     }
@@ -201,7 +186,7 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
             saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             metrics["checkpoint_after_epoch"] = epochs_done(trainer, int(saved["epoch"]))
     if compile_counter is not None:  # what really ran compiled, not what was asked for
-        metrics.update(compile_counter.report())
+        metrics |= {"compile_backend": cfg.compile_backend, **compile_counter.report()}
     # Named after testing: naming a GPU initialises CUDA in this process, after which the ddp_notebook strategy
     # (DDP inside a notebook, notebooks/train_kaggle_colab.ipynb) could not fork its processes for the test.
     metrics["device"] = describe_device(trainer.strategy.root_device)
@@ -223,10 +208,8 @@ def pipeline_check(cfg: DictConfig) -> bool:
     """Whether the trainer only runs part of the data (debug=fdr|limit|overfit, limit_*_batches < all): a check
     of the pipeline rather than a result."""
     trainer = cfg.trainer
-    limits = [trainer.get(f"limit_{split}_batches") for split in ("train", "val", "test")]
-    return bool(trainer.get("fast_dev_run") or trainer.get("overfit_batches")) or any(
-        limit not in (None, 1.0) for limit in limits
-    )
+    limited = [trainer.get(f"limit_{split}_batches") not in (None, 1.0) for split in ("train", "val", "test")]
+    return bool(trainer.get("fast_dev_run") or trainer.get("overfit_batches") or any(limited))
 
 
 def check_train_command(cfg: DictConfig, multirun: bool) -> None:
@@ -244,7 +227,7 @@ def check_train_command(cfg: DictConfig, multirun: bool) -> None:
             cfg.hydra.runtime.output_dir = os.path.abspath(cfg.hydra.run.dir)
         # so that ${hydra:runtime.output_dir} resolves, as it will in the job
         HydraConfig.instance().set_config(cfg)
-        resolve_ckpt_path(cfg, error=ConfigError)
+        resolve_ckpt_path(cfg)
 
 
 def train_in_locked_folder(cfg: DictConfig) -> dict:

@@ -15,7 +15,7 @@ LOCK_NAME = ".run.lock"
 # The lock this process holds. A flock belongs to the open file, which a forked child (a DataLoader worker)
 # shares: each child closes its copy at once, so that a killed training's orphaned workers, still alive for a
 # few seconds, never keep its folder locked.
-_held: list[int] = []
+_held: set[int] = set()
 
 
 def _close_in_child() -> None:
@@ -29,43 +29,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_in_child)
 
 
-def _locks() -> bool:
-    """On POSIX (flock), as rank 0 or alone: the other ranks of a DDP run share its folder and lock."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    return os.name == "posix" and getattr(rank_zero_only, "rank", 0) == 0
-
-
-def _busy(folder: Path, pid: str) -> ConfigError:
-    who = f" (process {pid})" if pid else ""
-    return ConfigError(
-        f"run folder {folder} is in use by another training{who}: wait for it to end, or choose another "
-        "folder with hydra.run.dir=<folder>"
-    )
-
-
 def check_run_folder_free(folder: str | Path) -> None:
-    """Raise unless no live process holds ``folder``'s lock (a pre-flight check: takes nothing)."""
-    if not _locks():
-        return
-    import fcntl
-
-    lock = Path(folder).resolve() / LOCK_NAME
-    if not lock.is_file():
-        return
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _busy(lock.parent, lock.read_text().strip()) from None
-    finally:
-        os.close(fd)  # closing drops the shared lock taken just to look
+    """The pre-flight: raise, before Hydra writes anything, when a live process holds ``folder``'s lock."""
+    if Path(folder).is_dir():
+        with run_folder_lock(folder):  # taken and released at once
+            pass
 
 
 @contextmanager
 def run_folder_lock(folder: str | Path) -> Iterator[None]:
     """Hold ``folder``'s lock while the block runs, or raise naming the process that holds it."""
-    if not _locks():
+    from lightning.pytorch.utilities import rank_zero_only
+
+    # flock is POSIX's; the other ranks of a DDP run share rank 0's folder and lock
+    if os.name != "posix" or getattr(rank_zero_only, "rank", 0) != 0:
         yield
         return
     import fcntl
@@ -77,12 +54,16 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise _busy(folder, os.pread(fd, 32, 0).decode(errors="replace").strip()) from None
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f" (process {pid})" if pid else ""
+            raise ConfigError(
+                f"run folder {folder} is in use by another training{who}: wait for it to end, or choose "
+                "another folder with hydra.run.dir=<folder>"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _held.append(fd)
+        _held.add(fd)
         yield
     finally:
-        if fd in _held:
-            _held.remove(fd)
+        _held.discard(fd)
         os.close(fd)  # releases the lock
