@@ -78,8 +78,12 @@ step() {
 # The config check of python -m vit_cifar.train, on the dry run.
 check_config() {  # check_config <overrides...>
     [[ $DRY == 1 ]] || return 0
-    "$PY" -c 'import sys; from vit_cifar.config.entry import preflight; from vit_cifar.config.schema import validate_config
-preflight("train", sys.argv[1:], validate_config)' "$@" "data.root=$DATA" || exit 2
+    # Checked for this machine's GPU, or for an H100 (the lent device this script is for) where none is visible.
+    "$PY" -c 'import sys; from vit_cifar import devices; from vit_cifar.config.entry import preflight
+from vit_cifar.config.schema import validate_config
+here = devices.local_device("auto")
+gpu = here if here.type == "cuda" else devices.DeviceSpec.cuda(9, 0, memory=80 * 2**30)
+preflight("train", sys.argv[1:], lambda cfg, multirun: validate_config(cfg, gpu))' "$@" "data.root=$DATA" || exit 2
 }
 
 # A training run keeping only its metrics.json (checkpoints are too large to come back).

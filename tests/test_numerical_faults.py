@@ -23,7 +23,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path:
     assert result.returncode == 1
     last = run / "checkpoints" / "last.ckpt"
     assert error_lines(result) == [
-        f"error: the training loss is nan at step {step} (epoch 1): stopped before that step's update; "
+        f"error: the training loss is nan at step {step} (epoch 2): stopped before that step's update; "
         f"last good checkpoint: {last}; lower optim.lr, keep trainer.gradient_clip_val, or train in "
         "trainer.precision=32-true or bf16-mixed"
     ]

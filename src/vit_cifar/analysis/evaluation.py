@@ -18,7 +18,7 @@ from vit_cifar.analysis import plots
 from vit_cifar.analysis.metrics import summarise
 from vit_cifar.analysis.report import SAMPLES, render_report, summary_line
 from vit_cifar.checkpoints.atomic import staged_results
-from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, required_ckpt_path
+from vit_cifar.checkpoints.loading import LoadedClassifier, beside_run, epochs_done, required_ckpt_path
 from vit_cifar.config.entry import check_output_place
 from vit_cifar.errors import POSITIVE_INT, CheckpointError, ConfigError, Number, check
 from vit_cifar.inference import engine
@@ -82,10 +82,10 @@ def read_history(path: Path) -> dict[str, list[tuple[float, float]]]:
     points: dict[str, dict[int, float]] = {name: {} for name in (*EPOCH_COLUMNS.values(), "lr")}
     for row in rows:
         for column, name in columns.items():
-            # Epoch numbers in the log start at 0; plot them as epochs completed (1-based), like the checkpoints.
-            x = row["step"] if name == "lr" else row["epoch"]
-            if row.get(column) and x:
-                points[name][int(float(x)) + (name != "lr")] = float(row[column])
+            # the log's epochs count from 0 (Lightning's): plotted as epochs done, as the epoch log numbers them
+            if row.get(column) and row["step" if name == "lr" else "epoch"]:
+                x = int(float(row["step"])) if name == "lr" else epochs_done(float(row["epoch"]))
+                points[name][x] = float(row[column])
     return {name: sorted(series.items()) for name, series in points.items()}
 
 

@@ -27,6 +27,12 @@ class LoadedClassifier:
     epoch: int | None = None  # epochs trained when the checkpoint was written (1-based)
 
 
+def epochs_done(epoch: int) -> int:
+    """The one place that numbers epochs for people: from 1, so that after Lightning's epoch 0 one epoch is done.
+    Lightning itself (its progress bar, the logs' ``epoch`` column, a checkpoint's ``epoch``) counts from 0."""
+    return int(epoch) + 1
+
+
 def required_ckpt_path(cfg) -> str:
     """``cfg.ckpt_path`` of a command that needs a checkpoint; a one-line error when it is not given."""
     if not cfg.get("ckpt_path"):
@@ -131,7 +137,7 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
             "it was not written by python -m vit_cifar.train, or was edited"
         )
     epoch = checkpoint.get("epoch")
-    epochs_trained = int(epoch) + 1 if epoch is not None else None
+    epochs_trained = epochs_done(epoch) if epoch is not None else None
     return LoadedClassifier(
         net, list(classes), net_config, checkpoint.get("config") or {}, path, epochs_trained
     )

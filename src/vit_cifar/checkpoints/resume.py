@@ -22,7 +22,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from vit_cifar.checkpoints.atomic import write_atomic
-from vit_cifar.checkpoints.loading import describe_mismatch, read_checkpoint, read_training_checkpoint
+from vit_cifar.checkpoints.loading import (
+    describe_mismatch,
+    epochs_done,
+    read_checkpoint,
+    read_training_checkpoint,
+)
 from vit_cifar.errors import CheckpointError, ConfigError, VitCifarError
 from vit_cifar.models.registry import build_network
 
@@ -89,7 +94,7 @@ def check_fits(path: Path, cfg: DictConfig) -> int:
             "(model.num_classes follows data.num_classes), or another checkpoint"
         )
     steps = int(checkpoint.get("global_step", 0))
-    rank_zero_info(f"resuming from {path}: {checkpoint['epoch'] + 1} epochs, {steps} steps done")
+    rank_zero_info(f"resuming from {path}: {epochs_done(checkpoint['epoch'])} epochs, {steps} steps done")
     return steps
 
 

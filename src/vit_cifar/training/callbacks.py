@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, RichProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from vit_cifar.checkpoints.loading import epochs_done
 from vit_cifar.compat import averaged_model
 from vit_cifar.errors import TrainingError
 
@@ -127,9 +128,9 @@ class FiniteLossGuard(L.Callback):
             if step == trainer.global_step and trainer.training:
                 stopped = "stopped before that step's update"
         raise TrainingError(
-            f"the training loss is {where} (epoch {trainer.current_epoch}): {stopped}; last good checkpoint: "
-            f"{kept}; lower optim.lr, keep trainer.gradient_clip_val, or train in trainer.precision=32-true or "
-            "bf16-mixed"
+            f"the training loss is {where} (epoch {epochs_done(trainer.current_epoch)}): {stopped}; "
+            f"last good checkpoint: {kept}; lower optim.lr, keep trainer.gradient_clip_val, or train in "
+            "trainer.precision=32-true or bf16-mixed"
         )
 
 

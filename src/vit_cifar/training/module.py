@@ -20,10 +20,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from vit_cifar.checkpoints.loading import epochs_done
 from vit_cifar.data.samplers import run_seed
 from vit_cifar.devices import DeviceSpec, has_fused_kernel
 from vit_cifar.models.registry import build_network
-from vit_cifar.training.monitoring import budget_timer, epochs_done
+from vit_cifar.training.monitoring import budget_timer
 
 
 class ClassifierModule(L.LightningModule):
@@ -114,7 +115,7 @@ class ClassifierModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # The epochs done, as a callback metric: under ddp_notebook the ranks train in forked processes and the
         # kernel's trainer gets back their callback metrics, not their loop counters (current_epoch stays 0).
-        self.log("epochs", float(epochs_done(self.trainer)), logger=False)
+        self.log("epochs", float(epochs_done(self.trainer.current_epoch)), logger=False)
 
     def configure_optimizers(self):
         optimizer, scheduler, length = build_optimization(

@@ -15,6 +15,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from vit_cifar.checkpoints.loading import epochs_done
+
 log = logging.getLogger("vit_cifar.train")
 
 # A run on a CPU estimated to take longer than this gets a warning and a pointer to the CPU recipes.
@@ -26,12 +28,6 @@ WARMUP_STEPS, TIMED_STEPS = 5, 20
 def duration(seconds: float) -> str:
     """0:07:05, 13:20:00: hours, minutes and seconds, for people."""
     return str(timedelta(seconds=round(max(seconds, 0.0))))
-
-
-def epochs_done(trainer: L.Trainer, epoch: int | None = None) -> int:
-    """The one place that counts epochs for people: from 1, so that after Lightning's epoch 0 one is done (what
-    Lightning itself writes, its bar and the logs' ``epoch`` column, keeps its count from 0)."""
-    return (trainer.current_epoch if epoch is None else epoch) + 1
 
 
 class EpochLog(L.Callback):
@@ -74,7 +70,11 @@ class EpochLog(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         elapsed = time.monotonic() - self._start
-        done, timer, max_epochs = epochs_done(trainer), budget_timer(trainer), trainer.max_epochs or 0
+        done, timer, max_epochs = (
+            epochs_done(trainer.current_epoch),
+            budget_timer(trainer),
+            trainer.max_epochs or 0,
+        )
         # "3/100" when the epochs end the run, "3" when a time budget (trainer.max_time) may end it first
         parts = [f"epoch {done}" + (f"/{max_epochs}" if max_epochs > 0 and not timer else "")]
         for stage, loss in (("train", "train/loss_epoch"), ("val", "val/loss")):
@@ -141,7 +141,7 @@ class TensorBoardFigures(L.Callback):
         self.num_images = num_images
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = epochs_done(trainer)
+        epoch = epochs_done(trainer.current_epoch)
         last = (trainer.max_epochs or 0) > 0 and epoch >= trainer.max_epochs  # -1: no last epoch
         due = not trainer.sanity_checking and (epoch % self.every_n_epochs == 0 or last)
         self._active = due and tensorboard_of(trainer) is not None

@@ -21,6 +21,7 @@ from torch import nn
 from vit_cifar.analysis.evaluation import evaluate_from_train_config
 from vit_cifar.analysis.report import summary_line
 from vit_cifar.checkpoints.atomic import write_atomic
+from vit_cifar.checkpoints.loading import epochs_done
 from vit_cifar.checkpoints.resume import SafeCheckpointIO, check_fits, keep_logged_history, resolve_ckpt_path
 from vit_cifar.config.entry import check_output_place
 from vit_cifar.config.schema import validate_config
@@ -38,7 +39,7 @@ from vit_cifar.errors import ConfigError
 from vit_cifar.inference.engine import describe_device
 from vit_cifar.training.callbacks import run_clock_of
 from vit_cifar.training.module import ClassifierModule
-from vit_cifar.training.monitoring import epochs_done, log_final_hparams
+from vit_cifar.training.monitoring import log_final_hparams
 from vit_cifar.training.runlock import check_run_folder_free, run_folder_lock
 
 
@@ -184,7 +185,7 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
         metrics["checkpoint"] = ckpt_path
         if ckpt_path:  # counted like "epochs": the checkpoint holds the weights after this many epochs
             saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            metrics["checkpoint_after_epoch"] = epochs_done(trainer, int(saved["epoch"]))
+            metrics["checkpoint_after_epoch"] = epochs_done(saved["epoch"])
     if compile_counter is not None:  # what really ran compiled, not what was asked for
         metrics |= {"compile_backend": cfg.compile_backend, **compile_counter.report()}
     # Named after testing: naming a GPU initialises CUDA in this process, after which the ddp_notebook strategy
