@@ -76,6 +76,24 @@ def test_the_local_device_is_read_from_the_driver(monkeypatch):
     assert local_device("auto") == CPU
 
 
+def test_a_training_asks_the_machine_once(tmp_path, monkeypatch):
+    """On a GPU machine each ask is a query of the driver: train() asks once and hands the answer to the schema
+    and the Trainer's precision."""
+    from vit_cifar import devices
+    from vit_cifar.training import run
+
+    asked = []
+
+    def counting(accelerator="auto"):
+        asked.append(accelerator)
+        return CPU
+
+    monkeypatch.setattr(devices, "local_device", counting)
+    monkeypatch.setattr(run, "local_device", counting)
+    train(compose_config(ONE_BATCH, tmp_path))
+    assert asked == ["cpu"]
+
+
 def test_without_the_drivers_library_a_child_process_describes_the_gpu(tmp_path, monkeypatch):
     """Where NVML cannot be loaded, asking torch here would initialise CUDA in a notebook's kernel, and
     ``ddp_notebook`` then refuses to fork: a child process asks instead (here a fake torch answers it)."""

@@ -110,7 +110,9 @@ def test_compile_and_fused_reach_training(tmp_path, monkeypatch):
 def test_the_config_check_knows_the_switches(tmp_path):
     with pytest.raises(ConfigError, match=r"^matmul_precision='fast' is unknown: use one of highest, high"):
         validate_config(compose_config(["matmul_precision=fast"], tmp_path))
-    with pytest.raises(ConfigError, match=r"^data.device_aug='sometimes' is unknown: use one of auto, true, false"):
+    with pytest.raises(
+        ConfigError, match=r"^data.device_aug='sometimes' is unknown: use one of auto, true, false"
+    ):
         validate_config(compose_config(["data.device_aug=sometimes"], tmp_path))
 
 

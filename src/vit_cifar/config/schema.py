@@ -155,13 +155,12 @@ def validate_config(cfg: DictConfig, device: devices.DeviceSpec | None = None) -
             f"processes: set it to a multiple of {processes}"
         )
     # the device the choices are made for, read once (on a GPU machine a query of the driver)
-    if device is None:
-        device = devices.local_device(accelerator)
-        if accelerator in ("gpu", "cuda") and device.type != "cuda":
-            raise ConfigError(
-                f"trainer.accelerator={accelerator} but no CUDA GPU is visible here: "
-                "use trainer=cpu (or trainer.accelerator=cpu) on this machine"
-            )
+    device = device or devices.local_device(accelerator)
+    if accelerator in ("gpu", "cuda") and device.type != "cuda":
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here: "
+            "use trainer=cpu (or trainer.accelerator=cpu) on this machine"
+        )
     _check_device_choices(cfg, values, device)
     _check_network(cfg, values, device)
     _check_data_root(cfg, values)

@@ -51,15 +51,14 @@ def build_datamodule(cfg: DictConfig, device: DeviceSpec = CPU) -> CIFARDataModu
     return hydra.utils.instantiate(cfg.data, aug=aug, device_aug=device_aug, _convert_="all")
 
 
-def build_trainer(cfg: DictConfig, device: DeviceSpec | None = None) -> L.Trainer:
-    """The Trainer of ``cfg.trainer``, its precision resolved for ``device`` (default: the device
-    ``trainer.accelerator`` selects here; a test passes a CUDA description to run CUDA's choice on CPU)."""
+def build_trainer(cfg: DictConfig, choices_for: DeviceSpec, runs_on: DeviceSpec) -> L.Trainer:
+    """The Trainer of ``cfg.trainer``, its precision resolved for ``choices_for`` (a test passes a CUDA description
+    to run CUDA's choice on CPU); ``runs_on``: the device ``trainer.accelerator`` selects here."""
     callbacks_cfg = cfg.get("callbacks") or {}
     ckpt_cfg = callbacks_cfg.get("model_checkpoint")
     if ckpt_cfg is not None and cfg.data.val_size == 0:
         ckpt_cfg.monitor = None  # no validation split to select on: keep the last epoch (the seed's protocol)
-    runs_on = local_device(cfg.trainer.accelerator)
-    precision = resolve_precision(cfg.trainer.precision, device or runs_on)
+    precision = resolve_precision(cfg.trainer.precision, choices_for)
     plugins = [SafeCheckpointIO()]  # atomic checkpoint writes, weights_only loads
     if precision == "16-mixed":
         # the plugin Lightning builds for CUDA (float16 and a GradScaler) on CPU too, where Lightning's
@@ -111,7 +110,9 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
     ``compile: auto``) are made for; default the one ``trainer.accelerator`` selects. The tests pass a CUDA
     description to train with CUDA's choices on CPU."""
     start = time.perf_counter()
-    validate_config(cfg, device=device)
+    runs_on = local_device(cfg.trainer.accelerator)  # asked once: on a GPU machine a query of the driver
+    choices_for = device or runs_on
+    validate_config(cfg, device=choices_for)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path=last: this run folder's last.ckpt
     if not cfg.train:
         if ckpt_path is None:
@@ -126,7 +127,6 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
             with open_dict(cfg):  # TensorBoard hides what the stopped run logged from the resumed step on
                 cfg.logger.tensorboard.purge_step = resume_step
     L.seed_everything(cfg.seed, workers=True)
-    choices_for = device or local_device(cfg.trainer.accelerator)
     datamodule = build_datamodule(cfg, choices_for)
     module = ClassifierModule(
         net=OmegaConf.to_container(cfg.model, resolve=True),
@@ -135,7 +135,7 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
         label_smoothing=float(cfg.aug.label_smoothing),
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    trainer = build_trainer(cfg, device)
+    trainer = build_trainer(cfg, choices_for, runs_on)
     if resume_step is not None:
         keep_logged_history(trainer, resume_step)  # the CSV log keeps the rows before the checkpoint
     if clock := run_clock_of(trainer):
