@@ -48,6 +48,9 @@ def test_bad_override_through_the_cli_writes_nothing(tmp_path: Path, override: s
         (["model.drop_rate=1.0"], "model.drop_rate=1.0 is out of range: use a number in [0, 1)"),
         (["aug.mixup_alpha=-0.2"], "aug.mixup_alpha=-0.2 is out of range: use a number >= 0"),
         (["aug.policy=trivial"], "aug.policy='trivial' is unknown: use one of trivialaugment, randaugment"),
+        (["model.pool=max"], "model.pool='max' is unknown: use one of cls, mean"),
+        (["scheduler.decay=step"], "scheduler.decay='step' is unknown: use one of cosine, linear"),
+        (["tta=maybe"], "tta='maybe' has the wrong type: use true or false"),
         (["trainer.precision=fp17"], "trainer.precision='fp17' is unknown: use one of "),
         (["trainer.max_time=55min"], "trainer.max_time='55min' is not a duration: use DD:HH:MM:SS"),
         (

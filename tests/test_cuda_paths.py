@@ -64,6 +64,25 @@ def test_precision_auto_never_picks_emulated_bf16():
     assert resolve_precision("16", CPU) == "16-mixed" and resolve_precision(32, CPU) == "32-true"
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["fpu avx2 avx512f avx512_bf16"], "AVX512-BF16"),  # AMD EPYC (Zen 4)
+        (["fpu avx512_bf16 amx_bf16 amx_tile"], "AMX"),  # Intel Xeon, Sapphire Rapids and newer
+        (["fpu avx2 avx512f"], "emulated"),
+        (["fp asimd bf16 i8mm"], "BF16"),  # Arm's Features line
+        ([], "unknown"),  # no /proc/cpuinfo (macOS, Windows)
+    ],
+)
+def test_the_cpus_bf16_support_is_read_from_its_flags(monkeypatch, flags, named):
+    from vit_cifar import devices
+    from vit_cifar.inference.engine import describe_device
+
+    monkeypatch.setattr(devices, "_cpuinfo", lambda key: flags if key in ("flags", "Features") else ["A CPU"])
+    assert devices.cpu_bf16() == named
+    assert describe_device(torch.device("cpu")).startswith(f"cpu (A CPU, bf16 {named}, ")
+
+
 def test_the_local_device_is_read_from_the_driver(monkeypatch):
     """The one function that asks the machine: a CUDA machine is described by its first GPU's capability, as
     NVML reports it (tests/test_seed_platform.py checks that CUDA is not initialised for it)."""

@@ -116,3 +116,37 @@ def test_conv_tokenizer_sees_neighbouring_pixels_across_token_borders():
     assert conv_change[0] > 0 and patch_change[0] == 0  # token (0, 0): row-major index 0
     first = tokenizer.proj[0].weight
     assert first.std().item() == pytest.approx((2 / (3 * 9)) ** 0.5, rel=0.25)
+
+
+def test_mean_pooling_classifies_from_the_mean_of_the_patch_tokens():
+    torch.manual_seed(0)
+    model = VisionTransformer(embed_dim=32, depth=1, num_heads=2, pool="mean").eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        tokens, _ = model.blocks[0](model._tokens(x))
+        expected = model.head(model.norm(tokens[:, 1:].mean(dim=1)))  # the 64 patch tokens, not the CLS token
+        assert torch.allclose(model(x), expected, atol=1e-5)
+        assert torch.allclose(model.forward_with_attention(x)[0], expected, atol=1e-5)
+        model.pool = "cls"
+        assert not torch.allclose(model(x), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("tta", [True, False])
+def test_tta_validates_on_the_mean_softmax_of_image_and_mirror(tta):
+    from vit_cifar.training.module import ClassifierModule
+
+    torch.manual_seed(0)
+    module = ClassifierModule(
+        net={"_target_": "vit_cifar.models.VisionTransformer", "embed_dim": 16, "depth": 1, "num_heads": 2},
+        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3},
+        scheduler={},
+        tta=tta,
+    ).eval()
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    with torch.no_grad():
+        seen = module.validation_step((x, y), 0)
+        plain = module.net(x).softmax(-1)
+        mirrored = module.net(x.flip(-1)).softmax(-1)
+        assert (module.net(x) - module.net(x.flip(-1))).abs().max() > 1e-3  # the mirror really differs
+    expected = ((plain + mirrored) / 2).log() if tta else module.net(x)
+    assert torch.allclose(seen, expected, atol=1e-5)

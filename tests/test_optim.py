@@ -196,3 +196,15 @@ def test_clock_schedule_without_a_time_budget_is_refused(tmp_path):
     cfg = compose_config(["scheduler.by=clock"], tmp_path)
     with pytest.raises(ConfigError, match=r"scheduler.by='clock' is unknown: use one of steps, time"):
         validate_config(cfg)
+
+
+def test_linear_decay_falls_in_a_straight_line_to_the_floor():
+    peak, low = 2e-3, 0.0
+    assert warmup_cosine_at(0.1, 0.1, peak, low, "linear") == pytest.approx(peak)
+    assert warmup_cosine_at(0.55, 0.1, peak, low, "linear") == pytest.approx(peak / 2)
+    assert warmup_cosine_at(0.775, 0.1, peak, low, "linear") == pytest.approx(peak / 4)  # cosine: 1.46e-4
+    assert warmup_cosine_at(1.0, 0.1, peak, low, "linear") == pytest.approx(low)
+    by_step = [warmup_cosine_lr(s, 11, 1, 1.0, 0.0, "linear") for s in range(11)]
+    assert by_step == pytest.approx(
+        [1.0] + [1 - i / 9 for i in range(10)]
+    )  # one warmup step, then 9 equal falls

@@ -27,9 +27,8 @@ from vit_cifar.bench.inference import REFERENCE, VARIANTS, measure_inference
 from vit_cifar.bench.training import measure_loader, measure_training
 from vit_cifar.checkpoints.atomic import write_atomic
 from vit_cifar.config.entry import check_output_place, compose_config, preflight, run_cli
-from vit_cifar.devices import local_device
+from vit_cifar.devices import cpu_bf16, cpu_model, local_device
 from vit_cifar.errors import ConfigError
-from vit_cifar.inference.engine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: benchmarks/ sits here
 # --tiny: a model that trains in milliseconds, on small batches made in the training process
@@ -72,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def environment(device: torch.device) -> dict:
     """The device, library versions and git state to keep beside every measurement."""
     info = {"type": device.type, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-    info |= {"cpu": cpu_model(), "name": cpu_model(), "platform": platform.platform()}
+    info |= {"cpu": cpu_model(), "name": cpu_model(), "bf16": cpu_bf16(), "platform": platform.platform()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info |= {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)}

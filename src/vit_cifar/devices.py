@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import inspect
 import os
+import platform
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -103,6 +104,29 @@ def _nvml_description(index: int) -> tuple[str, tuple[int, int], int]:
         return name.value.decode(), (major.value, minor.value), int(memory[0])
     finally:
         nvml.nvmlShutdown()
+
+
+def _cpuinfo(key: str) -> list[str]:
+    """The values of ``key`` in Linux's /proc/cpuinfo, for the first CPU (none elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return [line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == key][:1]
+    except OSError:
+        return []
+
+
+def cpu_model() -> str:
+    return next(iter(_cpuinfo("model name")), platform.processor()) or "unknown model"
+
+
+def cpu_bf16() -> str:
+    """How this CPU multiplies bfloat16: natively with ``AMX`` or ``AVX512-BF16`` (x86) or ``BF16`` (Arm), else
+    ``emulated`` in float32 instructions (slower than float32 itself); ``unknown`` without /proc/cpuinfo."""
+    flags = " ".join(_cpuinfo("flags") + _cpuinfo("Features")).split()
+    if not flags:
+        return "unknown"
+    native = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16", "bf16": "BF16"}
+    return next((name for flag, name in native.items() if flag in flags), "emulated")
 
 
 def resolve_precision(precision: str, device: DeviceSpec) -> str:

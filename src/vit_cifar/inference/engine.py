@@ -4,7 +4,6 @@ benchmark, and what the network's input must look like (taken from its checkpoin
 from __future__ import annotations
 
 import contextlib
-import platform
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -14,7 +13,7 @@ from torch import nn
 
 from vit_cifar.checkpoints.loading import LoadedClassifier
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
-from vit_cifar.devices import autocast_dtype, canonical_precision, cuda_description
+from vit_cifar.devices import autocast_dtype, canonical_precision, cpu_bf16, cpu_model, cuda_description
 from vit_cifar.errors import ConfigError, Number, check
 
 
@@ -51,19 +50,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    """What ran it, for reports: the GPU's name, or the CPU's model and the threads torch uses."""
+    """What ran it, for reports: the GPU's name, or the CPU's model, its bf16 support and the threads torch uses."""
     if device.type == "cuda":
         return f"cuda ({cuda_description(device.index or 0)[0]})"
-    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return (names[0] if names else platform.processor()) or "unknown model"
+    return f"cpu ({cpu_model()}, bf16 {cpu_bf16()}, {torch.get_num_threads()} threads)"
 
 
 def set_threads(threads: int | None) -> None:
@@ -81,6 +71,12 @@ def inference_dtype(precision: str | int) -> torch.dtype | None:
     if dtype is not torch.bfloat16 and canonical_precision(precision) != "32-true":
         raise ConfigError(f"precision={precision} is not supported here: use 32 (exact) or bf16")
     return dtype
+
+
+def class_probs(net: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Softmax probabilities in float32; ``tta``: the mean of the image's and its horizontal mirror's."""
+    p = net(x).float().softmax(dim=-1)
+    return (p + net(x.flip(-1)).float().softmax(dim=-1)) / 2 if tta else p
 
 
 @torch.inference_mode()
@@ -108,9 +104,7 @@ def predict_probs(
         if pad_to and n < pad_to:
             x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
         with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-            p = net(x).float().softmax(dim=-1)
-            if tta:
-                p = (p + net(x.flip(-1)).float().softmax(dim=-1)) / 2
+            p = class_probs(net, x, tta)
         probs.append(p[:n].cpu())
         if y is not None:
             labels.append(y)

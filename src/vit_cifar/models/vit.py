@@ -61,6 +61,7 @@ RULES = {
     "qkv_bias": Flag(),
     **dict.fromkeys(("drop_rate", "attn_drop_rate", "drop_path_rate"), OPEN_PROBABILITY),
     "tokenizer": Choice(tuple(TOKENIZERS)),
+    "pool": Choice(("cls", "mean")),
 }
 
 
@@ -154,6 +155,7 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         tokenizer: str = "patch",
+        pool: str = "cls",
     ) -> None:
         super().__init__()
         # What the arithmetic below needs of the arguments (their own ranges are the schema's, models.vit.RULES):
@@ -173,7 +175,7 @@ class VisionTransformer(nn.Module):
                 f"model.patch_size={patch_size} with model.tokenizer=conv must be a power of two "
                 "(each conv stage halves the grid): e.g. 2, 4 or 8"
             )
-        self.num_classes = num_classes
+        self.num_classes, self.pool = num_classes, pool
         self.patch_embed = TOKENIZERS[tokenizer](img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))  # CLS too
@@ -198,11 +200,16 @@ class VisionTransformer(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         return torch.cat([cls, x], dim=1) + self.pos_embed  # (B, N + 1, D)
 
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
+        # cls: the seed's CLS token. mean: the average of the patch tokens (CCT's and the GAP ViTs' pooling);
+        # the CLS token still attends, so attention maps and rollout read the same.
+        return self.head(self.norm(x[:, 0] if self.pool == "cls" else x[:, 1:].mean(dim=1)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._tokens(x)
         for block in self.blocks:
             x, _ = block(x)
-        return self.head(self.norm(x[:, 0]))  # classify from the CLS token
+        return self._classify(x)
 
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and each block's attention weights, (B, heads, N + 1, N + 1), through the explicit path."""
@@ -211,7 +218,7 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             x, attn = block(x, return_attn=True)
             attentions.append(attn)
-        return self.head(self.norm(x[:, 0])), attentions
+        return self._classify(x), attentions
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vit_cifar.checkpoints.loading import epochs_done
 from vit_cifar.data.samplers import run_seed
 from vit_cifar.devices import DeviceSpec, has_fused_kernel
+from vit_cifar.inference.engine import class_probs
 from vit_cifar.models.registry import build_network
 from vit_cifar.training.monitoring import budget_timer
 
@@ -31,7 +32,9 @@ class ClassifierModule(L.LightningModule):
     """Trains, validates and tests the classifier network of the ``net`` config (kept in every checkpoint to
     rebuild it), with the ``optim`` and ``scheduler`` configs (:func:`build_optimization`)."""
 
-    def __init__(self, net: dict, optimizer: dict, scheduler: dict, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self, net: dict, optimizer: dict, scheduler: dict, label_smoothing: float = 0.0, tta: bool = False
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_network(net)
@@ -39,11 +42,9 @@ class ClassifierModule(L.LightningModule):
         # Takes hard labels (N,) or MixUp/CutMix class probabilities (N, C); smoothing applies to both. One loss
         # per image, for the loss metrics (see _step).
         self.loss_fn = partial(F.cross_entropy, label_smoothing=label_smoothing, reduction="none")
-        # One metric object per stage, so their states never mix. Metric objects (not tensors) for the loss
-        # too: their epoch values are sums over every image of every rank, reduced once at the epoch's end, so
-        # under DDP each image counts once, whatever share each rank had. No argument validation (its
-        # torch.unique on the targets waits for the GPU every step) and no NaN check on the loss (another wait;
-        # vit_cifar.training.callbacks.FiniteLossGuard watches the loss): the inputs are ours.
+        # One metric object per stage, the loss's too: epoch values are sums over every image of every rank,
+        # reduced once, so under DDP each image counts once. No argument validation (its torch.unique waits for
+        # the GPU every step) and no NaN check (another wait; callbacks.FiniteLossGuard watches the loss).
         self.train_acc, self.val_acc, self.test_acc = (
             MulticlassAccuracy(num_classes, average="micro", validate_args=False) for _ in range(3)
         )
@@ -57,9 +58,8 @@ class ClassifierModule(L.LightningModule):
         self.device_spec = None
 
     def setup(self, stage: str) -> None:
-        # Lightning seeds every DDP rank alike (seed_everything, and again as the processes start), so all ranks
-        # would draw the same dropout masks and MixUp/CutMix parameters. Ranks above 0 reseed Python's, NumPy's
-        # and torch's generators from (seed, rank); rank 0 keeps the run's seed, so one process draws as it did.
+        # Lightning seeds every DDP rank alike, so all would draw the same dropout masks and MixUp/CutMix draws:
+        # ranks above 0 reseed their generators from (seed, rank); rank 0 keeps the run's seed.
         if stage == "fit" and (rank := self.trainer.global_rank) > 0:
             seed = int(np.random.SeedSequence([run_seed(), rank]).generate_state(1)[0])
             random.seed(seed)
@@ -72,20 +72,19 @@ class ClassifierModule(L.LightningModule):
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss and the logits of a batch, its metrics logged."""
         x, target = batch
-        # Evaluation runs eagerly: compiled, every evaluation batch shape (the last batch of each split and rank)
-        # and grad mode (validation's no_grad, test's inference_mode) would compile a graph of its own, minutes
-        # each on a notebook's CPUs, to save little at evaluation's large batches.
+        # Evaluation runs eagerly: compiled, each evaluation batch shape and grad mode would compile a graph of
+        # its own, minutes each on a notebook's CPUs, to save little at evaluation's large batches.
         with nullcontext() if stage == "train" else torch.compiler.set_stance("force_eager"):
-            logits = self(x)
+            tta = self.hparams.get("tta") and stage != "train"  # as log-probabilities, for loss and accuracy
+            logits = class_probs(self, x, tta=True).log() if tta else self(x)
         losses = self.loss_fn(logits, target)
         loss = losses.mean()
         # Under MixUp/CutMix the target is a mixture; accuracy counts the class with the largest share.
         hard = target.argmax(dim=1) if target.ndim == 2 else target
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         n = len(x)
-        # Every image's loss, so that the epoch loss is a mean over images, not over batches of unequal sizes. Not
-        # the batch mean with a weight: nan_strategy="disable" replaces weights by ones. The image count as ones
-        # made on the device (a Python number would be copied from the host, a wait for the GPU).
+        # Every image's loss: the epoch loss is a mean over images, not over batches of unequal sizes (a weight
+        # would not do: nan_strategy="disable" makes weights ones). Ones made on the device: no wait for the GPU.
         accuracy.update(logits, hard)  # an epoch value only
         if stage == "train":  # forward: the step's own value too, for the step log
             mean_loss(losses.detach())
@@ -94,9 +93,8 @@ class ClassifierModule(L.LightningModule):
             getattr(self, f"{stage}_images").update(torch.ones_like(losses))
             self.log(f"{stage}/images", getattr(self, f"{stage}_images"), on_step=False, on_epoch=True)
         on_step = stage == "train"
-        # Not prog_bar for the step value: Lightning converts every step value shown in the progress bar to a
-        # Python number at every batch (a wait for the GPU); vit_cifar.training.callbacks.ProgressBar shows it instead,
-        # read every log_every_n_steps steps.
+        # Not prog_bar for the step value: Lightning would read it at every batch (a wait for the GPU);
+        # callbacks.ProgressBar shows it every log_every_n_steps steps instead.
         self.log(
             f"{stage}/loss", mean_loss, on_step=on_step, on_epoch=True, prog_bar=not on_step, batch_size=n
         )
@@ -201,22 +199,23 @@ def build_optimization(
             kwargs["fused"] = True
     built = optimizer_class(param_groups(net, weight_decay), lr=lr, **kwargs)
 
-    min_lr = float(scheduler.get("min_lr", 0.0))
+    min_lr, decay = float(scheduler.get("min_lr", 0.0)), scheduler.get("decay", "cosine")
     if scheduler.get("by", "steps") == "time":
         budget_s = clock.time_elapsed() + clock.time_remaining()  # trainer.max_time, in seconds
         warmup_fraction = float(scheduler.get("warmup_fraction", 0.0))
 
         def lr_now(step: int) -> float:  # LambdaLR's step is ignored: the clock is the schedule
-            return warmup_cosine_at(clock.time_elapsed() / budget_s, warmup_fraction, lr, min_lr)
+            return warmup_cosine_at(clock.time_elapsed() / budget_s, warmup_fraction, lr, min_lr, decay)
 
         length = f"{budget_s / 60:.1f} minutes of training by the clock, {warmup_fraction:.0%} of warmup"
     else:
         # warmup_epochs of the trainer's real steps per epoch, never past the run
         warmup_epochs = float(scheduler.get("warmup_epochs", 0))
         warmup = min(round(total_steps * warmup_epochs / max(1, max_epochs or 1)), max(total_steps - 1, 0))
-        lr_now = partial(
-            warmup_cosine_lr, total_steps=total_steps, warmup_steps=warmup, peak_lr=lr, min_lr=min_lr
-        )
+
+        def lr_now(step: int) -> float:
+            return warmup_cosine_lr(step, total_steps, warmup, lr, min_lr, decay)
+
         length = f"{total_steps} steps, {warmup} of warmup"
     return built, LambdaLR(built, lambda step: lr_now(step) / lr), length
 
@@ -236,7 +235,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float) -> float:
+def warmup_cosine_lr(
+    step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float, decay: str = "cosine"
+) -> float:
     """Learning rate at step ``step`` (0-based): a linear warmup reaching ``peak_lr`` at step ``warmup_steps - 1``,
     then a cosine from ``peak_lr`` down to exactly ``min_lr`` at the last step, ``total_steps - 1``."""
     if total_steps <= 1:
@@ -246,10 +247,18 @@ def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: fl
         return peak_lr * (step + 1) / warmup_steps
     decay_steps = total_steps - 1 - warmup_steps
     progress = min(1.0, (step - warmup_steps) / decay_steps) if decay_steps > 0 else 1.0
-    return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    return min_lr + (peak_lr - min_lr) * remaining_share(progress, decay)
 
 
-def warmup_cosine_at(progress: float, warmup_fraction: float, peak_lr: float, min_lr: float) -> float:
+def remaining_share(progress: float, decay: str) -> float:
+    """The share of ``peak_lr - min_lr`` left at ``progress`` in [0, 1] of the decay: ``cosine`` (the seed's) or
+    ``linear`` to the floor (budgeted training: best when the budget is known, as a clock's is)."""
+    return 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine_at(
+    progress: float, warmup_fraction: float, peak_lr: float, min_lr: float, decay: str = "cosine"
+) -> float:
     """Learning rate at ``progress`` in [0, 1] of a wall-clock budget: a linear warmup from ``min_lr`` over
     ``warmup_fraction``, then a cosine down to exactly ``min_lr`` at 1 (and past it)."""
     progress = min(max(progress, 0.0), 1.0)
@@ -257,4 +266,4 @@ def warmup_cosine_at(progress: float, warmup_fraction: float, peak_lr: float, mi
         return min_lr + (peak_lr - min_lr) * progress / warmup_fraction
     rest = 1.0 - warmup_fraction
     decayed = (progress - warmup_fraction) / rest if rest > 0 else 1.0
-    return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * decayed))
+    return min_lr + (peak_lr - min_lr) * remaining_share(decayed, decay)

@@ -133,6 +133,7 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
         optimizer=OmegaConf.to_container(cfg.optim, resolve=True),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         label_smoothing=float(cfg.aug.label_smoothing),
+        tta=bool(cfg.get("tta", False)),
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     trainer = build_trainer(cfg, choices_for, runs_on)
@@ -158,6 +159,7 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
     metrics = {
         "params": sum(p.numel() for p in module.net.parameters()),
         "epochs": int(trainer.callback_metrics.get("epochs", trainer.current_epoch)),
+        "steps": trainer.global_step,
         "seed": cfg.seed,
         "data": datamodule.description,
         "skipped_files": len(datamodule.skipped_files),  # unreadable images left out with data.skip_bad=true
