@@ -50,7 +50,7 @@ def test_bad_override_through_the_cli_writes_nothing(tmp_path: Path, override: s
         (["aug.policy=trivial"], "aug.policy='trivial' is unknown: use one of trivialaugment, randaugment"),
         (["model.pool=max"], "model.pool='max' is unknown: use one of cls, mean"),
         (["scheduler.decay=step"], "scheduler.decay='step' is unknown: use one of cosine, linear"),
-        (["tta=maybe"], "tta='maybe' has the wrong type: use true or false"),
+        (["tta=maybe"], "tta='maybe' is unknown: use one of true, false"),
         (["trainer.precision=fp17"], "trainer.precision='fp17' is unknown: use one of "),
         (["trainer.max_time=55min"], "trainer.max_time='55min' is not a duration: use DD:HH:MM:SS"),
         (

@@ -187,6 +187,8 @@ def test_the_seed_vit_maps_onto_timm_with_the_same_parameter_count():
 def test_timm_cannot_hold_a_resnet_or_a_conv_tokenizer(tmp_path):
     with pytest.raises(ConfigError, match="tokenizer=conv"):
         timm_model_args({"_target_": "vit_cifar.models.VisionTransformer", "tokenizer": "conv"})
+    with pytest.raises(ConfigError, match="model.pool=mean"):  # timm's mean pooling has another norm layer
+        timm_model_args({"_target_": "vit_cifar.models.VisionTransformer", "pool": "mean"})
     ckpt = resnet_checkpoint(tmp_path / "resnet.ckpt")
     result = run_module(
         "vit_cifar.export", [f"ckpt_path={ckpt}", "format=timm", f"output={tmp_path / 'out'}"]

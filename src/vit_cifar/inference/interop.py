@@ -40,11 +40,11 @@ def timm_model_args(net_config: dict) -> dict:
     # same name but our dropout, which acts inside the MLP and on each residual branch, as timm's proj_drop.
     args = {arg: p.default for arg, p in inspect.signature(VisionTransformer).parameters.items()}
     args |= {k: v for k, v in net_config.items() if not k.startswith("_")}
-    tokenizer = args.pop("tokenizer")
-    if tokenizer != "patch":
+    tokenizer, pool = args.pop("tokenizer"), args.pop("pool")
+    if tokenizer != "patch" or pool != "cls":
         raise ConfigError(
-            f"format=timm cannot hold a ViT with model.tokenizer={tokenizer}: timm's VisionTransformer has a "
-            "patch embedding only; export it with format=onnx or format=safetensors"
+            f"format=timm cannot hold a ViT with model.tokenizer={tokenizer} model.pool={pool}: ours is held by "
+            "timm's as tokenizer=patch pool=cls only; export it with format=onnx or format=safetensors"
         )
     args["proj_drop_rate"] = args.pop("drop_rate")
     return args | {"embed_norm_layer": "layernorm"}  # ours ends its patch embedding in a LayerNorm
