@@ -168,6 +168,10 @@ def test_train_false_runs_the_same_evaluation(tiny_run, evaluation, tmp_path):
     assert (
         all((tmp_path / f"{name}.png").is_file() for name in FIGURES) and (tmp_path / "report.md").is_file()
     )
+    assert m_train["tta"] is False
+    overrides = [*TINY_MODEL, *QUIET, *EVAL_DATA, "trainer=cpu", "train=false", "tta=true"]
+    with_tta = compose_config([*overrides, f"ckpt_path={cfg.ckpt_path}"], tmp_path / "tta")
+    assert train(with_tta)["tta"] is True  # the checkpoint is tested as a run with tta=true tests
 
 
 def test_flip_tta_averages_the_softmax_of_image_and_mirror(tiny_run):

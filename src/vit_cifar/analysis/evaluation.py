@@ -213,9 +213,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def evaluate_from_train_config(cfg: DictConfig, ckpt_path: str | Path) -> dict:
     """``python -m vit_cifar.train train=false ckpt_path=<file>``: the same evaluation, into the run folder,
-    with the train config's data, trainer device and evaluation batch size."""
+    with the train config's data, trainer device, evaluation batch size and ``tta`` (tested as the run tests)."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    workers = cfg.data.num_workers or 0
-    return evaluate_checkpoint(
-        ckpt_path, data_cfg, cfg.paths.output_dir, cfg.trainer.accelerator, cfg.data.eval_batch_size, workers
-    )
+    workers, tta = cfg.data.num_workers or 0, bool(cfg.get("tta", False))
+    device, batch_size = cfg.trainer.accelerator, cfg.data.eval_batch_size
+    return evaluate_checkpoint(ckpt_path, data_cfg, cfg.paths.output_dir, device, batch_size, workers, tta)
