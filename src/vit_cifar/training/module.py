@@ -125,10 +125,11 @@ class ClassifierModule(L.LightningModule):
             max_epochs=self.trainer.max_epochs,
             clock=budget_timer(self.trainer),
         )
-        decay, plain = (sum(p.numel() for p in group["params"]) for group in optimizer.param_groups)
+        counts = {group["name"]: sum(p.numel() for p in group["params"]) for group in optimizer.param_groups}
+        groups = ", ".join(f"{n:,} {name}" for name, n in counts.items())
         self.print(
-            f"{type(self.net).__name__}: {decay + plain:,} parameters; optimiser: {decay:,} with weight decay "
-            f"{optimizer.param_groups[0]['weight_decay']}, {plain:,} without; {length}"
+            f"{type(self.net).__name__}: {sum(counts.values()):,} parameters; {type(optimizer).__name__}: {groups} "
+            f"(weight decay {optimizer.param_groups[0]['weight_decay']}); {length}"
         )
         # "name": the learning-rate monitor logs train/lr/decay and train/lr/no_decay, beside the other train/ scalars
         return {
@@ -197,7 +198,9 @@ def build_optimization(
         del kwargs["fused"]
         if device.type == "cuda" and has_fused_kernel(optimizer_class):
             kwargs["fused"] = True
-    built = optimizer_class(param_groups(net, weight_decay), lr=lr, **kwargs)
+    muon = optimizer_class.__name__ == "Muon"  # torch.optim.Muon: for the hidden matrices, AdamW for the rest
+    groups = param_groups(net, weight_decay, matrices=muon)
+    built = MuonWithAdamW(groups, lr=lr, **kwargs) if muon else optimizer_class(groups, lr=lr, **kwargs)
 
     min_lr, decay = float(scheduler.get("min_lr", 0.0)), scheduler.get("decay", "cosine")
     if scheduler.get("by", "steps") == "time":
@@ -220,19 +223,51 @@ def build_optimization(
     return built, LambdaLR(built, lambda step: lr_now(step) / lr), length
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, matrices: bool = False) -> list[dict]:
     """Layer weights decay; biases, norm parameters (every 1-D parameter: normalisation layers scale and shift
-    activations, and decaying them only fights the normalisation) and ``no_weight_decay()`` names do not."""
+    activations, and decaying them only fights the normalisation) and ``no_weight_decay()`` names do not.
+    ``matrices``: the 2-D weights of the hidden layers (not the ``head``) form a first group, ``matrix``, for Muon."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    matrix, decay, no_decay = [], [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
+            hidden = matrices and param.ndim == 2 and not name.startswith("head.")
+            (no_decay if param.ndim <= 1 or name in skip else matrix if hidden else decay).append(param)
     # Named, so that the learning-rate monitor logs train/lr/decay and /no_decay, not pg1 and pg2.
-    return [
+    return [{"params": matrix, "weight_decay": weight_decay, "name": "matrix"}] * matrices + [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
     ]
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """``torch.optim.Muon`` for the ``matrix`` group and AdamW for the others (embeddings, convolutions, the head,
+    norms), as Muon is meant to be used, behind one optimiser whose ``param_groups`` are the two optimisers' own:
+    the schedule and the learning-rate monitor see them all. With ``adjust_lr_fn: match_rms_adamw`` Muon's
+    updates have AdamW's size, so one ``lr`` and ``weight_decay`` serve both."""
+
+    def __init__(self, groups, lr, betas=(0.9, 0.999), eps=1e-8, **muon_kwargs) -> None:
+        self.muon = torch.optim.Muon(groups[:1], lr=lr, **muon_kwargs)
+        self.adamw = torch.optim.AdamW(groups[1:], lr=lr, betas=betas, eps=eps)
+        super().__init__(self.muon.param_groups + self.adamw.param_groups, {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading made new group dicts
 
 
 def warmup_cosine_lr(
