@@ -51,6 +51,10 @@ def test_bad_override_through_the_cli_writes_nothing(tmp_path: Path, override: s
         (["model.pool=max"], "model.pool='max' is unknown: use one of cls, mean"),
         (["scheduler.decay=step"], "scheduler.decay='step' is unknown: use one of cosine, linear"),
         (["tta=maybe"], "tta='maybe' is unknown: use one of true, false"),
+        (
+            ["optim=muon", "optim.adjust_lr_fn=rms"],
+            "optim.adjust_lr_fn='rms' is unknown: use one of original, match_rms_adamw, spectral_unclamped",
+        ),
         (["trainer.precision=fp17"], "trainer.precision='fp17' is unknown: use one of "),
         (["trainer.max_time=55min"], "trainer.max_time='55min' is not a duration: use DD:HH:MM:SS"),
         (

@@ -214,7 +214,12 @@ def test_linear_decay_falls_in_a_straight_line_to_the_floor():
 def test_muon_takes_the_hidden_matrices_adamw_the_rest_and_resumes_exactly():
     tiny = {"embed_dim": 32, "depth": 2, "num_heads": 2, "drop_rate": 0.0}  # no dropout: steps are repeatable
     model, x = VisionTransformer(**tiny), torch.randn(4, 3, 32, 32)
-    muon = {"_target_": "torch.optim.Muon", "lr": 1e-2, "weight_decay": 0.05, "adjust_lr_fn": "match_rms_adamw"}
+    muon = {
+        "_target_": "torch.optim.Muon",
+        "lr": 1e-2,
+        "weight_decay": 0.05,
+        "adjust_lr_fn": "match_rms_adamw",
+    }
 
     def build(net: nn.Module) -> torch.optim.Optimizer:
         return build_optimization(net, muon, {}, torch.device("cpu"), total_steps=10, max_epochs=1)[0]
@@ -227,13 +232,17 @@ def test_muon_takes_the_hidden_matrices_adamw_the_rest_and_resumes_exactly():
     optimizer = build(model)
     groups = {group["name"]: _names(model, group["params"]) for group in optimizer.param_groups}
     assert groups["matrix"] == {
-        f"blocks.{i}.{layer}.weight" for i in range(2) for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+        f"blocks.{i}.{layer}.weight"
+        for i in range(2)
+        for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
     }
     assert groups["decay"] == {"patch_embed.proj.weight", "head.weight"}  # not 2-D, or the classifier
     assert {"cls_token", "pos_embed", "head.bias"} <= groups["no_decay"]
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     step(model, optimizer)
-    assert [name for name, p in model.named_parameters() if torch.equal(before[name], p)] == []  # every one moved
+    assert [
+        name for name, p in model.named_parameters() if torch.equal(before[name], p)
+    ] == []  # every one moved
 
     # A checkpoint's optimiser state continues exactly where it stopped, under the learning rates set on it.
     copy = VisionTransformer(**tiny)

@@ -284,7 +284,9 @@ def test_cpu_hour_composes_builds_a_conv_vit_and_trains_a_few_steps(tmp_path):
     assert metrics["params"] == 878_282 and metrics["precision"] == "bf16-mixed"
     assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["test_images"] == 20
     assert "55.0 minutes of training by the clock, 3% of warmup" in result.stdout
-    assert "MuonWithAdamW: 786,432 matrix, 76,736 decay, 15,114 no_decay" in result.stdout  # the blocks' matrices
+    assert (
+        "MuonWithAdamW: 786,432 matrix, 76,736 decay, 15,114 no_decay" in result.stdout
+    )  # the blocks' matrices
     cfg = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
     assert cfg.model.tokenizer == "conv" and cfg.scheduler.by == "time" and cfg.data.device_aug
     recipe = compose_config(["experiment=cpu_hour"], tmp_path)  # as a user runs it: all images, final step

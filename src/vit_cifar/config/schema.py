@@ -44,6 +44,9 @@ RULES = {
     "optim.betas": Numbers(Number(low=0, high=1, high_open=True), 2),
     "optim.eps": Number(low=0, low_open=True),
     "optim.momentum": Number(low=0, high=1, high_open=True),
+    "optim.nesterov": Flag(),
+    # torch.optim.Muon's (optim=muon)
+    "optim.adjust_lr_fn": Choice(("original", "match_rms_adamw", "spectral_unclamped"), optional=True),
     "scheduler.warmup_epochs": Number(low=0),
     "scheduler.min_lr": Number(low=0),
     "scheduler.decay": Choice(("cosine", "linear")),
