@@ -131,7 +131,7 @@ class ClassifierModule(L.LightningModule):
             f"{type(self.net).__name__}: {sum(counts.values()):,} parameters; {type(optimizer).__name__}: {groups} "
             f"(weight decay {optimizer.param_groups[0]['weight_decay']}); {length}"
         )
-        # "name": the learning-rate monitor logs train/lr/decay and train/lr/no_decay, beside the other train/ scalars
+        # "name": the learning-rate monitor logs train/lr/<group name>, beside the other train/ scalars
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
@@ -233,8 +233,9 @@ def param_groups(model: nn.Module, weight_decay: float, matrices: bool = False) 
         if param.requires_grad:
             hidden = matrices and param.ndim == 2 and not name.startswith("head.")
             (no_decay if param.ndim <= 1 or name in skip else matrix if hidden else decay).append(param)
-    # Named, so that the learning-rate monitor logs train/lr/decay and /no_decay, not pg1 and pg2.
-    return [{"params": matrix, "weight_decay": weight_decay, "name": "matrix"}] * matrices + [
+    # Named, so that the learning-rate monitor logs train/lr/decay and /no_decay (and /matrix), not pg1 and pg2.
+    muon = [{"params": matrix, "weight_decay": weight_decay, "name": "matrix"}] if matrices else []
+    return muon + [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
     ]
