@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from vit_cifar.errors import ConfigError
 from vit_cifar.models import VisionTransformer
+from vit_cifar.models.resnet import ResNet18
 from vit_cifar.training.module import build_optimization, param_groups, warmup_cosine_at, warmup_cosine_lr
 
 
@@ -257,3 +259,16 @@ def test_muon_takes_the_hidden_matrices_adamw_the_rest_and_resumes_exactly():
     before = [p.detach().clone() for p in copy.parameters()]
     step(copy, resumed)
     assert all(torch.equal(a, b) for a, b in zip(before, copy.parameters(), strict=True))
+
+
+def test_muon_leaves_any_models_output_layer_to_adamw_and_refuses_a_model_without_hidden_matrices():
+    resnet = ResNet18()  # its classifier is "fc", its other weights 4-D convolutions: nothing for Muon
+    groups = {
+        group["name"]: _names(resnet, group["params"]) for group in param_groups(resnet, 0.05, matrices=True)
+    }
+    assert groups["matrix"] == set() and "fc.weight" in groups["decay"]
+    muon = {"_target_": "torch.optim.Muon", "lr": 1e-3, "weight_decay": 0.05}
+    with pytest.raises(
+        ConfigError, match="optim=muon finds no 2-D hidden weights in ResNet18: use optim=adamw"
+    ):
+        build_optimization(resnet, muon, {}, torch.device("cpu"), total_steps=10, max_epochs=1)

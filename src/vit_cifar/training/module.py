@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vit_cifar.checkpoints.loading import epochs_done
 from vit_cifar.data.samplers import run_seed
 from vit_cifar.devices import DeviceSpec, has_fused_kernel
+from vit_cifar.errors import ConfigError
 from vit_cifar.inference.engine import class_probs
 from vit_cifar.models.registry import build_network
 from vit_cifar.training.monitoring import budget_timer
@@ -200,6 +201,8 @@ def build_optimization(
             kwargs["fused"] = True
     muon = optimizer_class.__name__ == "Muon"  # torch.optim.Muon: for the hidden matrices, AdamW for the rest
     groups = param_groups(net, weight_decay, matrices=muon)
+    if muon and not groups[0]["params"]:
+        raise ConfigError(f"optim=muon finds no 2-D hidden weights in {type(net).__name__}: use optim=adamw")
     built = MuonWithAdamW(groups, lr=lr, **kwargs) if muon else optimizer_class(groups, lr=lr, **kwargs)
 
     min_lr, decay = float(scheduler.get("min_lr", 0.0)), scheduler.get("decay", "cosine")
@@ -226,12 +229,15 @@ def build_optimization(
 def param_groups(model: nn.Module, weight_decay: float, matrices: bool = False) -> list[dict]:
     """Layer weights decay; biases, norm parameters (every 1-D parameter: normalisation layers scale and shift
     activations, and decaying them only fights the normalisation) and ``no_weight_decay()`` names do not.
-    ``matrices``: the 2-D weights of the hidden layers (not the ``head``) form a first group, ``matrix``, for Muon."""
+    ``matrices``: the 2-D weights of the hidden layers form a first group, ``matrix``, for Muon; the output layer
+    (the model's last ``nn.Linear``, the ViT's ``head`` or the ResNet's ``fc``) is not hidden."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    output_layer = {id(param) for param in linears[-1].parameters()} if linears else set()
     matrix, decay, no_decay = [], [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            hidden = matrices and param.ndim == 2 and not name.startswith("head.")
+            hidden = matrices and param.ndim == 2 and id(param) not in output_layer
             (no_decay if param.ndim <= 1 or name in skip else matrix if hidden else decay).append(param)
     # Named, so that the learning-rate monitor logs train/lr/decay and /no_decay (and /matrix), not pg1 and pg2.
     muon = [{"params": matrix, "weight_decay": weight_decay, "name": "matrix"}] if matrices else []
