@@ -44,6 +44,51 @@ def test_explicit_attention_path_matches_sdpa():
     assert torch.allclose(F.scaled_dot_product_attention(q, k, v), manual @ v, atol=1e-5)
 
 
+def test_cpu_bf16_training_takes_the_explicit_path_with_sdpas_outputs_and_gradients(monkeypatch):
+    """SDPA's bf16 backward on CPU is the slow part of the step: with gradients under bf16 autocast the blocks
+    compute attention explicitly; without gradients, or in float32, they call SDPA. Same function either way."""
+    torch.manual_seed(0)
+    net = VisionTransformer(embed_dim=64, depth=2, num_heads=4, tokenizer="conv", drop_rate=0.0)
+    x = torch.randn(4, 3, 32, 32)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+
+    def logits_and_grads(grad: bool, bf16: bool):
+        net.zero_grad()
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = net(x).float()
+        if grad:
+            logits.logsumexp(-1).sum().backward()
+        qkv_grads = [p.grad.clone() for p in net.blocks[0].attn.qkv.parameters()] if grad else None
+        return logits.detach(), qkv_grads
+
+    explicit, explicit_grads = logits_and_grads(grad=True, bf16=True)
+    assert calls == []
+    fused, _ = logits_and_grads(grad=False, bf16=True)
+    assert len(calls) == 2  # once per block
+    assert torch.allclose(explicit, fused, atol=0.05)  # bf16 rounding apart
+    _, fused_grads = logits_and_grads(grad=True, bf16=False)  # float32 trains on SDPA
+    assert len(calls) == 4
+    for g_explicit, g_fused in zip(explicit_grads, fused_grads, strict=True):
+        assert torch.allclose(g_explicit, g_fused, atol=0.05 * g_fused.abs().max())
+
+
+def test_conv_tokenizer_runs_channels_last_with_the_same_tokens():
+    torch.manual_seed(0)
+    net = VisionTransformer(embed_dim=64, depth=1, num_heads=4, tokenizer="conv").eval()
+    x = torch.randn(2, 3, 32, 32)
+    layouts = []
+    net.patch_embed.proj[0].register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    with torch.no_grad():
+        tokens = net.patch_embed(x)
+        reference = net.patch_embed.norm(net.patch_embed.proj(x).flatten(2).transpose(1, 2))  # NCHW
+    assert layouts == [True, False]
+    assert torch.allclose(tokens, reference, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -50,6 +50,11 @@ class ConvTokenizer(PatchEmbed):
                 layers.append(nn.MaxPool2d(3, stride=2, padding=1))
         return nn.Sequential(*layers)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Channels-last: oneDNN's bf16 max-pool and convolutions made the cpu_hour step 1.3x faster on a Xeon
+        # (docs/performance.md); the tokens then come out of flatten and transpose without a copy.
+        return super().forward(x.contiguous(memory_format=torch.channels_last))
+
 
 TOKENIZERS = {"patch": PatchEmbed, "conv": ConvTokenizer}
 # The values each argument of VisionTransformer takes, checked by config.schema before any work.
@@ -83,14 +88,16 @@ class Attention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        attn = None
-        if return_attn:
+        # On CPU, SDPA's bf16 backward (its flash kernel) took 3.5x the explicit path's time at 65 tokens, 44% of
+        # the cpu_hour step (docs/performance.md); in float32, and without gradients, SDPA is as fast or faster.
+        cpu_bf16_backward = x.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+        if return_attn or cpu_bf16_backward:
             attn = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
             x = self.attn_drop(attn) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, heads * head_dim)
-        return self.proj_drop(self.proj(x)), attn
+        return self.proj_drop(self.proj(x)), attn if return_attn else None
 
 
 class Mlp(nn.Module):
