@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import QUIET, SYNTHETIC_SMALL, TINY_MODEL, compose_config, run_module, write_image_folder
+from vit_cifar import devices
 from vit_cifar.checkpoints.loading import load_classifier
 from vit_cifar.config.entry import run_cli
 from vit_cifar.config.schema import validate_config
@@ -281,7 +282,7 @@ def test_cpu_hour_composes_builds_a_conv_vit_and_trains_a_few_steps(tmp_path):
     result = run_module("vit_cifar.train", args)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["params"] == 878_282 and metrics["precision"] == "bf16-mixed"
+    assert metrics["params"] == 878_282 and metrics["precision"] == devices.cpu_precision()
     assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["test_images"] == 20
     assert "55.0 minutes of training by the clock, 3% of warmup" in result.stdout
     assert (
@@ -293,3 +294,25 @@ def test_cpu_hour_composes_builds_a_conv_vit_and_trains_a_few_steps(tmp_path):
     assert recipe.data.val_size == 0 and recipe.trainer.max_time == "00:00:55:00" and recipe.test
     # what the test uses is part of the recipe: flip TTA; and the schedule decays linearly to zero on the clock
     assert recipe.tta and recipe.scheduler.decay == "linear" and recipe.scheduler.min_lr == 0
+
+
+@pytest.mark.parametrize(
+    ("bf16", "precision"),
+    [
+        ("AMX", "bf16-mixed"),
+        ("AVX512-BF16", "bf16-mixed"),
+        ("BF16", "bf16-mixed"),
+        ("emulated", "32-true"),
+        ("unknown", "32-true"),
+    ],
+)
+def test_cpu_hour_trains_in_bf16_only_where_the_cpu_multiplies_it_natively(
+    tmp_path, monkeypatch, bf16, precision
+):
+    monkeypatch.setattr(devices, "cpu_bf16", lambda: bf16)
+    cfg = compose_config(["experiment=cpu_hour"], tmp_path)
+    assert cfg.trainer.precision == precision
+    validate_config(cfg)  # the resolved value passes the pre-flight
+    assert compose_config(
+        ["experiment=cpu_hour", "trainer.precision=bf16-mixed"], tmp_path
+    ).trainer.precision == ("bf16-mixed")  # asked for: kept

@@ -129,6 +129,12 @@ def cpu_bf16() -> str:
     return next((name for flag, name in native.items() if flag in flags), "emulated")
 
 
+def cpu_precision() -> str:
+    """The faster precision for training on this CPU, as ``${cpu_precision:}`` in a config: bf16-mixed where it
+    multiplies bf16 natively, else 32-true (emulated bf16 is slower than float32; docs/recipes.md)."""
+    return "bf16-mixed" if cpu_bf16() in ("AMX", "AVX512-BF16", "BF16") else "32-true"
+
+
 def resolve_precision(precision: str, device: DeviceSpec) -> str:
     """``auto``: bf16-mixed where bf16 is native (never emulated), 16-mixed on older CUDA GPUs, else 32-true."""
     if str(precision) != "auto":

@@ -15,15 +15,18 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from vit_cifar.compat import hydra_command_line, sweep_jobs
+from vit_cifar.devices import cpu_precision
 from vit_cifar.errors import ConfigError, VitCifarError, first_line, one_line
 from vit_cifar.sweeps.jobs import in_sweep, run_sweep_job
 
 # configs/ sits at the top of the checkout, beside src/ (the package is installed in editable mode).
 CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "configs")
+# ${cpu_precision:} in a config: bf16-mixed on a CPU with native bf16, else 32-true (experiment=cpu_hour)
+OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
 # Config groups that optional Hydra plugins bring, and the extra of pyproject.toml that installs each.
 PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/submitit_slurm": "slurm"}
 
