@@ -51,7 +51,7 @@ class ConvTokenizer(PatchEmbed):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Channels-last: oneDNN's bf16 max-pool and convolutions made the cpu_hour step 1.3x faster on a Xeon
+        # Channels-last: the bf16 max-pools and convolutions made the cpu_hour step 1.3x faster on a Xeon
         # (docs/performance.md); the tokens then come out of flatten and transpose without a copy.
         return super().forward(x.contiguous(memory_format=torch.channels_last))
 
