@@ -132,7 +132,7 @@ def cpu_bf16() -> str:
 def cpu_precision() -> str:
     """The faster precision for training on this CPU, as ``${cpu_precision:}`` in a config: bf16-mixed where it
     multiplies bf16 natively, else 32-true (emulated bf16 is slower than float32; docs/recipes.md)."""
-    return "bf16-mixed" if cpu_bf16() in ("AMX", "AVX512-BF16", "BF16") else "32-true"
+    return "32-true" if cpu_bf16() in ("emulated", "unknown") else "bf16-mixed"
 
 
 def resolve_precision(precision: str, device: DeviceSpec) -> str:
