@@ -141,7 +141,9 @@ def test_without_logs_the_history_is_skipped_with_a_note_and_tta_is_stated(tiny_
     assert m["history_csv"] is None and not (out / "training_history.png").exists()
     report = (out / "report.md").read_text()
     assert "Training History: not drawn (no training log found" in report
-    assert m["tta"] is True and m["batch_size"] == 32 and "Test-time augmentation | horizontal flip" in report
+    assert (
+        m["tta"] == "flip" and m["batch_size"] == 32 and "Test-time augmentation | horizontal flip" in report
+    )
     assert m["precision"] == "bf16" and "| Batch size, precision | 32, bf16 autocast |" in report
     with pytest.raises(ConfigError, match="history=.*does not exist"):
         run_evaluate(ckpt, out, f"history={tmp_path / 'missing.csv'}")
@@ -168,10 +170,10 @@ def test_train_false_runs_the_same_evaluation(tiny_run, evaluation, tmp_path):
     assert (
         all((tmp_path / f"{name}.png").is_file() for name in FIGURES) and (tmp_path / "report.md").is_file()
     )
-    assert m_train["tta"] is False
-    overrides = [*TINY_MODEL, *QUIET, *EVAL_DATA, "trainer=cpu", "train=false", "tta=true"]
+    assert m_train["tta"] == "none"
+    overrides = [*TINY_MODEL, *QUIET, *EVAL_DATA, "trainer=cpu", "train=false", "tta=flip_shift"]
     with_tta = compose_config([*overrides, f"ckpt_path={cfg.ckpt_path}"], tmp_path / "tta")
-    assert train(with_tta)["tta"] is True  # the checkpoint is tested as a run with tta=true tests
+    assert train(with_tta)["tta"] == "flip_shift"  # the checkpoint is tested with the run's tta
 
 
 def test_flip_tta_averages_the_softmax_of_image_and_mirror(tiny_run):
@@ -184,6 +186,31 @@ def test_flip_tta_averages_the_softmax_of_image_and_mirror(tiny_run):
         expected = (net(x).softmax(-1) + net(x.flip(-1)).softmax(-1)) / 2
     torch.testing.assert_close(probs, expected)
     assert labels.tolist() == [0, 1, 2, 3, 0, 1]
+
+
+def reflected(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Where ``index`` (possibly out of 0..size-1) lands when the image is mirrored at its edges (reflect padding)."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def test_flip_shift_tta_adds_diagonal_2_pixel_shifts_of_image_and_mirror(tiny_run):
+    net = load_classifier(tiny_run / "checkpoints" / "last.ckpt").net
+    x = torch.randn(3, 3, 32, 32)
+    probs, _ = predict_probs(net, [x], torch.device("cpu"), tta="flip_shift")
+    views = []
+    for image in (x, x.flip(-1)):
+        for shift in (2, -2):  # content moved down-right by 2, then up-left by 2; edges reflected
+            rows = reflected(torch.arange(32) - shift, 32)
+            views.append(image[:, :, rows][:, :, :, rows])
+        views.append(image)
+    down_right = views[0]  # its first row is the image's third, mirrored into the padding
+    assert torch.equal(down_right[:, :, 2:, 2:], x[:, :, :-2, :-2]) and torch.equal(
+        down_right[:, :, 0, 2:], x[:, :, 2, :-2]
+    )
+    with torch.no_grad():
+        expected = sum(net(v).softmax(-1) for v in views) / 6
+    torch.testing.assert_close(probs, expected)
 
 
 def test_a_checkpoint_of_other_classes_than_the_data_is_refused(tiny_run, tmp_path):
@@ -249,6 +276,10 @@ def test_bad_options_are_refused(tiny_run, tmp_path):
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="^batch_size=0 is out of range: use an integer >= 1$"):
         run_evaluate(ckpt, tmp_path, "batch_size=0")
+    with pytest.raises(
+        ConfigError, match="^tta='shift' is unknown: use one of false, true, none, flip, flip_shift"
+    ):
+        run_evaluate(ckpt, tmp_path, "tta=shift")
     with pytest.raises(ConfigError, match="precision=16 is not supported here: use 32 .* or bf16"):
         run_evaluate(ckpt, tmp_path, "precision=16")
     if not torch.cuda.is_available():

@@ -176,8 +176,9 @@ def test_mean_pooling_classifies_from_the_mean_of_the_patch_tokens():
         assert not torch.allclose(model(x), expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("tta", [True, False])
+@pytest.mark.parametrize("tta", [True, False, "flip_shift"])
 def test_tta_validates_on_the_mean_softmax_of_image_and_mirror(tta):
+    from vit_cifar.inference.engine import class_probs
     from vit_cifar.training.module import ClassifierModule
 
     torch.manual_seed(0)
@@ -193,5 +194,6 @@ def test_tta_validates_on_the_mean_softmax_of_image_and_mirror(tta):
         plain = module.net(x).softmax(-1)
         mirrored = module.net(x.flip(-1)).softmax(-1)
         assert (module.net(x) - module.net(x.flip(-1))).abs().max() > 1e-3  # the mirror really differs
-    expected = ((plain + mirrored) / 2).log() if tta else module.net(x)
+        shifted = class_probs(module.net, x, "flip_shift")  # its views: test_evaluate.py
+    expected = {True: ((plain + mirrored) / 2).log(), False: module.net(x), "flip_shift": shifted.log()}[tta]
     assert torch.allclose(seen, expected, atol=1e-5)

@@ -293,7 +293,7 @@ def test_cpu_hour_composes_builds_a_conv_vit_and_trains_a_few_steps(tmp_path):
     recipe = compose_config(["experiment=cpu_hour"], tmp_path)  # as a user runs it: all images, final step
     assert recipe.data.val_size == 0 and recipe.trainer.max_time == "00:00:55:00" and recipe.test
     # what the test uses is part of the recipe: flip TTA; and the schedule decays linearly to zero on the clock
-    assert recipe.tta and recipe.scheduler.decay == "linear" and recipe.scheduler.min_lr == 0
+    assert recipe.tta == "flip_shift" and recipe.scheduler.decay == "linear" and recipe.scheduler.min_lr == 0
     # ~40 epochs in the hour overfit without them (proxies 5, docs/recipes.md)
     assert recipe.model.drop_path_rate == 0.1 and recipe.aug.erasing_p == 0.25
 

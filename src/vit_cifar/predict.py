@@ -29,7 +29,7 @@ from vit_cifar.errors import (
     check,
     first_line,
 )
-from vit_cifar.inference.engine import input_spec, predict_probs
+from vit_cifar.inference.engine import input_spec, predict_probs, tta_mode
 from vit_cifar.inference.runtime import check_runtime_options, open_for_inference
 
 Predictions = list[tuple[str, list[tuple[str, float]]]]  # (path, [(class, probability), most probable first])
@@ -58,7 +58,7 @@ def predict_files(
     device: str = "cpu",
     batch_size: int = 64,
     num_workers: int = 0,
-    tta: bool = False,
+    tta: bool | str = False,
     threads: int | None = None,
     runtime: str = "torch",
 ) -> tuple[Predictions, Skipped]:
@@ -67,6 +67,7 @@ def predict_files(
     check("batch_size", batch_size, POSITIVE_INT)
     check("num_workers", num_workers, COUNT)
     check_runtime_options(runtime, device)
+    tta_mode(tta)
     # Names that give no image are skipped and reported, as unreadable files are; none at all is a setting.
     files, skipped = collect_image_files(inputs)
     if not files:

@@ -96,7 +96,7 @@ def evaluate_checkpoint(
     device: str = "cpu",
     batch_size: int = 64,
     num_workers: int = 0,
-    tta: bool = False,
+    tta: bool | str = False,
     threads: int | None = None,
     history: str | None = None,
     precision: str = "32",
@@ -105,6 +105,7 @@ def evaluate_checkpoint(
     """Evaluate ``ckpt_path`` on the test split of the DataModule ``data_cfg`` describes (the options are
     configs/eval.yaml's); write everything to ``output_dir`` (all or nothing) and return ``metrics.json``."""
     start = time.perf_counter()
+    tta = engine.tta_mode(tta)
     loaded, device, dtype = open_for_inference(ckpt_path, runtime, device, threads, precision)
     history_csv, history, history_note = find_history(ckpt_path, history)
     datamodule, classes = evaluation_data(data_cfg, loaded, batch_size, num_workers)
@@ -123,7 +124,7 @@ def evaluate_checkpoint(
         "runtime": str(runtime),
         "data": datamodule.description,
         "device": engine.describe_device(device),
-        "tta": bool(tta),
+        "tta": tta,
         "precision": str(precision),
         "batch_size": int(batch_size),
         "eval_s": round(eval_s, 2),
@@ -215,6 +216,6 @@ def evaluate_from_train_config(cfg: DictConfig, ckpt_path: str | Path) -> dict:
     """``python -m vit_cifar.train train=false ckpt_path=<file>``: the same evaluation, into the run folder,
     with the train config's data, trainer device, evaluation batch size and ``tta`` (tested as the run tests)."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    workers, tta = cfg.data.num_workers or 0, bool(cfg.get("tta", False))
+    workers, tta = cfg.data.num_workers or 0, cfg.get("tta", False)
     device, batch_size = cfg.trainer.accelerator, cfg.data.eval_batch_size
     return evaluate_checkpoint(ckpt_path, data_cfg, cfg.paths.output_dir, device, batch_size, workers, tta)

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 WEAKEST = 2  # the seed's per-class table bolds its two weakest classes
 SAMPLES = 16  # the seed's sample and misclassified grids draw 16 images each (with metrics' "sample_seed")
+TTA_DESCRIPTIONS = {  # metrics' "tta" (vit_cifar.inference.engine.tta_mode)
+    "none": "none",
+    "flip": "horizontal flip (softmax averaged)",
+    "flip_shift": "horizontal flip and 2-pixel diagonal shifts, 6 views (softmax averaged)",
+}
 
 
 def weakest_classes(per_class: dict[str, dict], k: int = WEAKEST) -> set[str]:
@@ -139,7 +144,7 @@ right, red titles wrong; the confidence is the softmax probability of the predic
 | Device | {m["device"]} |
 | Evaluation time | {m["eval_s"]:.1f} s inference ({m["images_per_s"]:.0f} images/s), {m["wall_s"]:.1f} s in all |
 | Batch size, precision | {m["batch_size"]}, {precision} |
-| Test-time augmentation | {"horizontal flip (softmax averaged)" if m["tta"] else "none"} |
+| Test-time augmentation | {TTA_DESCRIPTIONS.get(m["tta"], m["tta"])} |
 | Evaluated | {m["evaluated_at"]} |
 """
 

@@ -26,6 +26,7 @@ from vit_cifar.errors import (
     check,
     show,
 )
+from vit_cifar.inference.engine import TTA
 from vit_cifar.models import resnet, vit
 from vit_cifar.models.registry import build_network
 
@@ -38,7 +39,7 @@ RULES = {
     "seed": Number(low=0, high=2**32 - 1, integer=True),
     "train": Flag(),
     "test": Flag(),
-    "tta": Flag(),
+    "tta": TTA,
     "optim.lr": Number(low=0, low_open=True),
     "optim.weight_decay": Number(low=0),
     "optim.betas": Numbers(Number(low=0, high=1, high_open=True), 2),

@@ -24,7 +24,7 @@ from vit_cifar.checkpoints.loading import epochs_done
 from vit_cifar.data.samplers import run_seed
 from vit_cifar.devices import DeviceSpec, has_fused_kernel
 from vit_cifar.errors import ConfigError
-from vit_cifar.inference.engine import class_probs
+from vit_cifar.inference.engine import class_probs, tta_mode
 from vit_cifar.models.registry import build_network
 from vit_cifar.training.monitoring import budget_timer
 
@@ -34,7 +34,12 @@ class ClassifierModule(L.LightningModule):
     rebuild it), with the ``optim`` and ``scheduler`` configs (:func:`build_optimization`)."""
 
     def __init__(
-        self, net: dict, optimizer: dict, scheduler: dict, label_smoothing: float = 0.0, tta: bool = False
+        self,
+        net: dict,
+        optimizer: dict,
+        scheduler: dict,
+        label_smoothing: float = 0.0,
+        tta: bool | str = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -76,8 +81,9 @@ class ClassifierModule(L.LightningModule):
         # Evaluation runs eagerly: compiled, each evaluation batch shape and grad mode would compile a graph of
         # its own, minutes each on a notebook's CPUs, to save little at evaluation's large batches.
         with nullcontext() if stage == "train" else torch.compiler.set_stance("force_eager"):
-            tta = self.hparams.get("tta") and stage != "train"  # as log-probabilities, for loss and accuracy
-            logits = class_probs(self, x, tta=True).log() if tta else self(x)
+            tta = tta_mode(self.hparams.get("tta", False)) if stage != "train" else "none"
+            # with test-time augmentation: its mean softmax as log-probabilities, for loss and accuracy
+            logits = self(x) if tta == "none" else class_probs(self, x, tta).log()
         losses = self.loss_fn(logits, target)
         loss = losses.mean()
         # Under MixUp/CutMix the target is a mixture; accuracy counts the class with the largest share.

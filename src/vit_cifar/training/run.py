@@ -133,7 +133,7 @@ def train(cfg: DictConfig, device: DeviceSpec | None = None) -> dict:
         optimizer=OmegaConf.to_container(cfg.optim, resolve=True),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         label_smoothing=float(cfg.aug.label_smoothing),
-        tta=bool(cfg.get("tta", False)),
+        tta=cfg.get("tta", False),
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     trainer = build_trainer(cfg, choices_for, runs_on)
