@@ -50,7 +50,10 @@ def test_bad_override_through_the_cli_writes_nothing(tmp_path: Path, override: s
         (["aug.policy=trivial"], "aug.policy='trivial' is unknown: use one of trivialaugment, randaugment"),
         (["model.pool=max"], "model.pool='max' is unknown: use one of cls, mean"),
         (["scheduler.decay=step"], "scheduler.decay='step' is unknown: use one of cosine, linear"),
-        (["tta=maybe"], "tta='maybe' is unknown: use one of false, true, none, flip, flip_shift (false: none, true: flip)"),
+        (
+            ["tta=maybe"],
+            "tta='maybe' is unknown: use one of false, true, none, flip, flip_shift (false: none, true: flip)",
+        ),
         (
             ["optim=muon", "optim.adjust_lr_fn=rms"],
             "optim.adjust_lr_fn='rms' is unknown: use one of original, match_rms_adamw, spectral_unclamped",
