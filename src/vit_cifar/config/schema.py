@@ -26,11 +26,12 @@ from vit_cifar.errors import (
     check,
     show,
 )
-from vit_cifar.inference.engine import TTA
 from vit_cifar.models import resnet, vit
 from vit_cifar.models.registry import build_network
 
 _ABSENT = object()
+# test-time augmentation (train, evaluate, predict): the views of vit_cifar.inference.engine.tta_views
+TTA = Choice((False, True, "none", "flip", "flip_shift"), hint="false: none, true: flip")
 
 
 # Key -> allowed values. Keys absent from a config (another model, a switched-off group) are not checked; a

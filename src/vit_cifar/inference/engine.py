@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from vit_cifar.checkpoints.loading import LoadedClassifier
+from vit_cifar.config.schema import TTA
 from vit_cifar.data.transforms import CIFAR10_MEAN, CIFAR10_STD
 from vit_cifar.devices import autocast_dtype, canonical_precision, cpu_bf16, cpu_model, cuda_description
-from vit_cifar.errors import Choice, ConfigError, Number, check
+from vit_cifar.errors import ConfigError, Number, check
 
 
 class InputSpec(NamedTuple):
@@ -76,7 +77,6 @@ def inference_dtype(precision: str | int) -> torch.dtype | None:
 # Test-time augmentation: the views whose softmax is averaged. flip: image and mirror. flip_shift: both, each
 # also moved 2 pixels diagonally either way (reflect padding, as training's random crop pads): 6 views, +0.7 and
 # +0.9 validation points over flip on two ~30-epoch proxies (docs/recipes.md).
-TTA = Choice((False, True, "none", "flip", "flip_shift"), hint="false: none, true: flip")
 TTA_SHIFT = 2
 
 
