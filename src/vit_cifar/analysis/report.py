@@ -144,7 +144,7 @@ right, red titles wrong; the confidence is the softmax probability of the predic
 | Device | {m["device"]} |
 | Evaluation time | {m["eval_s"]:.1f} s inference ({m["images_per_s"]:.0f} images/s), {m["wall_s"]:.1f} s in all |
 | Batch size, precision | {m["batch_size"]}, {precision} |
-| Test-time augmentation | {TTA_DESCRIPTIONS.get(m["tta"], m["tta"])} |
+| Test-time augmentation | {TTA_DESCRIPTIONS[m["tta"]]} |
 | Evaluated | {m["evaluated_at"]} |
 """
 

@@ -43,6 +43,7 @@ class ClassifierModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.eval_tta = tta_mode(tta)  # the views validation and test average (checked once, here)
         self.net = build_network(net)
         num_classes = self.net.num_classes
         # Takes hard labels (N,) or MixUp/CutMix class probabilities (N, C); smoothing applies to both. One loss
@@ -81,7 +82,7 @@ class ClassifierModule(L.LightningModule):
         # Evaluation runs eagerly: compiled, each evaluation batch shape and grad mode would compile a graph of
         # its own, minutes each on a notebook's CPUs, to save little at evaluation's large batches.
         with nullcontext() if stage == "train" else torch.compiler.set_stance("force_eager"):
-            tta = tta_mode(self.hparams.get("tta", False)) if stage != "train" else "none"
+            tta = self.eval_tta if stage != "train" else "none"
             # with test-time augmentation: its mean softmax as log-probabilities, for loss and accuracy
             logits = self(x) if tta == "none" else class_probs(self, x, tta).log()
         losses = self.loss_fn(logits, target)
